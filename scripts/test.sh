@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set everything up (see setup.sh) and run the whole test suite, under a virtual display
+# when no display is present. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+export CELLCLASS_SAMPLE_DIR="${CELLCLASS_SAMPLE_DIR:-$(mktemp -d)/sample}"
+export NAPARI_CONFIG="${NAPARI_CONFIG:-$(mktemp -d)/napari-settings.yaml}"
+run=(.venv/bin/python -m pytest "$@")
+if [ -z "${DISPLAY:-}" ] && command -v xvfb-run >/dev/null 2>&1; then
+  exec xvfb-run -a -s "-screen 0 1600x1200x24" "${run[@]}"
+fi
+exec "${run[@]}"

@@ -1,0 +1,108 @@
+"""The ``napari-cellclass`` command line: one subcommand per job, ``--json`` on each.
+
+Exit codes: 0 success, 2 bad input (one human line on stderr, no traceback), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..core.errors import CellclassError
+from . import project_cmds
+
+Handler = Callable[[argparse.Namespace], dict[str, Any]]
+PROG = "napari-cellclass"
+
+
+def _modules() -> list:
+    mods = [project_cmds]
+    try:
+        from . import learn_cmds  # noqa: PLC0415 - optional until the learn floor exists
+    except ImportError as exc:
+        if "learn_cmds" not in str(exc):
+            raise
+    else:
+        mods.append(learn_cmds)
+    return mods
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Sort microscopy images into classes with deep learning (napari-cellclass).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for mod in _modules():
+        mod.register(sub)
+    return parser
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Flags every subcommand has."""
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (for scripts)")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def emit(args: argparse.Namespace, result: dict[str, Any], human: Callable[[dict[str, Any]], str]) -> None:
+    """Print the result as JSON (``--json``) or as text for people."""
+    if getattr(args, "json", False):
+        print(json.dumps(result, ensure_ascii=False, default=str))
+    else:
+        text = human(result)
+        if text:
+            print(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+        return 0
+    except CellclassError as exc:
+        _fail(args, str(exc))
+        return 2
+    except KeyboardInterrupt:
+        _fail(args, "interrupted")
+        return 130
+    except (OSError, ValueError, RuntimeError, ImportError) as exc:
+        if getattr(args, "debug", False):
+            raise
+        _fail(args, f"{type(exc).__name__}: {exc} (rerun with --debug for details)")
+        return 2
+
+
+def _fail(args: argparse.Namespace, message: str) -> None:
+    line = " ".join(message.split())
+    print(f"{PROG}: error: {line}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": False, "error": line}))
+
+
+def stderr_progress(label: str) -> Callable[[int, int], None]:
+    """A compact progress bar on stderr (only when stderr is a terminal or CELLCLASS_PROGRESS=1)."""
+    show = sys.stderr.isatty() or os.environ.get("CELLCLASS_PROGRESS") == "1"
+
+    def update(done: int, total: int) -> None:
+        if not show or total <= 0:
+            return
+        width = 30
+        filled = int(width * done / total)
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{end}")
+        sys.stderr.flush()
+
+    return update

@@ -1,0 +1,142 @@
+"""Train / validation / test splits: stratified by class with a seed, or predefined."""
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_write_text
+from .errors import ProjectError
+
+SPLIT_NAMES = ("train", "val", "test")
+_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+            "test": "test", "testing": "test"}
+
+
+def normalise_split_name(value: str) -> str | None:
+    """``'Validation'`` -> ``'val'``; None for values that name no split."""
+    return _ALIASES.get(str(value).strip().casefold())
+
+
+@dataclass(frozen=True)
+class Split:
+    """Image ids of each subset and where the split came from."""
+
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...] = ()
+    source: str = "random"
+    seed: int | None = None
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {"train": list(self.train), "val": list(self.val), "test": list(self.test)}
+
+    def subset(self, name: str) -> tuple[str, ...]:
+        if name not in SPLIT_NAMES:
+            raise ProjectError(f"unknown split {name!r}; use one of {SPLIT_NAMES}")
+        return getattr(self, name)
+
+
+def stratified_split(ids: Sequence[str], labels: Sequence[Sequence[str]], *, val_fraction: float = 0.2,
+                     test_fraction: float = 0.0, seed: int = 0) -> Split:
+    """Split labelled images per class so each subset keeps the class proportions.
+
+    Multi-label images are grouped by their rarest class. Each class with at least two
+    images gets at least one validation image when ``val_fraction > 0`` (and likewise for
+    test when it has three). The same ids, labels and seed always give the same split.
+    """
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ProjectError(
+            f"split fractions val={val_fraction}, test={test_fraction} must be in [0, 1) and leave "
+            "images for training"
+        )
+    if len(ids) != len(labels):
+        raise ProjectError("ids and labels differ in length")
+    freq: dict[str, int] = {}
+    for ls in labels:
+        for c in ls:
+            freq[c] = freq.get(c, 0) + 1
+    groups: dict[str, list[str]] = {}
+    for iid, ls in sorted(zip(ids, labels), key=lambda t: t[0]):
+        key = min(ls, key=lambda c: (freq[c], c)) if ls else ""
+        groups.setdefault(key, []).append(iid)
+    rng = np.random.default_rng(seed)
+    train: list[str] = []
+    val: list[str] = []
+    test: list[str] = []
+    for key in sorted(groups):
+        members = groups[key]
+        order = rng.permutation(len(members))
+        members = [members[i] for i in order]
+        n = len(members)
+        n_test = int(round(n * test_fraction))
+        n_val = int(round(n * val_fraction))
+        if test_fraction > 0 and n_test == 0 and n >= 3:
+            n_test = 1
+        if val_fraction > 0 and n_val == 0 and n >= 2:
+            n_val = 1
+        if n - n_val - n_test < 1 and n > 0:  # always keep one for training
+            overflow = 1 - (n - n_val - n_test)
+            cut = min(overflow, n_test)
+            n_test -= cut
+            n_val -= overflow - cut
+        test += members[:n_test]
+        val += members[n_test:n_test + n_val]
+        train += members[n_test + n_val:]
+    order = {iid: k for k, iid in enumerate(ids)}
+    key = order.__getitem__
+    return Split(tuple(sorted(train, key=key)), tuple(sorted(val, key=key)), tuple(sorted(test, key=key)),
+                 "random", seed)
+
+
+def split_from_folders(ids: Sequence[str]) -> dict[str, str]:
+    """Subsets from path components named train/, val/ (validation/) or test/ (HEp-2 layout)."""
+    out: dict[str, str] = {}
+    for iid in ids:
+        for part in iid.split("/")[:-1]:
+            name = normalise_split_name(part)
+            if name:
+                out[iid] = name
+                break
+    return out
+
+
+def predefined(assignment: Mapping[str, str], ids: Sequence[str], source: str) -> Split:
+    """A :class:`Split` from ``{image_id: subset}`` restricted to ``ids`` (others ignored)."""
+    parts: dict[str, list[str]] = {n: [] for n in SPLIT_NAMES}
+    for iid in ids:
+        s = assignment.get(iid)
+        if s in parts:
+            parts[s].append(iid)
+    return Split(tuple(parts["train"]), tuple(parts["val"]), tuple(parts["test"]), source, None)
+
+
+def read_split_file(path: str | os.PathLike) -> dict[str, str]:
+    """Read ``image_id,split`` rows (header optional)."""
+    path = Path(path)
+    out: dict[str, str] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            for row in csv.reader(fh):
+                if len(row) < 2:
+                    continue
+                name = normalise_split_name(row[1])
+                if name:
+                    out[row[0].strip()] = name
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ProjectError(f"{path}: cannot read the split file ({exc})") from None
+    return out
+
+
+def write_split_file(path: str | os.PathLike, assignment: Mapping[str, str]) -> None:
+    """Write ``image_id,split`` rows atomically."""
+    lines = ["image_id,split"] + [f"{_csv_cell(k)},{v}" for k, v in assignment.items()]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _csv_cell(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text

@@ -1,0 +1,243 @@
+"""Importing labels (CSV, folder-per-class) into a project and exporting them to CSV."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .atomic import atomic_write_text
+from .errors import ProjectError
+from .images import is_image_file
+from .project import Project
+from .scan import SKIP_DIRS, natural_key
+from .splits import normalise_split_name, write_split_file
+
+_ID_COLS = ("image_id", "image id", "image", "id", "file", "filename", "file name", "path", "name")
+_CLASS_COLS = ("class", "classes", "category", "label", "labels", "image class", "target", "cell type")
+_SPLIT_COLS = ("split", "set", "subset", "fold")
+MULTI_SEPARATORS = (";", "|")
+
+
+@dataclass
+class ImportReport:
+    """What an import did: counts, new classes, rows that matched no image."""
+
+    labelled: int = 0
+    unchanged: int = 0
+    new_classes: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+    split_counts: dict[str, int] = field(default_factory=dict)
+    copied: int = 0
+
+    def as_dict(self) -> dict:
+        return {"labelled": self.labelled, "unchanged": self.unchanged, "new_classes": self.new_classes,
+                "unmatched": len(self.unmatched), "unmatched_examples": self.unmatched[:10],
+                "split_counts": self.split_counts, "copied_images": self.copied}
+
+
+def _matcher(project: Project) -> Callable[[str], str | None]:
+    """Map a CSV image reference (id, file name, stem or bare number) to an image id."""
+    by_id = {i: i for i in project.image_ids}
+    by_name: dict[str, list[str]] = {}
+    by_stem: dict[str, list[str]] = {}
+    by_num: dict[int, list[str]] = {}
+    for iid in project.image_ids:
+        name = iid.rsplit("/", 1)[-1]
+        stem = os.path.splitext(name)[0]
+        by_name.setdefault(name.casefold(), []).append(iid)
+        by_stem.setdefault(stem.casefold(), []).append(iid)
+        if stem.isdigit():
+            by_num.setdefault(int(stem), []).append(iid)
+
+    def match(ref: str) -> str | None:
+        ref = ref.strip().replace("\\", "/")
+        if ref in by_id:
+            return ref
+        for table, key in ((by_name, ref.rsplit("/", 1)[-1].casefold()),
+                           (by_stem, os.path.splitext(ref.rsplit("/", 1)[-1])[0].casefold()),
+                           (by_num, int(ref) if ref.isdigit() else None)):
+            hits = table.get(key, []) if key is not None else []
+            if len(hits) == 1:
+                return hits[0]
+            if len(hits) > 1:
+                raise ProjectError(
+                    f"CSV entry {ref!r} matches several images ({', '.join(hits[:3])}); "
+                    "use the image ids (relative paths) in the CSV"
+                )
+        return None
+
+    return match
+
+
+def _columns(header: list[str]) -> tuple[int, int, int | None] | None:
+    low = [h.strip().casefold() for h in header]
+
+    def find(names: tuple[str, ...]) -> int | None:
+        for n in names:
+            if n in low:
+                return low.index(n)
+        return None
+
+    i, c, s = find(_ID_COLS), find(_CLASS_COLS), find(_SPLIT_COLS)
+    if i is None and c is None:
+        return None
+    return (0 if i is None else i), (1 if c is None else c), s
+
+
+def import_csv(project: Project, csv_path: str | os.PathLike, *, create_classes: bool = True) -> ImportReport:
+    """Label images from a CSV of ``image id, category[, split]`` (HEp-2 style; header optional).
+
+    Multi-label projects accept several classes per cell separated by ``;`` or ``|``. A split
+    column (train/val/test) is saved as the project's predefined split. The whole import is
+    one undo step per class.
+    """
+    path = Path(csv_path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ProjectError(f"{path}: CSV file not found; check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProjectError(f"{path}: cannot read the CSV ({exc}); save it as UTF-8 text") from None
+    try:
+        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    rows = [r for r in csv.reader(io.StringIO(text), dialect) if any(x.strip() for x in r)]
+    if not rows:
+        raise ProjectError(f"{path}: the CSV is empty; expected rows of 'image id, category'")
+    cols = _columns(rows[0])
+    if cols is None:
+        id_col, class_col, split_col = 0, 1, (2 if len(rows[0]) > 2 and normalise_split_name(rows[0][2]) else None)
+    else:
+        id_col, class_col, split_col = cols
+        rows = rows[1:]
+    match = _matcher(project)
+    report = ImportReport()
+    wanted: dict[str, tuple[str, ...]] = {}
+    split: dict[str, str] = {}
+    for k, row in enumerate(rows, start=2 if cols else 1):
+        if len(row) <= max(id_col, class_col):
+            raise ProjectError(f"{path}: line {k} has {len(row)} column(s); expected 'image id, category'")
+        iid = match(row[id_col])
+        if iid is None:
+            report.unmatched.append(row[id_col].strip())
+            continue
+        cell = row[class_col].strip()
+        names: list[str] = [cell]
+        if project.multi_label:
+            for sep in MULTI_SEPARATORS:
+                if sep in cell:
+                    names = [x.strip() for x in cell.split(sep)]
+                    break
+        names = [n for n in names if n]
+        wanted[iid] = tuple(names)
+        if split_col is not None and split_col < len(row):
+            s = normalise_split_name(row[split_col])
+            if s:
+                split[iid] = s
+    _apply_import(project, wanted, report, create_classes, str(path))
+    if split:
+        write_split_file(project.split_path, split)
+        for s in split.values():
+            report.split_counts[s] = report.split_counts.get(s, 0) + 1
+    return report
+
+
+def _apply_import(project: Project, wanted: dict[str, tuple[str, ...]], report: ImportReport,
+                  create_classes: bool, origin: str) -> None:
+    for names in wanted.values():
+        for n in names:
+            if n not in project.class_names:
+                if not create_classes:
+                    raise ProjectError(f"{origin}: class {n!r} is not in the project; add it first")
+                project.add_class(n)
+                report.new_classes.append(n)
+    before = project.fsync
+    project.fsync = False  # one sync at the end instead of one per file
+    try:
+        by_labels: dict[tuple[str, ...], list[str]] = {}
+        for iid, names in wanted.items():
+            if project.labels(iid) == names:
+                report.unchanged += 1
+            else:
+                by_labels.setdefault(names, []).append(iid)
+        for names, ids in by_labels.items():
+            report.labelled += len(project.set_labels(ids, names, description="import", source="import"))
+    finally:
+        project.fsync = before
+        if hasattr(os, "sync"):
+            os.sync()
+
+
+def import_folders(project: Project, root: str | os.PathLike) -> ImportReport:
+    """Label images from a folder-per-class layout ``root/<class>/<image>`` (ImageFolder style).
+
+    ``root/train|val|test/<class>/<image>`` is understood too and becomes the predefined split.
+    When ``root`` lies inside the project, its images are labelled in place; otherwise they are
+    copied into ``<project>/<root name>/...`` (never overwriting) and labelled there.
+    """
+    src = Path(root).expanduser().resolve()
+    if not src.is_dir():
+        raise ProjectError(f"{src}: folder not found; give the folder whose subfolders are the classes")
+    try:
+        rel_root = src.relative_to(project.root).as_posix()
+        inside = True
+    except ValueError:
+        rel_root, inside = src.name, False
+    found: list[tuple[Path, str, str | None]] = []  # (file, class, split)
+    for top in sorted(p for p in src.iterdir() if p.is_dir() and p.name not in SKIP_DIRS
+                      and not p.name.startswith(".")):
+        split_name = normalise_split_name(top.name)
+        class_dirs = ([d for d in sorted(top.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+                      if split_name else [top])
+        for cdir in class_dirs:
+            for f in sorted(cdir.rglob("*"), key=lambda p: natural_key(str(p))):
+                if f.is_file() and is_image_file(f) and not any(
+                        part in SKIP_DIRS or part.startswith(".") for part in f.relative_to(cdir).parts):
+                    found.append((f, cdir.name, split_name))
+    if not found:
+        raise ProjectError(f"{src}: no images in class subfolders; expected {src}/<class>/<image>")
+    report = ImportReport()
+    if not inside:
+        for f, _, _ in found:
+            dest = f"{rel_root}/{f.relative_to(src).as_posix()}"
+            if not (project.root / dest).exists():
+                project.copy_image_in(f, dest)
+                report.copied += 1
+        project.rescan()
+    wanted: dict[str, tuple[str, ...]] = {}
+    split: dict[str, str] = {}
+    for f, cls, split_name in found:
+        iid = f"{rel_root}/{f.relative_to(src).as_posix()}" if rel_root != "." else f.relative_to(src).as_posix()
+        if iid not in project.image_ids:
+            report.unmatched.append(iid)
+            continue
+        wanted[iid] = (cls,)
+        if split_name:
+            split[iid] = split_name
+    _apply_import(project, wanted, report, True, str(src))
+    if split:
+        write_split_file(project.split_path, split)
+        for s in split.values():
+            report.split_counts[s] = report.split_counts.get(s, 0) + 1
+    return report
+
+
+def export_csv(project: Project, csv_path: str | os.PathLike, *, include_unlabelled: bool = False) -> int:
+    """Write ``image_id,class[,split]`` rows (multi-label classes joined by ``;``); returns rows written."""
+    split = project.predefined_split()
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image_id", "class"] + (["split"] if split else []))
+    n = 0
+    for iid in project.image_ids:
+        labels = project.labels(iid)
+        if not labels and not include_unlabelled:
+            continue
+        w.writerow([iid, ";".join(labels)] + ([split.get(iid, "")] if split else []))
+        n += 1
+    atomic_write_text(csv_path, buf.getvalue())
+    return n
