@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_bytes, atomic_write_text
+from .atomic import TMP_PREFIX, atomic_write_bytes, atomic_write_text
 from .classes import ClassInfo, next_color, validate_color, validate_name
 from .errors import ClassNameError, ImageReadError, ProjectError
 from .images import ImageData, read_image
@@ -25,6 +25,16 @@ CONFIG_NAME = "cellclass.json"
 CONFIG_FORMAT = "napari-cellclass/project"
 CONFIG_VERSION = 1
 MAX_UNDO = 1000
+STALE_TEMP_SECONDS = 600
+
+
+def _remove_stale_temp(entry: os.DirEntry) -> None:
+    """Delete a temporary file left by a write that was killed (never a finished sidecar)."""
+    try:
+        if _dt.datetime.now().timestamp() - entry.stat().st_mtime > STALE_TEMP_SECONDS:
+            os.unlink(entry.path)
+    except OSError:
+        pass
 
 
 @dataclass(frozen=True)
@@ -172,6 +182,9 @@ class Project:
             if not label_dir.is_dir():
                 continue
             for entry in os.scandir(label_dir):
+                if entry.name.startswith(TMP_PREFIX):
+                    _remove_stale_temp(entry)
+                    continue
                 if not entry.name.endswith(".npz") or entry.name.startswith("."):
                     continue
                 stem = entry.name[:-4]
