@@ -16,3 +16,11 @@ class ProjectError(CellclassError):
 
 class ClassNameError(ProjectError):
     """A class name is empty, duplicated, unknown or not allowed."""
+
+
+class ModelError(CellclassError):
+    """A backbone, a model or its settings are not usable as asked."""
+
+
+class WeightsError(ModelError):
+    """A pretrained-weights file or download does not fit the model (nothing was loaded)."""
