@@ -253,3 +253,17 @@ def test_listener_sees_changes(tiny_folder):
     p.assign(p.image_ids[:2], "a")
     p.undo()
     assert seen == [tuple(p.image_ids[:2]), tuple(p.image_ids[:2])]
+
+
+@pytest.mark.parametrize("arr", [np.array(["a", "bb"]), np.zeros(0, "<U1"), np.array(3, np.int32),
+                                 np.array("text"), np.arange(5.0), np.zeros((2, 2))])
+def test_fast_npy_reader_matches_numpy(arr):
+    import io
+
+    from napari_cellclass.core.sidecars import _read_npy
+
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    got = _read_npy(buf.getvalue())
+    assert got.dtype == arr.dtype and got.shape == arr.shape
+    np.testing.assert_array_equal(got, arr)

@@ -196,7 +196,7 @@ class Project:
                 if iid in self._clashes:
                     continue
                 try:
-                    classes = read_sidecar(path)["classes"]
+                    classes = read_sidecar(path, full=False)["classes"]
                 except ProjectError as exc:
                     aside = self._move_aside(path)
                     self.problems.append(f"{exc}; moved aside to {aside.name}")

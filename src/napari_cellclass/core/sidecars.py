@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -52,22 +53,55 @@ def write_sidecar(path: Path, image_name: str, classes: tuple[str, ...], source:
     atomic_write_bytes(path, encode_sidecar(image_name, classes, source), fsync=fsync)
 
 
-def read_sidecar(path: str | os.PathLike) -> dict[str, object]:
-    """Read a sidecar; raise :class:`ProjectError` when it is corrupt or not ours."""
+_NPY_HEADER = re.compile(
+    r"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': False, 'shape': \((\d*),?\), \}"
+)
+
+
+def _read_npy(raw: bytes) -> np.ndarray:
+    """Parse a small ``.npy`` (0-d or 1-d, no objects) quickly; anything else goes to numpy's reader."""
+    if raw[:6] == b"\x93NUMPY" and raw[6] == 1:
+        hlen = int.from_bytes(raw[8:10], "little")
+        m = _NPY_HEADER.match(raw[10:10 + hlen].decode("latin1"))
+        if m and "O" not in m.group(1):
+            dtype = np.dtype(m.group(1))
+            n = int(m.group(2)) if m.group(2) else 1
+            arr = np.frombuffer(raw, dtype=dtype, count=n, offset=10 + hlen)
+            return arr if m.group(2) else arr.reshape(())
+    return np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
+
+
+def _read_members(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Read some arrays of an ``.npz`` (no pickles) with one file read; a missing optional member is skipped."""
+    data = path.read_bytes()
+    out: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        members = set(z.namelist())
+        for name in names:
+            if f"{name}.npy" in members:
+                out[name] = _read_npy(z.read(f"{name}.npy"))
+    return out
+
+
+def read_sidecar(path: str | os.PathLike, full: bool = True) -> dict[str, object]:
+    """Read a sidecar; raise :class:`ProjectError` when it is corrupt or not ours.
+
+    ``full=False`` reads only the version and the class names (fast path used when opening).
+    """
     path = Path(path)
+    names = ("format_version", "classes", "image", "timestamp", "source") if full else ("format_version", "classes")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            version = int(z["format_version"])
-            classes = tuple(str(c) for c in np.atleast_1d(z["classes"]))
-            image = str(z["image"]) if "image" in z.files else ""
-            timestamp = str(z["timestamp"]) if "timestamp" in z.files else ""
-            source = str(z["source"]) if "source" in z.files else "human"
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        z = _read_members(path, names)
+        version = int(z["format_version"])
+        classes = tuple(str(c) for c in np.atleast_1d(z["classes"]))
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as exc:
         raise ProjectError(f"{path}: corrupt label sidecar ({exc})") from None
     if version > SIDECAR_VERSION:
         raise ProjectError(
             f"{path}: label format version {version} is newer than this napari-cellclass "
             f"understands ({SIDECAR_VERSION}); upgrade napari-cellclass"
         )
-    return {"classes": classes, "image": image, "timestamp": timestamp, "source": source,
-            "format_version": version}
+    return {"classes": classes, "format_version": version,
+            "image": str(z["image"]) if "image" in z else "",
+            "timestamp": str(z["timestamp"]) if "timestamp" in z else "",
+            "source": str(z["source"]) if "source" in z else "human"}
