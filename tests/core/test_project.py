@@ -205,6 +205,8 @@ def test_read_only_folder_gives_clear_error_at_first_write(tiny_folder, monkeypa
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr("napari_cellclass.core.atomic.tempfile.mkstemp", deny)
+    fresh = Project.open(tiny_folder / "b")  # a new project in a read-only folder still opens
+    assert len(fresh.image_ids) == 3 and any("writable" in x for x in fresh.problems)
     with pytest.raises(ProjectError) as info:
         p.assign(p.image_ids[0], "a")
     msg = str(info.value)

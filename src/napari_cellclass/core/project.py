@@ -105,7 +105,10 @@ class Project:
         else:
             self.multi_label = bool(multi_label)
             if create:
-                self._save_config()
+                try:
+                    self._save_config()
+                except ProjectError as exc:  # read-only folder: browsing works, writing will say why
+                    self.problems.append(str(exc))
         self.image_ids = tuple(scan_images(self.root))
         self._index = {iid: i for i, iid in enumerate(self.image_ids)}
         self._find_clashes()
