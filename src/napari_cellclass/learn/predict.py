@@ -1,0 +1,215 @@
+"""Prediction with a trained model: files, folders, arrays or a project's images.
+
+Images go through the same cache and normalisation as in training and run in large batches
+under ``torch.inference_mode()``; optional test-time augmentation averages the four flips.
+For a project, results are stored in ``cellclass_predictions.csv`` (never in the labels).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.errors import CellclassError
+from ..core.predictions import Prediction, export_predictions_csv, now_iso, write_predictions
+from ..core.project import CONFIG_NAME, Project
+from ..core.scan import scan_images
+from .checkpoint import TrainedModel, load_model
+from .data import ImageStore, cache_dir_for
+from .engine import autocast, resolve_device, resolve_precision
+from .events import CancelToken
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class PredictionResult:
+    """Class probabilities of a set of images.
+
+    Attributes
+    ----------
+    ids : list of str
+        Image ids (project-relative) or file paths / ``array:<i>`` for other inputs.
+    classes : tuple of str
+        The model's classes (columns of ``probabilities``).
+    probabilities : ndarray, shape (N, K)
+        Softmax (single-label) or sigmoid (multi-label) outputs.
+    skipped : dict
+        ``{id: reason}`` for images that could not be read.
+    """
+
+    ids: list[str]
+    classes: tuple[str, ...]
+    probabilities: np.ndarray
+    multi_label: bool = False
+    threshold: float = 0.5
+    model_name: str = ""
+    timestamp: str = ""
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def top_index(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1) if len(self.ids) else np.zeros(0, np.int64)
+
+    @property
+    def top_class(self) -> list[str]:
+        """The most probable class of each image."""
+        return [self.classes[k] for k in self.top_index]
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """Probability of the top class."""
+        return self.probabilities.max(axis=1) if len(self.ids) else np.zeros(0, np.float32)
+
+    def predicted(self) -> list[tuple[str, ...]]:
+        """Predicted classes per image: the top class, or (multi-label) all above the threshold."""
+        if not self.multi_label:
+            return [(c,) for c in self.top_class]
+        return [tuple(c for c, p in zip(self.classes, row) if p >= self.threshold) for row in self.probabilities]
+
+    def records(self) -> list[Prediction]:
+        """One :class:`Prediction` per image (for the project file or a CSV)."""
+        preds = self.predicted()
+        return [Prediction(iid, preds[i], float(self.confidence[i]),
+                           {c: float(p) for c, p in zip(self.classes, self.probabilities[i])},
+                           self.model_name, self.timestamp) for i, iid in enumerate(self.ids)]
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """Write the predictions to a CSV file."""
+        return export_predictions_csv(path, self.records())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (one entry per image)."""
+        preds = self.predicted()
+        return {"model": self.model_name, "classes": list(self.classes), "n": len(self.ids),
+                "predictions": [{"image_id": iid, "predicted": list(preds[i]),
+                                 "confidence": float(self.confidence[i]),
+                                 "probabilities": {c: float(p) for c, p in zip(self.classes, self.probabilities[i])}}
+                                for i, iid in enumerate(self.ids)],
+                "skipped": [{"image_id": k, "reason": v} for k, v in self.skipped.items()]}
+
+
+def as_trained_model(model: TrainedModel | str | os.PathLike) -> TrainedModel:
+    return model if isinstance(model, TrainedModel) else load_model(model)
+
+
+def _inputs(images: Any, ids: Sequence[str] | None, include_labelled: bool
+            ) -> tuple[list[Any], list[str], Project | None]:
+    """(items for the store, their ids, the project or None)."""
+    if isinstance(images, (str, os.PathLike)) and Path(images).is_dir() and (Path(images) / CONFIG_NAME).exists():
+        images = Project.open(images, create=False)
+    if isinstance(images, Project):
+        if ids is None:
+            ids = list(images.image_ids) if include_labelled else images.unlabelled_ids()
+        return [images.path(i) for i in ids], list(ids), images
+    if isinstance(images, np.ndarray):
+        arrays = [images] if images.ndim in (2, 3) else list(images)
+        return arrays, [f"array:{i}" for i in range(len(arrays))], None
+    if isinstance(images, (str, os.PathLike)):
+        p = Path(images).expanduser()
+        if p.is_dir():
+            rel = scan_images(p)
+            return [p / r for r in rel], [str(p / r) for r in rel], None
+        if not p.exists():
+            raise CellclassError(f"{p}: no such image or folder")
+        return [p], [str(p)], None
+    items = list(images)
+    keys = [f"array:{i}" if isinstance(x, np.ndarray) else str(x) for i, x in enumerate(items)]
+    return items, keys, None
+
+
+def infer(trained: TrainedModel, store: ImageStore, index: np.ndarray, *, device: torch.device,
+          batch_size: int = 128, tta: bool = False, progress: Progress | None = None,
+          cancel: CancelToken | None = None) -> np.ndarray:
+    """Probabilities ``(len(index), K)`` for rows of a built store."""
+    model = trained.model.to(device).eval()
+    precision = resolve_precision(trained.config.get("train_config", {}).get("precision", "auto"), device)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    mean, std = trained.normalisation.tensors(device)
+    multi = trained.multi_label
+    out = []
+    n = len(index)
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            if cancel is not None and cancel.is_set():
+                break
+            x = torch.from_numpy(store.gather(index[start:start + batch_size]))
+            if device.type == "cuda":
+                x = x.pin_memory()
+            x = (x.to(device, non_blocking=True).float() - mean) / std
+            views = [x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)] if tta else [x]
+            acc = None
+            for v in views:
+                if channels_last:
+                    v = v.contiguous(memory_format=torch.channels_last)
+                with autocast(device, precision):
+                    logits = model(v).float()
+                p = torch.sigmoid(logits) if multi else torch.softmax(logits, dim=1)
+                acc = p if acc is None else acc + p
+            out.append((acc / len(views)).cpu().numpy())
+            if progress is not None:
+                progress(min(start + batch_size, n), n)
+    return np.concatenate(out) if out else np.zeros((0, len(trained.classes)), np.float32)
+
+
+def predict(model: TrainedModel | str | os.PathLike, images: Any, *, ids: Sequence[str] | None = None,
+            all_images: bool = False, tta: bool = False, batch_size: int = 128, device: str = "auto",
+            write: bool = True, csv: str | os.PathLike | None = None, progress: Progress | None = None,
+            cancel: CancelToken | None = None) -> PredictionResult:
+    """Predict classes of images.
+
+    Parameters
+    ----------
+    model
+        A :class:`TrainedModel` or a model folder.
+    images
+        A :class:`Project` or project folder (its unlabelled images; ``all_images=True``: all,
+        or the given ``ids``), a folder of images, an image file, a ``(C, Y, X)`` array, an
+        ``(N, C, Y, X)`` stack, or a list of files/arrays.
+    tta
+        Average the predictions of the four flips.
+    write
+        For a project: store the results in ``cellclass_predictions.csv`` (labels untouched).
+    csv
+        Also write the results to this CSV file.
+    progress
+        ``progress(done, total)`` during decoding and prediction.
+
+    Raises
+    ------
+    ChannelMismatchError
+        An image with another channel count than the model's (the message names it).
+    """
+    trained = as_trained_model(model)
+    items, keys, project = _inputs(images, ids, all_images)
+    dev = resolve_device(device)
+    store = ImageStore(items, trained.input_size, trained.normalisation.scaling, trained.in_chans, keys=keys,
+                       cache_dir=cache_dir_for(project.root) if project is not None else None)
+    total = len(items)
+    for done, _ in store.build():
+        if progress is not None:
+            progress(done, 2 * total)
+    good = np.flatnonzero(store.ok)
+    shift = (lambda d, t: progress(total + d, 2 * total)) if progress is not None else None  # noqa: E731
+    probs = infer(trained, store, good, device=dev, batch_size=batch_size, tta=tta, progress=shift, cancel=cancel)
+    good = good[:len(probs)]
+    result = PredictionResult([keys[i] for i in good], trained.classes, probs, trained.multi_label,
+                              trained.threshold, trained.name, now_iso(), dict(store.problems))
+    store.close()
+    if project is not None and write and len(result):
+        write_predictions(project.root, result.records())
+    if csv is not None:
+        result.to_csv(csv)
+    if progress is not None:
+        progress(2 * total, 2 * total)
+    return result
