@@ -1,0 +1,74 @@
+"""TrainConfig: defaults, JSON/YAML round trip, one-line errors naming the field."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from napari_cellclass.core.errors import ConfigError
+from napari_cellclass.learn.config import TrainConfig
+
+
+def test_round_trip_json_and_yaml(tmp_path):
+    cfg = TrainConfig(backbone="resnet18", loss="focal", focal_gamma=1.5, schedule="onecycle", epochs=3,
+                      input_size=None, aug_affine_degrees=15.0, fine_tune="head-then-all", extra={"note": "x"})
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    for name in ("c.json", "c.yaml"):
+        cfg.save(tmp_path / name)
+        assert TrainConfig.from_file(tmp_path / name) == cfg
+
+
+def test_partial_file_and_dashes(tmp_path):
+    (tmp_path / "c.yml").write_text("epochs: 5\nbatch-size: 4\noptimizer: sgd\n")
+    cfg = TrainConfig.from_file(tmp_path / "c.yml")
+    assert (cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.backbone) == (5, 4, "sgd", TrainConfig().backbone)
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("optimizer", "rmsprop", ["optimizer", "sgd, adam, adamw"]),
+    ("loss", "mse", ["loss", "ce, focal, kl, bce"]),
+    ("schedule", "step", ["schedule", "plateau"]),
+    ("epochs", 0, ["epochs", "1"]),
+    ("lr", -1.0, ["lr"]),
+    ("batch_size", 2.5, ["batch_size", "whole number"]),
+    ("fine_tune", "some", ["fine_tune", "head-then-all"]),
+    ("device", "tpu", ["device", "cuda"]),
+    ("monitor", "auc", ["monitor", "balanced_accuracy"]),
+    ("aug_flips", "yes", ["aug_flips", "true or false"]),
+    ("train_percent", 120.0, ["train_percent"]),
+])
+def test_bad_values_give_one_line_naming_field(field, value, words):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(**{field: value})
+    msg = str(info.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg
+
+
+def test_unknown_key_and_bad_file(tmp_path):
+    with pytest.raises(ConfigError, match="unknown setting.*epoch_count"):
+        TrainConfig.from_dict({"epoch_count": 3})
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="bad.json: not valid JSON"):
+        TrainConfig.from_file(bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        TrainConfig.from_file(tmp_path / "missing.yaml")
+
+
+def test_split_fractions_and_monitor():
+    cfg = TrainConfig(train_percent=70, test_percent=10)
+    assert cfg.val_fraction == pytest.approx(0.2) and cfg.test_fraction == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="must be 100"):
+        TrainConfig(train_percent=70, val_percent=20, test_percent=20)
+    assert TrainConfig().monitor_for(False) == ("accuracy", "max")
+    assert TrainConfig().monitor_for(True) == ("f1_macro", "max")
+    assert TrainConfig(monitor="loss").monitor_for(False) == ("loss", "min")
+    assert TrainConfig(fine_tune="none").fine_tune == "full"
+
+
+def test_model_config_json_is_accepted(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"format": "napari-cellclass/model", "train_config": TrainConfig(epochs=7).to_dict()}))
+    assert TrainConfig.from_file(path).epochs == 7

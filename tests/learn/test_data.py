@@ -1,0 +1,130 @@
+"""The data pipeline: decode-once cache (RAM and disk), invalidation, errors, augmentation."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from napari_cellclass.core.errors import ChannelMismatchError
+from napari_cellclass.learn.config import TrainConfig
+from napari_cellclass.learn.data import (BatchAugment, Batcher, ImageStore, Normalisation, choose_normalisation,
+                                         load_store, scale_intensity)
+
+
+def _pngs(folder, n=6, size=40, channels=1, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        shape = (size, size) if channels == 1 else (size, size, channels)
+        p = folder / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_memory_store_decodes_scales_and_resizes(tmp_path):
+    paths = _pngs(tmp_path / "a")
+    store = load_store(paths, 24)
+    assert store.location == "memory" and store.ok.all()
+    assert store.array.shape == (6, 1, 24, 24) and store.array.dtype == np.float16
+    assert 0 <= store.array.min() and store.array.max() <= 1  # 8-bit: divided by 255
+    assert store.gather(np.array([2, 0])).shape == (2, 1, 24, 24)
+
+
+def test_disk_cache_is_reused_and_invalidated_when_a_file_changes(tmp_path):
+    paths = _pngs(tmp_path / "imgs")
+    cache = tmp_path / "cellclass_cache"
+    first = load_store(paths, 16, cache_dir=cache, memory_mb=0)
+    assert first.location == "disk" and first.reused == 0 and first.ok.all()
+    assert any(cache.rglob("images.f16")) and any(cache.rglob("index.json"))
+    again = load_store(paths, 16, cache_dir=cache, memory_mb=0)
+    assert again.reused == 6
+    np.testing.assert_array_equal(again.gather(np.arange(6)), first.gather(np.arange(6)))
+    # change one image: only that one is decoded again, with its new pixels
+    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(paths[3])
+    st = os.stat(paths[3])
+    os.utime(paths[3], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    third = load_store(paths, 16, cache_dir=cache, memory_mb=0)
+    assert third.reused == 5
+    assert float(third.gather(np.array([3])).min()) == 1.0
+
+
+def test_unreadable_images_are_skipped_with_a_reason(tmp_path):
+    paths = _pngs(tmp_path / "b", n=3)
+    bad = tmp_path / "b" / "broken.png"
+    bad.write_bytes(b"not a png at all")
+    store = load_store([*paths, bad], 16)
+    assert list(store.ok) == [True, True, True, False]
+    assert str(bad) in store.problems
+
+
+def test_channel_mismatch_names_the_file(tmp_path):
+    gray = _pngs(tmp_path / "g", n=2)
+    rgb = _pngs(tmp_path / "rgb", n=1, channels=3)
+    with pytest.raises(ChannelMismatchError, match=r"img0\.png: has 3 channel\(s\) but the model takes 1"):
+        load_store([*gray, *rgb], 16)
+
+
+def test_percentile_scaling_is_robust_to_offset_and_bit_depth():
+    rng = np.random.default_rng(0)
+    img = rng.normal(1000, 100, (2, 32, 32)).astype(np.uint16)
+    a = scale_intensity(img, "auto")
+    b = scale_intensity((img.astype(np.float64) * 4 + 500).astype(np.uint16), "auto")
+    np.testing.assert_allclose(a, b, atol=0.02)
+
+
+def test_dataset_normalisation_statistics(tmp_path):
+    store = load_store(_pngs(tmp_path / "n"), 16)
+    norm = choose_normalisation(store, np.arange(6), "auto")
+    x = store.array.astype(np.float64)
+    assert norm.source == "dataset"
+    assert norm.mean[0] == pytest.approx(x.mean(), rel=1e-4) and norm.std[0] == pytest.approx(x.std(), rel=1e-3)
+    imagenet = choose_normalisation(store, np.arange(6), "auto", (0.5,), (0.25,))
+    assert imagenet.source == "imagenet" and imagenet.mean == (0.5,)
+
+
+def _aug(**kw):
+    cfg = TrainConfig(**{"aug_brightness": 0.0, "aug_contrast": 0.0, **kw})
+    return BatchAugment(cfg, Normalisation("auto", (0.0,), (1.0,), "dataset"), torch.device("cpu"))
+
+
+def test_flips_and_rot90_are_exact_permutations():
+    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).view(2, 1, 8, 8)
+    y = _aug(aug_flips=True, aug_rot90=True)(x, torch.Generator().manual_seed(1))
+    for i in range(2):
+        assert sorted(y[i].flatten().tolist()) == sorted(x[i].flatten().tolist())
+    # the grid_sample path reproduces exact dihedral transforms for 90 degree steps
+    z = _aug(aug_flips=True, aug_rot90=True, aug_affine_degrees=1e-9)(x, torch.Generator().manual_seed(1))
+    for i in range(2):
+        variants = [torch.rot90(v, k, (-2, -1)) for v in (x[i], x[i].flip(-1)) for k in range(4)]
+        assert any(torch.allclose(z[i], v, atol=1e-3) for v in variants)
+
+
+def test_augmentation_is_seeded_and_keeps_shape():
+    x = torch.rand(4, 2, 16, 16)
+    aug = _aug(aug_affine_degrees=20.0, aug_affine_scale=0.1, aug_crop_scale=0.5, aug_brightness=0.1,
+               aug_contrast=0.2, aug_gamma=0.2, aug_blur_prob=1.0, aug_noise_std=0.05)
+    a = aug(x, torch.Generator().manual_seed(3))
+    b = aug(x, torch.Generator().manual_seed(3))
+    c = aug(x, torch.Generator().manual_seed(4))
+    assert a.shape == x.shape and torch.isfinite(a).all()
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_batcher_and_prefetch_thread_give_the_same_batches(tmp_path):
+    store = load_store(_pngs(tmp_path / "p", n=5), 16)
+    b = Batcher(store, torch.device("cpu"))
+    batches = [np.array([0, 1]), np.array([4, 2]), np.array([3])]
+    plain = list(b.iterate(batches, threads=0))
+    threaded = list(b.iterate(batches, threads=1))
+    assert all(torch.equal(p, t) for p, t in zip(plain, threaded))
+    assert plain[1].dtype == torch.float32 and plain[1].shape == (2, 1, 16, 16)
+
+
+def test_empty_store(tmp_path):
+    store = ImageStore([], 16, in_chans=2)
+    assert list(store.build()) == [] and store.array.shape == (0, 2, 16, 16)
