@@ -7,10 +7,13 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import ImageReadError
+from ..core.images import ImageData
 from ..core.project import Project
 
 PAGE_SIZE = 16
 METADATA_KEY = "cellclass"
+COMPOSITE = "composite"
+BLEND = "RGB blend"
 
 
 def contrast_limits(pixels: np.ndarray) -> list[float]:
@@ -27,22 +30,71 @@ def contrast_limits(pixels: np.ndarray) -> list[float]:
 def image_layer_data(project: Project, image_id: str) -> tuple[Any, dict[str, Any], str]:
     """One image as ``(data, kwargs, 'image')``: channels first, a composite for several channels."""
     img = project.read_image(image_id)
-    meta = {METADATA_KEY: {"project": str(project.root), "image_id": image_id,
+    return layer_data_from_image(img, layer_metadata(project, image_id), image_id)
+
+
+def layer_metadata(project: Project, image_id: str) -> dict[str, Any]:
+    """The ``layer.metadata`` that ties a layer to a project image."""
+    return {METADATA_KEY: {"project": str(project.root), "image_id": image_id,
                            "labels": list(project.labels(image_id))}}
-    kwargs: dict[str, Any] = {"name": image_id, "metadata": meta}
+
+
+def natural_layer_count(img: ImageData) -> int:
+    """How many layers an image makes as a composite (1 for grey or 8-bit RGB)."""
+    if img.n_channels == 1 or _is_rgb(img):
+        return 1
+    return img.n_channels
+
+
+def _is_rgb(img: ImageData) -> bool:
+    return img.channel_source == "S" and img.n_channels in (3, 4) and img.pixels.dtype == np.uint8
+
+
+def layer_data_from_image(img: ImageData, meta: dict[str, Any], name: str,
+                          mode: str | int = "composite") -> tuple[Any, dict[str, Any], str]:
+    """Layer data for an image already read.
+
+    ``mode``: ``"composite"`` (one layer per channel, additive; 8-bit RGB stays RGB),
+    ``"RGB blend"`` (the composite rendered into one RGB layer, so the image fills one grid cell
+    whatever its channel count) or a channel index (that channel only; clipped to the last).
+    """
+    kwargs: dict[str, Any] = {"name": name, "metadata": meta}
+    if isinstance(mode, int) and img.n_channels > 1:
+        k = min(max(0, mode), img.n_channels - 1)
+        kwargs["contrast_limits"] = contrast_limits(img.pixels[k])
+        kwargs["name"] = f"{name} [{img.channel_names[k]}]" if k < len(img.channel_names) else name
+        return img.pixels[k], kwargs, "image"
     if img.n_channels == 1:
         kwargs["contrast_limits"] = contrast_limits(img.pixels[0])
         return img.pixels[0], kwargs, "image"
-    if img.channel_source == "S" and img.n_channels in (3, 4) and img.pixels.dtype == np.uint8:
+    if _is_rgb(img):
         kwargs["rgb"] = True
         return np.moveaxis(img.pixels, 0, -1), kwargs, "image"
+    if mode == BLEND:
+        kwargs["rgb"] = True
+        return blend_channels(img.pixels), kwargs, "image"
     kwargs["channel_axis"] = 0
-    kwargs["name"] = [f"{image_id} [{n}]" for n in img.channel_names]
+    kwargs["name"] = [f"{name} [{n}]" for n in img.channel_names]
     kwargs["contrast_limits"] = [contrast_limits(c) for c in img.pixels]
     kwargs["colormap"] = _channel_colormaps(img.n_channels)
     kwargs["blending"] = "additive"
     kwargs["metadata"] = [meta] * img.n_channels
     return img.pixels, kwargs, "image"
+
+
+_RGB = {"blue": (0.0, 0.0, 1.0), "green": (0.0, 1.0, 0.0), "magenta": (1.0, 0.0, 1.0),
+        "yellow": (1.0, 1.0, 0.0), "cyan": (0.0, 1.0, 1.0), "red": (1.0, 0.0, 0.0),
+        "gray": (1.0, 1.0, 1.0)}
+
+
+def blend_channels(pixels: np.ndarray) -> np.ndarray:
+    """Channels ``(C, Y, X)`` as one additive RGB ``float32`` image ``(Y, X, 3)`` in 0-1."""
+    out = np.zeros(pixels.shape[1:] + (3,), dtype=np.float32)
+    for c, cmap in zip(pixels, _channel_colormaps(pixels.shape[0])):
+        lo, hi = contrast_limits(c)
+        norm = np.clip((c.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+        out += norm[..., None] * np.asarray(_RGB[cmap], dtype=np.float32)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def _channel_colormaps(n: int) -> list[str]:

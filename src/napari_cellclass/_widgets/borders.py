@@ -1,0 +1,82 @@
+"""Drawing class borders on napari layers (``layer.bounding_box`` plus nested extra boxes)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from napari.components.overlays import BoundingBoxOverlay
+from napari.layers import Layer
+
+from .labelling_model import BorderSpec
+
+#: Keys of the extra rectangles (2nd, 3rd ... class of a multi-label image) in ``layer._overlays``.
+EXTRA_KEY = "cellclass_border_{}"
+_BASE_ORDER = 10_000
+
+
+def apply_border(layer: Layer, specs: Sequence[BorderSpec]) -> None:
+    """Show ``specs`` around ``layer`` (no border for an empty list).
+
+    The first rectangle is the layer's own bounding box; further ones (multi-label images) are
+    extra bounding-box overlays drawn on top, each thinner, so all classes stay visible as
+    nested bands. "No border" is a fully transparent box rather than a hidden one: napari
+    re-lays out every overlay of a grid when an overlay's visibility flips, which would make
+    each key press cost time proportional to the page size squared.
+    """
+    layer = getattr(layer, "__wrapped__", layer)
+    bb = layer.bounding_box
+    if specs:
+        _style(bb, specs[0], 0)
+    else:
+        _hide(bb)
+    overlays = getattr(layer, "_overlays", None)
+    if overlays is None:  # napari without per-layer overlays: first class only
+        return
+    for i, spec in enumerate(specs[1:], start=1):
+        key = EXTRA_KEY.format(i)
+        if key not in overlays:
+            overlays[key] = BoundingBoxOverlay(points=False, visible=False)
+        _style(overlays[key], spec, i)
+    k = len(specs) if specs else 1
+    while EXTRA_KEY.format(k) in overlays:
+        _hide(overlays[EXTRA_KEY.format(k)])
+        k += 1
+
+
+def prepare_border(layer: Layer) -> None:
+    """Make a new layer's bounding box ready (visible, transparent) while the grid is off."""
+    layer = getattr(layer, "__wrapped__", layer)
+    bb = layer.bounding_box
+    bb.points = False
+    bb.opacity = 0.0
+    bb.order = _BASE_ORDER
+    bb.visible = True
+
+
+def border_colors(layer: Layer) -> list[tuple[float, float, float, float]]:
+    """The RGBA colours (alpha = opacity) of the rectangles shown around ``layer``, bottom first."""
+    layer = getattr(layer, "__wrapped__", layer)
+    boxes = [layer.bounding_box]
+    overlays = getattr(layer, "_overlays", {})
+    k = 1
+    while EXTRA_KEY.format(k) in overlays:
+        boxes.append(overlays[EXTRA_KEY.format(k)])
+        k += 1
+    out = []
+    for box in boxes:
+        if box.visible and box.opacity > 0 and box.lines:
+            r, g, b = (float(v) for v in box.line_color[:3])
+            out.append((r, g, b, float(box.opacity)))
+    return out
+
+
+def _style(overlay: BoundingBoxOverlay, spec: BorderSpec, index: int) -> None:
+    overlay.points = False
+    overlay.line_color = spec.color
+    overlay.line_thickness = spec.thickness
+    overlay.opacity = spec.opacity
+    overlay.order = _BASE_ORDER + index
+    overlay.visible = True
+
+
+def _hide(overlay: BoundingBoxOverlay) -> None:
+    overlay.opacity = 0.0

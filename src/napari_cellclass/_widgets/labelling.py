@@ -1,0 +1,846 @@
+"""The labelling dock widget: a project's images as layers in a grid, classes, hotkeys, borders.
+
+The widget is thin: paging and filtering live in :class:`~.labelling_model.Pager`, labelling and
+undo in :class:`~.labelling_model.LabellingSession`, labels and sidecars in
+:class:`~napari_cellclass.core.project.Project`. The widget turns them into layers, borders and
+notifications.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+)
+from napari.layers import Image, Layer
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QEvent, QObject, QTimer
+
+from ..core.errors import CellclassError, ImageReadError
+from ..core.images import ImageData
+from ..core.project import Project
+from .borders import apply_border, prepare_border
+from .labelling_model import (
+    SPECIAL_FILTERS,
+    LabellingSession,
+    Pager,
+    fallback_color,
+    image_border_specs,
+)
+from .layers import BLEND, COMPOSITE, METADATA_KEY, PAGE_SIZE, layer_data_from_image, layer_metadata, natural_layer_count
+
+if TYPE_CHECKING:
+    import napari
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Hotkeys (napari key names) and the widget methods they call.
+HOTKEYS: dict[str, str] = {
+    "F1": "label_selected",
+    "F2": "label_and_next",
+    "Control-Z": "undo",
+    "F3": "previous_class",
+    "F4": "next_class",
+    "PageDown": "next_page",
+    "PageUp": "previous_page",
+}
+HOTKEY_HELP = (
+    "F1 label selected image(s) (multi-label: toggle) · F2 label and go to next · "
+    "Ctrl+Z undo · F3/F4 previous/next class · PageUp/PageDown page"
+)
+GRID_SPACING = 0.06
+
+
+def _reports_errors(method: F) -> F:
+    """Show project and file errors as napari notifications instead of raising."""
+
+    @functools.wraps(method)
+    def wrapper(self: LabellingWidget, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except CellclassError as exc:
+            show_error(str(exc))
+        except OSError as exc:
+            show_error(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _qt_confirm(parent: Any, question: str) -> bool:
+    from qtpy.QtWidgets import QMessageBox
+
+    answer = QMessageBox.question(parent, "napari-cellclass", question)
+    return answer == QMessageBox.StandardButton.Yes
+
+
+def _qt_pick_color(parent: Any, current: str) -> str | None:
+    from qtpy.QtGui import QColor
+    from qtpy.QtWidgets import QColorDialog
+
+    color = QColorDialog.getColor(QColor(current), parent, "Class colour")
+    return color.name() if color.isValid() else None
+
+
+class _quiet:
+    """Block a few magicgui widgets' ``changed`` signals while setting values."""
+
+    def __init__(self, *widgets: Any) -> None:
+        self._widgets = widgets
+
+    def __enter__(self) -> None:
+        for w in self._widgets:
+            w.changed.block()
+
+    def __exit__(self, *exc: object) -> None:
+        for w in self._widgets:
+            w.changed.unblock()
+
+
+@dataclass
+class _Shown:
+    """The layers showing one image of the page."""
+
+    key: str | int  # display mode the layers were made with
+    layers: list[Layer]
+    natural: int  # layers the image makes as a composite
+
+
+class _LayerTarget:
+    """A layer a script added (not a project image), labelled through ``layer.metadata``."""
+
+    def __init__(self, layer: Layer) -> None:
+        self.layer = layer
+
+    def get_labels(self) -> tuple[str, ...]:
+        meta = self.layer.metadata.get(METADATA_KEY) or {}
+        return tuple(meta.get("labels", ()))
+
+    def set_labels(self, classes: tuple[str, ...]) -> None:
+        meta = dict(self.layer.metadata.get(METADATA_KEY) or {})
+        meta["labels"] = list(classes)
+        self.layer.metadata[METADATA_KEY] = meta
+
+    @property
+    def source_path(self) -> Path | None:
+        path = self.layer.source.path
+        return Path(path) if path else None
+
+    def __hash__(self) -> int:
+        return id(self.layer)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _LayerTarget) and other.layer is self.layer
+
+
+class _LifetimeFilter(QObject):
+    """Binds the hotkeys while the widget is docked; unbinds when it is closed or undocked."""
+
+    def __init__(self, widget: LabellingWidget) -> None:
+        super().__init__()
+        self._widget = widget
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
+        etype = event.type()
+        if etype == QEvent.Type.Close:
+            self._widget.unbind_hotkeys()
+        elif etype == QEvent.Type.ParentChange:
+            if obj.parent() is None:
+                self._widget.unbind_hotkeys()
+            else:
+                self._widget.bind_hotkeys()
+        return False
+
+
+def _recycle(layers: list[Layer], data: Any, kwargs: dict[str, Any]) -> None:
+    """Show new image data in existing layers (one per channel for a composite)."""
+    names = kwargs["name"] if isinstance(kwargs["name"], list) else [kwargs["name"]]
+    metas = kwargs["metadata"] if isinstance(kwargs["metadata"], list) else [kwargs["metadata"]]
+    limits = kwargs.get("contrast_limits")
+    for k, layer in enumerate(layers):
+        layer.data = data[k] if kwargs.get("channel_axis") is not None else data
+        if limits is not None:
+            layer.contrast_limits = limits[k] if isinstance(limits[0], list) else limits
+        layer.metadata = dict(metas[min(k, len(metas) - 1)])
+        layer.name = names[min(k, len(names) - 1)]
+
+
+class LabellingWidget(Container):
+    """Label a project's images with hotkeys; each image's class is a coloured border.
+
+    Parameters
+    ----------
+    viewer
+        The napari viewer (injected by napari when opened from the Plugins menu).
+    project
+        A project or folder to open now (else: the folder field, or layers opened with the
+        napari-cellclass reader are picked up).
+    confirm
+        ``confirm(question) -> bool`` asked before destructive actions (a Qt dialog by default).
+    pick_color
+        ``pick_color(current) -> '#rrggbb' | None`` for recolouring (a Qt dialog by default).
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, project: Project | str | Path | None = None, *,
+                 confirm: Callable[[str], bool] | None = None,
+                 pick_color: Callable[[str], str | None] | None = None) -> None:
+        super().__init__(labels=False)
+        # napari hands plugins a proxy that warns on private attributes; the nested borders of
+        # multi-label images use the layers' overlay dictionary, so keep the real viewer
+        self.viewer = getattr(viewer, "__wrapped__", viewer)
+        self.project: Project | None = None
+        self.pager: Pager | None = None
+        self.session: LabellingSession | None = None
+        self.confirm: Callable[[str], bool] = confirm or (lambda q: _qt_confirm(self.native, q))
+        self.pick_color: Callable[[str], str | None] = pick_color or (
+            lambda c: _qt_pick_color(self.native, c))
+        self._shown: dict[str, _Shown] = {}
+        self._rendering = False
+        self._adopt_scheduled = False
+        self._bound: dict[str, tuple[Callable, Any]] = {}  # key -> (our func, previous binding)
+        self._max_channels = 1
+        self._build()
+        viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        viewer.layers.events.removed.connect(self._on_layer_removed)
+        self._lifetime = _LifetimeFilter(self)
+        self.native.installEventFilter(self._lifetime)
+        self.bind_hotkeys()
+        if project is not None:
+            self.open_project(project)
+        else:
+            self._adopt_layers()
+        self._refresh_panel()
+
+    # ================================================================== building
+    def _build(self) -> None:
+        self.folder = FileEdit(mode="d", label="Project folder")
+        self.open_button = PushButton(text="Open folder")
+        self.multi_label = CheckBox(text="multi-label (an image may have several classes)")
+        self.summary = Label(value="No project open: pick a folder or use File > Open Folder")
+        self.class_choice = ComboBox(label="Class (F3/F4)", choices=self._class_choices)
+        self.counts = Label(value="")
+        self.class_name = LineEdit(label="Name", value="")
+        self.add_button = PushButton(text="Add class")
+        self.rename_button = PushButton(text="Rename to name")
+        self.color_button = PushButton(text="Colour…")
+        self.remove_button = PushButton(text="Remove class")
+        self.image_filter = ComboBox(label="Show", choices=self._filter_choices)
+        self.page_size = SpinBox(label="Page size", value=PAGE_SIZE, min=1, max=100)
+        self.channels = ComboBox(label="Channels", choices=self._channel_choices)
+        self.prev_button = PushButton(text="◀ Previous page")
+        self.page_label = Label(value="")
+        self.next_button = PushButton(text="Next page ▶")
+        self.label_button = PushButton(text="Label (F1)")
+        self.label_next_button = PushButton(text="Label + next (F2)")
+        self.undo_button = PushButton(text="Undo (Ctrl+Z)")
+        self.clear_button = PushButton(text="Clear labels")
+        self.help = Label(value=HOTKEY_HELP)
+        self.help.native.setWordWrap(True)
+        self.counts.native.setWordWrap(True)
+
+        def row(*widgets: Any) -> Container:
+            return Container(widgets=list(widgets), layout="horizontal", labels=False)
+
+        def form(*widgets: Any) -> Container:
+            return Container(widgets=list(widgets), labels=True)
+
+        self.extend([
+            form(self.folder), row(self.open_button, self.multi_label), self.summary,
+            form(self.class_choice), self.counts,
+            form(self.class_name),
+            row(self.add_button, self.rename_button, self.color_button, self.remove_button),
+            form(self.image_filter, self.page_size, self.channels),
+            row(self.prev_button, self.page_label, self.next_button),
+            row(self.label_button, self.label_next_button, self.undo_button, self.clear_button),
+            self.help,
+        ])
+        self.open_button.changed.connect(self._on_open_clicked)
+        self.multi_label.changed.connect(self._on_multi_label)
+        self.class_choice.changed.connect(self._on_class_choice)
+        self.add_button.changed.connect(self._on_add_class)
+        self.rename_button.changed.connect(self._on_rename_class)
+        self.color_button.changed.connect(self._on_recolor_class)
+        self.remove_button.changed.connect(self._on_remove_class)
+        self.image_filter.changed.connect(self._on_filter)
+        self.page_size.changed.connect(self._on_page_size)
+        self.channels.changed.connect(self._on_channels)
+        self.prev_button.changed.connect(self.previous_page)
+        self.next_button.changed.connect(self.next_page)
+        self.label_button.changed.connect(self.label_selected)
+        self.label_next_button.changed.connect(self.label_and_next)
+        self.undo_button.changed.connect(self.undo)
+        self.clear_button.changed.connect(self.clear_selected)
+
+    def _class_choices(self, _widget: Any = None) -> list[str]:
+        return list(self.project.class_names) if self.project is not None else []
+
+    def _filter_choices(self, _widget: Any = None) -> list[str]:
+        return list(SPECIAL_FILTERS) + self._class_choices()
+
+    def _channel_choices(self, _widget: Any = None) -> list[str]:
+        return [COMPOSITE, BLEND] + [f"channel {k + 1}" for k in range(self._max_channels if self._max_channels > 1 else 0)]
+
+    # ================================================================== hotkeys
+    def bind_hotkeys(self) -> None:
+        """Bind the hotkeys on the viewer (remembering what they replace)."""
+        if self._bound:
+            return
+        for key, method in HOTKEYS.items():
+            func = self._hotkey(method)
+            previous = self.viewer.bind_key(key, func, overwrite=True)
+            self._bound[key] = (func, previous)
+
+    def unbind_hotkeys(self) -> None:
+        """Remove our hotkeys and restore whatever was bound before."""
+        from napari.utils.key_bindings import coerce_keybinding
+
+        for key, (func, previous) in list(self._bound.items()):
+            current = self.viewer.keymap.get(coerce_keybinding(key))
+            if current is func:
+                self.viewer.bind_key(key, previous, overwrite=True)
+            del self._bound[key]
+
+    def _hotkey(self, method: str) -> Callable[[Any], None]:
+        def handler(_viewer: Any) -> None:
+            getattr(self, method)()
+
+        handler.__name__ = f"cellclass_{method}"
+        handler.__doc__ = f"napari-cellclass: {method.replace('_', ' ')}"
+        return handler
+
+    def close(self) -> None:
+        """Unbind the hotkeys and stop listening to the viewer and the project."""
+        self.unbind_hotkeys()
+        self.viewer.layers.events.inserted.disconnect(self._on_layer_inserted)
+        self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
+        if self.project is not None:
+            self.project.remove_listener(self._on_project_changed)
+        super().close()
+
+    # ================================================================== project
+    @_reports_errors
+    def _on_open_clicked(self) -> None:
+        folder = self.folder.value
+        if not folder or not Path(folder).is_dir():
+            show_warning("pick the project folder first")
+            return
+        self.open_project(folder)
+
+    def open_project(self, project: Project | str | Path) -> None:
+        """Open a project (or folder) and show its first page."""
+        if not isinstance(project, Project):
+            project = Project.open(project)
+        self._set_project(project)
+        self._render_page()
+
+    def _set_project(self, project: Project) -> None:
+        if self.project is not None:
+            self.project.remove_listener(self._on_project_changed)
+            self._remove_page_layers(list(self._shown))
+        self.project = project
+        self.pager = Pager(project, int(self.page_size.value))
+        self.session = LabellingSession(project)
+        project.add_listener(self._on_project_changed)
+        with _quiet(self.folder, self.multi_label):
+            self.folder.value = project.root
+            self.multi_label.value = project.multi_label
+        self._refresh_choices()
+        for problem in project.problems:
+            show_warning(problem)
+
+    # ================================================================== adopting reader layers
+    def _project_meta(self, layer: Layer) -> dict[str, Any] | None:
+        meta = layer.metadata.get(METADATA_KEY) if isinstance(layer.metadata, dict) else None
+        if isinstance(meta, dict) and meta.get("project") and meta.get("image_id"):
+            return meta
+        return None
+
+    def _on_layer_inserted(self, event: Any) -> None:
+        if self._rendering:
+            return
+        layer = event.value
+        if self._project_meta(layer) is not None:
+            if not self._adopt_scheduled:
+                self._adopt_scheduled = True
+                QTimer.singleShot(0, self._adopt_layers)
+        elif isinstance(layer, Image):
+            self._draw_scripted(layer)
+
+    def _on_layer_removed(self, event: Any) -> None:
+        if self._rendering:
+            return
+        layer = event.value
+        for iid, shown in list(self._shown.items()):
+            if layer in shown.layers:
+                shown.layers.remove(layer)
+                if not shown.layers:
+                    del self._shown[iid]
+
+    @_reports_errors
+    def _adopt_layers(self) -> None:
+        """Take over layers a napari-cellclass reader added (e.g. ``viewer.open(folder)``)."""
+        self._adopt_scheduled = False
+        foreign: dict[str, list[Layer]] = {}
+        root: str | None = None
+        for layer in self.viewer.layers:
+            meta = self._project_meta(layer)
+            if meta is None or any(layer in s.layers for s in self._shown.values()):
+                continue
+            root = meta["project"]
+            foreign.setdefault(meta["image_id"], []).append(layer)
+        if root is None:
+            for layer in self.viewer.layers:
+                if isinstance(layer, Image) and self._project_meta(layer) is None:
+                    self._draw_scripted(layer)
+            return
+        if self.project is None or str(self.project.root) != root:
+            self._set_project(Project.open(root))
+        assert self.project is not None
+        for iid, layers in foreign.items():
+            if iid in self._shown or iid not in self.project.image_ids:
+                self._remove_layers(layers)  # a duplicate of an image already shown
+            else:
+                self._shown[iid] = _Shown(COMPOSITE, layers, len(layers))
+        self._render_page()
+
+    # ================================================================== pages
+    def _display_mode(self) -> str | int:
+        value = self.channels.value or COMPOSITE
+        if value in (COMPOSITE, BLEND):
+            return value
+        return int(str(value).split()[-1]) - 1
+
+    @_reports_errors
+    def next_page(self) -> None:
+        if self.pager is None:
+            return
+        if self.pager.next_page() is None:
+            show_info("this is the last page")
+            return
+        self._render_page()
+
+    @_reports_errors
+    def previous_page(self) -> None:
+        if self.pager is None:
+            return
+        if self.pager.previous_page() is None:
+            show_info("this is the first page")
+            return
+        self._render_page()
+
+    def _render_page(self, select: str | None = None) -> None:
+        """Show the pager's page: reuse layers already shown, read the others."""
+        assert self.project is not None and self.pager is not None
+        ids = self.pager.page_ids or self.pager.first_page()
+        mode = self._display_mode()
+        images: dict[str, ImageData] = {}
+        natural: dict[str, int] = {}
+        for iid in ids:
+            shown = self._shown.get(iid)
+            if shown is not None:  # already shown: its channel count is known
+                natural[iid] = shown.natural
+                continue
+            try:
+                img = self.project.read_image(iid)
+            except ImageReadError as exc:
+                show_warning(f"skipped on this page: {exc}")
+                continue
+            images[iid] = img
+            natural[iid] = natural_layer_count(img)
+            self._max_channels = max(self._max_channels, img.n_channels)
+        # one grid cell per image: the channel layers of a composite share a cell (grid stride);
+        # a page mixing channel counts shows multi-channel images blended into one RGB layer
+        counts = {natural[i] for i in natural}
+        if mode == BLEND or (mode == COMPOSITE and len(counts) > 1):
+            key_of = {i: (BLEND if natural[i] > 1 else COMPOSITE) for i in natural}
+            stride = 1
+        elif mode != COMPOSITE:
+            key_of = {i: mode for i in natural}
+            stride = 1
+        elif not counts:
+            key_of, stride = {}, 1
+        else:
+            key_of = {i: COMPOSITE for i in natural}
+            stride = counts.pop()
+        self._rendering = True
+        grid = self.viewer.canvas.grid
+        try:
+            # layers of images leaving the page are recycled (new data, name, metadata) for
+            # images arriving: adding and removing layers is what makes napari slow
+            stale = [i for i in self._shown if i not in key_of or self._shown[i].key != key_of[i]]
+            pool = [self._shown.pop(i) for i in stale]
+            with self.viewer.layers.batched_update():
+                self._fill_page(ids, key_of, natural, images, pool)
+            order = [lyr for i in ids if i in self._shown for lyr in self._shown[i].layers]
+            current = list(self.viewer.layers)
+            if current[: len(order)] != order:
+                self.viewer.layers.move_multiple([current.index(lyr) for lyr in order], 0)
+            relayout = not grid.enabled or grid.stride != stride
+            grid.stride = stride
+            grid.shape = (-1, -1)
+            grid.spacing = GRID_SPACING
+            grid.enabled = True
+            if relayout:
+                self.viewer.reset_view()
+        finally:
+            self._rendering = False
+        for iid in self._shown:
+            self._draw(iid)
+        target = select if select in self._shown else next((i for i in ids if i in self._shown), None)
+        if target is not None:
+            self.select_image(target)
+        self._refresh_page_label()
+
+    def _fill_page(self, ids: tuple[str, ...], key_of: dict[str, str | int], natural: dict[str, int],
+                   images: dict[str, ImageData], pool: list[_Shown]) -> None:
+        """Give every image of the page its layers: recycled from ``pool`` or newly added."""
+        assert self.project is not None
+        grid = self.viewer.canvas.grid
+        for iid in ids:
+            if iid not in key_of or iid in self._shown:
+                continue
+            img = images.get(iid)
+            if img is None:
+                img = self.project.read_image(iid)
+            data, kwargs, _ = layer_data_from_image(
+                img, layer_metadata(self.project, iid), iid, key_of[iid])
+            n_layers = natural[iid] if key_of[iid] == COMPOSITE else 1
+            reuse = next((s for s in pool if len(s.layers) == n_layers
+                          and s.layers[0].rgb == bool(kwargs.get("rgb", False))), None)
+            if reuse is not None:
+                pool.remove(reuse)
+                _recycle(reuse.layers, data, kwargs)
+                layers = reuse.layers
+            else:
+                if grid.enabled:
+                    grid.enabled = False
+                added = self.viewer.add_image(data, **kwargs)
+                layers = list(added) if isinstance(added, list) else [added]
+                for layer in layers:
+                    prepare_border(layer)
+            self._shown[iid] = _Shown(key_of[iid], layers, natural[iid])
+        if pool:
+            grid.enabled = False
+            for shown in pool:
+                self._remove_layers(shown.layers)
+
+    def _remove_page_layers(self, ids: list[str]) -> None:
+        was = self._rendering
+        self._rendering = True
+        try:
+            for iid in ids:
+                shown = self._shown.pop(iid, None)
+                if shown is not None:
+                    self._remove_layers(shown.layers)
+        finally:
+            self._rendering = was
+
+    def _remove_layers(self, layers: list[Layer]) -> None:
+        for layer in layers:
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+
+    def select_image(self, image_id: str) -> None:
+        """Make an image of the page the selected (active) layer."""
+        shown = self._shown.get(image_id)
+        if shown is not None and shown.layers:
+            self.viewer.layers.selection.active = shown.layers[0]
+
+    # ================================================================== selection
+    def selected(self) -> tuple[list[str], list[_LayerTarget]]:
+        """Project image ids (page order) and scripted layers among the selected layers."""
+        ids: set[str] = set()
+        targets: list[_LayerTarget] = []
+        project = self.project
+        root = str(project.root) if project is not None else None
+        for layer in self.viewer.layers.selection:
+            meta = self._project_meta(layer)
+            if meta is not None:
+                if meta["project"] == root:
+                    ids.add(meta["image_id"])
+                continue
+            if not isinstance(layer, Image):
+                continue
+            iid = self._project_id_of_source(layer)
+            if iid is not None:
+                ids.add(iid)
+            else:
+                targets.append(_LayerTarget(layer))
+        page = self.pager.page_ids if self.pager is not None else ()
+        ordered = [i for i in page if i in ids] + sorted(i for i in ids if i not in page)
+        return ordered, targets
+
+    def _project_id_of_source(self, layer: Layer) -> str | None:
+        """The project image id of a layer opened from a file inside the project, if any."""
+        if self.project is None or not layer.source.path:
+            return None
+        try:
+            rel = Path(layer.source.path).resolve().relative_to(self.project.root).as_posix()
+        except ValueError:
+            return None
+        return rel if rel in self.project.image_ids else None
+
+    # ================================================================== labelling
+    def _require_selection(self) -> tuple[list[str], list[_LayerTarget]] | None:
+        if self.session is None:
+            show_warning("open a project folder first (its cellclass.json holds the classes)")
+            return None
+        ids, targets = self.selected()
+        if not ids and not targets:
+            show_warning("select an image first (click its layer)")
+            return None
+        return ids, targets
+
+    @_reports_errors
+    def label_selected(self) -> None:
+        """F1: give the selected class to the selected image(s); multi-label projects toggle."""
+        sel = self._require_selection()
+        if sel is None:
+            return
+        assert self.session is not None
+        self.session.label(*sel)
+        for t in sel[1]:
+            self._draw_scripted(t.layer)
+
+    @_reports_errors
+    def label_and_next(self) -> None:
+        """F2: label the selected image(s), then select the next image (turning the page)."""
+        sel = self._require_selection()
+        if sel is None:
+            return
+        assert self.session is not None and self.pager is not None
+        ids, targets = sel
+        self.session.label(ids, targets)
+        for t in targets:
+            self._draw_scripted(t.layer)
+        if ids:
+            self._go_after(ids[-1])
+
+    def _go_after(self, image_id: str) -> None:
+        assert self.pager is not None
+        current = image_id
+        while True:
+            nxt, turn = self.pager.next_image(current)
+            if nxt is None:
+                show_info("that was the last image")
+                return
+            if turn:
+                self.pager.next_page()
+                self._render_page(select=nxt)
+                return
+            if nxt in self._shown:
+                self.select_image(nxt)
+                return
+            current = nxt  # unreadable image: skip it
+
+    @_reports_errors
+    def clear_selected(self) -> None:
+        """Remove all labels of the selected image(s)."""
+        sel = self._require_selection()
+        if sel is None:
+            return
+        assert self.session is not None
+        self.session.clear(*sel)
+        for t in sel[1]:
+            self._draw_scripted(t.layer)
+
+    @_reports_errors
+    def undo(self) -> None:
+        """Ctrl+Z: undo the last labelling action."""
+        if self.session is None:
+            return
+        if not self.session.can_undo:
+            show_info("nothing to undo")
+            return
+        self.session.undo()
+        for layer in self.viewer.layers:
+            if isinstance(layer, Image) and self._project_meta(layer) is None:
+                self._draw_scripted(layer)
+
+    def next_class(self) -> None:
+        """F4: select the next class."""
+        self._cycle(1)
+
+    def previous_class(self) -> None:
+        """F3: select the previous class."""
+        self._cycle(-1)
+
+    def _cycle(self, step: int) -> None:
+        if self.session is None:
+            return
+        name = self.session.cycle_class(step)
+        if name is not None:
+            self.class_choice.value = name
+            self.viewer.status = f"class: {name}"
+
+    # ================================================================== classes panel
+    def _on_class_choice(self, value: str | None) -> None:
+        if self.session is not None and value:
+            self.session.select_class(value)
+
+    @_reports_errors
+    def _on_multi_label(self, value: bool) -> None:
+        if self.project is None or self.project.multi_label == bool(value):
+            return
+        try:
+            self.project.set_multi_label(bool(value))
+        finally:
+            with _quiet(self.multi_label):
+                self.multi_label.value = self.project.multi_label
+
+    def _require_project(self) -> Project | None:
+        if self.project is None:
+            show_warning("open a project folder first (its cellclass.json holds the classes)")
+        return self.project
+
+    @_reports_errors
+    def _on_add_class(self) -> None:
+        if (project := self._require_project()) is None:
+            return
+        info = project.add_class(self.class_name.value)
+        self.class_name.value = ""
+        self.class_choice.value = info.name
+
+    @_reports_errors
+    def _on_rename_class(self) -> None:
+        if (project := self._require_project()) is None or not self.class_choice.value:
+            return
+        old, new = self.class_choice.value, self.class_name.value
+        project.rename_class(old, new)
+        self.class_name.value = ""
+        self.class_choice.value = new.strip()
+
+    @_reports_errors
+    def _on_recolor_class(self) -> None:
+        if (project := self._require_project()) is None or not self.class_choice.value:
+            return
+        name = self.class_choice.value
+        color = self.pick_color(project.class_color(name))
+        if color:
+            project.set_class_color(name, color)
+
+    @_reports_errors
+    def _on_remove_class(self) -> None:
+        if (project := self._require_project()) is None or not self.class_choice.value:
+            return
+        name = self.class_choice.value
+        n = project.counts().get(name, 0)
+        if n and not self.confirm(f"Class '{name}' labels {n} image(s). Remove it and unlabel them?"):
+            return
+        project.remove_class(name, force=True)
+
+    @_reports_errors
+    def _on_filter(self, value: str | None) -> None:
+        if self.pager is None or not value or value == self.pager.image_filter:
+            return
+        self.pager.set_filter(value)
+        self._render_page()
+
+    @_reports_errors
+    def _on_page_size(self, value: int) -> None:
+        if self.pager is None:
+            return
+        self.pager.set_page_size(value)
+        self._render_page()
+
+    @_reports_errors
+    def _on_channels(self, value: str | None) -> None:
+        if self.pager is None:
+            return
+        self._render_page()
+
+    # ================================================================== drawing
+    def _on_project_changed(self, ids: tuple[str, ...]) -> None:
+        """Project listener: labels of ``ids`` changed (empty: the classes changed)."""
+        if not ids:
+            self._refresh_choices()
+            for iid in self._shown:
+                self._draw(iid)
+            for layer in self.viewer.layers:
+                if isinstance(layer, Image) and self._project_meta(layer) is None:
+                    self._draw_scripted(layer)
+        else:
+            for iid in ids:
+                if iid in self._shown:
+                    self._draw(iid)
+        self._refresh_panel()
+
+    def _color_of(self, name: str) -> str:
+        if self.project is not None and name in self.project.class_names:
+            return self.project.class_color(name)
+        return fallback_color(name)
+
+    def _draw(self, image_id: str) -> None:
+        """Update an image's border and its layers' metadata from the project."""
+        assert self.project is not None
+        shown = self._shown[image_id]
+        labels = list(self.project.labels(image_id))
+        prediction: list[str] = []
+        for layer in shown.layers:
+            meta = layer.metadata.get(METADATA_KEY)
+            if isinstance(meta, dict):
+                meta["labels"] = labels
+                pred = meta.get("prediction")
+                if pred and not prediction:
+                    prediction = [pred] if isinstance(pred, str) else list(pred)
+        specs = image_border_specs(labels, prediction, self._color_of)
+        for k, layer in enumerate(shown.layers):
+            apply_border(layer, specs if k == 0 else [])
+
+    def _draw_scripted(self, layer: Layer) -> None:
+        meta = layer.metadata.get(METADATA_KEY) if isinstance(layer.metadata, dict) else None
+        if not isinstance(meta, dict):
+            apply_border(layer, [])
+            return
+        pred = meta.get("prediction") or []
+        specs = image_border_specs(list(meta.get("labels", ())),
+                                   [pred] if isinstance(pred, str) else list(pred), self._color_of)
+        apply_border(layer, specs)
+
+    # ================================================================== panel text
+    def _refresh_choices(self) -> None:
+        with _quiet(self.class_choice, self.image_filter):
+            self.class_choice.reset_choices()
+            self.image_filter.reset_choices()
+            if self.session is not None:
+                self.session.ensure_selection()
+                if self.session.selected_class is not None:
+                    self.class_choice.value = self.session.selected_class
+            if self.pager is not None:
+                if self.pager.image_filter not in self._filter_choices():
+                    self.pager.image_filter = SPECIAL_FILTERS[0]
+                self.image_filter.value = self.pager.image_filter
+
+    def _refresh_panel(self) -> None:
+        project = self.project
+        if project is None:
+            return
+        n_lab = len(project.labelled_ids())
+        self.summary.value = f"{project.root.name}: labelled {n_lab} / {len(project)}"
+        counts = project.counts()
+        self.counts.value = "<br>".join(
+            f'<span style="color:{project.class_color(n)}">■</span> {n}: {c}' for n, c in counts.items()
+        ) or "No classes yet: type a name and press Add class"
+        self._refresh_page_label()
+
+    def _refresh_page_label(self) -> None:
+        if self.pager is None:
+            return
+        page, n_pages, n = self.pager.page_info()
+        self.page_label.value = f"page {page} / {n_pages} ({n} images)"
+        with _quiet(self.channels):
+            value = self.channels.value
+            self.channels.reset_choices()
+            if value in self._channel_choices():
+                self.channels.value = value
