@@ -480,8 +480,7 @@ class LabellingWidget(Container):
             # images arriving: adding and removing layers is what makes napari slow
             stale = [i for i in self._shown if i not in key_of or self._shown[i].key != key_of[i]]
             pool = [self._shown.pop(i) for i in stale]
-            with self.viewer.layers.batched_update():
-                self._fill_page(ids, key_of, natural, images, pool)
+            self._fill_page(ids, key_of, natural, images, pool)
             order = [lyr for i in ids if i in self._shown for lyr in self._shown[i].layers]
             current = list(self.viewer.layers)
             if current[: len(order)] != order:
@@ -506,7 +505,7 @@ class LabellingWidget(Container):
                    images: dict[str, ImageData], pool: list[_Shown]) -> None:
         """Give every image of the page its layers: recycled from ``pool`` or newly added."""
         assert self.project is not None
-        grid = self.viewer.canvas.grid
+        fresh: list[tuple[str, Any, dict[str, Any]]] = []
         for iid in ids:
             if iid not in key_of or iid in self._shown:
                 continue
@@ -518,20 +517,24 @@ class LabellingWidget(Container):
             n_layers = natural[iid] if key_of[iid] == COMPOSITE else 1
             reuse = next((s for s in pool if len(s.layers) == n_layers
                           and s.layers[0].rgb == bool(kwargs.get("rgb", False))), None)
-            if reuse is not None:
-                pool.remove(reuse)
-                _recycle(reuse.layers, data, kwargs)
-                layers = reuse.layers
-            else:
-                if grid.enabled:
-                    grid.enabled = False
+            if reuse is None:
+                fresh.append((iid, data, kwargs))
+                continue
+            pool.remove(reuse)
+            _recycle(reuse.layers, data, kwargs)
+            self._shown[iid] = _Shown(key_of[iid], reuse.layers, natural[iid])
+        if not fresh and not pool:
+            return
+        # adding or removing layers: one scene-graph update for all, with the grid off
+        grid = self.viewer.canvas.grid
+        grid.enabled = False
+        with self.viewer.layers.batched_update():
+            for iid, data, kwargs in fresh:
                 added = self.viewer.add_image(data, **kwargs)
                 layers = list(added) if isinstance(added, list) else [added]
                 for layer in layers:
                     prepare_border(layer)
-            self._shown[iid] = _Shown(key_of[iid], layers, natural[iid])
-        if pool:
-            grid.enabled = False
+                self._shown[iid] = _Shown(key_of[iid], layers, natural[iid])
             for shown in pool:
                 self._remove_layers(shown.layers)
 
@@ -832,7 +835,6 @@ class LabellingWidget(Container):
         self.counts.value = "<br>".join(
             f'<span style="color:{project.class_color(n)}">■</span> {n}: {c}' for n, c in counts.items()
         ) or "No classes yet: type a name and press Add class"
-        self._refresh_page_label()
 
     def _refresh_page_label(self) -> None:
         if self.pager is None:

@@ -28,7 +28,24 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
 
 
 def read_project(path: str | list[str]) -> list[LayerData]:
-    """Layers for the first page of a project's images (labels shown by the labelling widget)."""
+    """Layers for the first page of a project's images.
+
+    In a napari window the labelling widget is docked too: it takes these layers over (grid,
+    borders, hotkeys), so ``viewer.open(folder, plugin="napari-cellclass")`` or dropping the
+    folder on the window is enough to start labelling.
+    """
     folder = path[0] if isinstance(path, list) else path
     project = Project.open(folder)
-    return project_layer_data(project, project.image_ids[:PAGE_SIZE])
+    layers = project_layer_data(project, project.image_ids[:PAGE_SIZE])
+    _dock_labelling_widget()
+    return layers
+
+
+def _dock_labelling_widget() -> None:
+    """Open the labelling dock widget in the current napari window (once)."""
+    import napari
+
+    viewer = napari.current_viewer()
+    if viewer is None:
+        return  # no napari window (a script reading through npe2): layers only
+    viewer.window.add_plugin_dock_widget("napari-cellclass", "Labelling")

@@ -8,6 +8,7 @@ from typing import Any
 from ..core.project import CONFIG_NAME, Project
 from ..core.sample import make_sample_project
 from .layers import PAGE_SIZE, project_layer_data
+from .reader import _dock_labelling_widget
 
 
 def sample_folder() -> Path:
@@ -26,4 +27,6 @@ def u2os_sample() -> list[tuple[Any, dict[str, Any], str]]:
         project = Project.open(folder)
     else:
         project = make_sample_project(folder)
-    return project_layer_data(project, project.image_ids[:PAGE_SIZE])
+    layers = project_layer_data(project, project.image_ids[:PAGE_SIZE])
+    _dock_labelling_widget()
+    return layers
