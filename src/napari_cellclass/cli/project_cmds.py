@@ -44,6 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_common(p)
     p.set_defaults(handler=cmd_import)
 
+    p = sub.add_parser("gui", help="open napari with a project and the cellclass widgets",
+                       description="Open napari with the project (images as layers, labelling widget "
+                                   "docked) and the training and metrics widgets. Needs a display.")
+    p.add_argument("folder", nargs="?", help="project folder (optional)")
+    add_common(p)
+    p.set_defaults(handler=cmd_gui)
+
     p = sub.add_parser("export-labels", help="write the labels to a CSV",
                        description="Write 'image_id,class[,split]' rows for every labelled image.")
     p.add_argument("folder", help="project folder")
@@ -112,6 +119,20 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     result = {"ok": True, "rows": n, "csv": str(args.csv)}
     emit(args, result, lambda r: f"wrote {r['rows']} row(s) to {r['csv']}")
     return result
+
+
+def cmd_gui(args: argparse.Namespace) -> dict[str, Any]:
+    import os
+    import sys
+
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise ProjectError("no display found; run on a desktop, or under Xvfb: xvfb-run napari-cellclass gui DIR")
+    if args.folder is not None:
+        Project.open(args.folder)  # a clear error now rather than inside napari
+    from .._widgets.launch import open_viewer
+
+    open_viewer(args.folder)
+    return {"ok": True}
 
 
 def _split_counts(project: Project) -> dict[str, int]:

@@ -1,0 +1,19 @@
+"""``napari-cellclass gui``: napari opens with the project's images and the labelling widget."""
+from __future__ import annotations
+
+from .conftest import write_project
+
+
+def test_open_viewer_shows_project_and_docks_widgets(tmp_path, qtbot):
+    from napari_cellclass._widgets.launch import open_viewer
+    from napari_cellclass._widgets.layers import METADATA_KEY
+
+    write_project(tmp_path / "p", n=4)
+    viewer = open_viewer(tmp_path / "p", run=False)
+    try:
+        ids = {layer.metadata[METADATA_KEY]["image_id"] for layer in viewer.layers}
+        assert ids == {f"img{i:02d}.tif" for i in range(4)}
+        docked = " ".join(viewer.window._wrapped_dock_widgets)
+        assert "Labelling" in docked
+    finally:
+        viewer.close()
