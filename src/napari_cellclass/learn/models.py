@@ -309,10 +309,16 @@ def _load_classifier(model: CellClassifier, cls: nn.Module | None,
 def _load_file(model: CellClassifier, path: Path, stem_key: str, cls_prefix: str | None,
                discard: tuple[str, ...], keep_classifier: bool) -> LoadReport:
     source = read_state_dict(path)
-    mapped, mapped_by, adapted, leftovers = match_state_dict(
-        source, model.backbone.state_dict(), stem_key=stem_key, classifier_prefix=cls_prefix,
-        discard_prefixes=discard, label=f"weights file '{path.name}'",
-        model_name=f"backbone '{model.info.name}' ({model.info.timm_name})")
+    try:
+        mapped, mapped_by, adapted, leftovers = match_state_dict(
+            source, model.backbone.state_dict(), stem_key=stem_key, classifier_prefix=cls_prefix,
+            discard_prefixes=discard, label=f"weights file '{path.name}'",
+            model_name=f"backbone '{model.info.name}' ({model.info.timm_name})")
+    except WeightsError as exc:
+        if path.suffix.lower() != ".safetensors":
+            raise
+        raise WeightsError(f"{exc} (.safetensors files keep no tensor order, so only matching "
+                           "names can be used)") from exc
     loaded = load_into(model.backbone, mapped)
     used: set[str] = set()
     if keep_classifier:
