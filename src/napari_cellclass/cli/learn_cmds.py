@@ -128,7 +128,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             elif isinstance(ev, EpochEnd):
                 v, t = ev.val, ev.train
                 _err(f"epoch {ev.epoch:>3}/{ev.epochs}  loss {t['loss']:.3f}  acc {t['accuracy']:.3f}  |  "
-                     f"val loss {v['loss']:.3f}  val acc {v['accuracy']:.3f}  val {ev.monitor} {v[ev.monitor]:.3f}"
+                     f"val loss {v['loss']:.3f}  val acc {v['accuracy']:.3f}"
+                     f"{'' if ev.monitor in ('accuracy', 'loss') else f'  val {ev.monitor} {v[ev.monitor]:.3f}'}"
                      f"{'  *best' if ev.is_best else ''}  ({ev.seconds:.1f} s, {ev.images_per_second:.0f} img/s)")
             elif isinstance(ev, Started):
                 _err(f"training {cfg.backbone} on {ev.n_train} images ({ev.n_val} validation, {ev.n_test} test), "

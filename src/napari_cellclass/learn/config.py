@@ -94,6 +94,8 @@ class TrainConfig:
     early_stopping: int = 0             # patience in epochs; 0 = off
     monitor: str = "auto"               # validation metric that picks the best epoch
     threshold: float = 0.5              # multi-label decision threshold
+    bn_recalibrate: int = 2048          # re-estimate batch-norm statistics on up to N training images
+                                        # after each epoch (precise BN; 0 = off)
     # hardware
     device: str = "auto"
     precision: str = "auto"             # auto: bf16 on CUDA, fp32 elsewhere
@@ -127,6 +129,7 @@ class TrainConfig:
         _int(self, "early_stopping", 0, 100_000)
         _int(self, "num_workers", 0, 64)
         _int(self, "cache_memory_mb", 0, 10_000_000)
+        _int(self, "bn_recalibrate", 0, 10_000_000)
         _int(self, "seed", 0, 2**32 - 1)
         if self.split_seed is not None:
             _int(self, "split_seed", 0, 2**32 - 1)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.errors import DeviceMemoryError, ModelFolderError, TrainingError
+from ..core.errors import DeviceMemoryError, ImageReadError, ModelFolderError, TrainingError
 from ..core.project import Project
 from ..core.splits import Split, predefined, stratified_split
 from . import checkpoint as ckpt
@@ -193,7 +193,7 @@ class Trainer:
         self.project = open_project(data)
         self.cfg = (config or TrainConfig()).validate()
         self.out_dir = Path(out_dir).expanduser().resolve() if out_dir else default_out_dir(self.project, self.cfg.backbone)
-        self.cancel = cancel or CancelToken()
+        self.cancel = cancel if cancel is not None else CancelToken()
         self.resume = resume
         self.history: list[dict[str, Any]] = []
         self.best_value: float | None = None
@@ -229,7 +229,7 @@ class Trainer:
         # model input size: the setting, else the backbone's default
         data_config = _model_api("data_config")
         pretrained = cfg.pretrained not in ("none", "")
-        first = self.project.read_image(sp.train[0]).n_channels if not resume_state else int(resume_state["in_chans"])
+        first = self._channels(sp.train) if not resume_state else int(resume_state["in_chans"])
         dc = data_config(cfg.backbone, pretrained, first)
         default_size = dc["input_size"]
         default_size = int(default_size[-1]) if isinstance(default_size, (tuple, list)) else int(default_size)
@@ -293,6 +293,15 @@ class Trainer:
             self._restore(resume_state)
             yield Log(f"resumed after epoch {self.start_epoch - 1} from {self.out_dir / ckpt.STATE_DIR}")
         self._ready = True
+
+    def _channels(self, ids: Sequence[str]) -> int:
+        """Channel count of the first readable image."""
+        for iid in ids:
+            try:
+                return self.project.read_image(iid).n_channels
+            except ImageReadError:
+                continue
+        raise TrainingError(f"{self.project.root}: none of the training images can be read")
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
@@ -410,6 +419,43 @@ class Trainer:
         self.optimizer.step()
         self.schedule.step_batch()
         return loss, logits
+
+    def recalibrate_batch_norm(self, epoch: int) -> None:
+        """Re-estimate the running statistics of trainable batch-norm layers ("precise BN").
+
+        With few optimizer steps per epoch (small projects) the running averages lag far
+        behind the weights and the model in eval mode predicts one class; a forward pass over
+        up to ``bn_recalibrate`` training images (cumulative average) fixes that for about a
+        third of an epoch's compute. A frozen backbone keeps its own statistics.
+        """
+        limit = self.cfg.bn_recalibrate
+        frozen = getattr(self.model, "backbone_frozen", False)
+        skip = set(self.model.backbone.modules()) if frozen else set()
+        bns = [m for m in self.model.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m not in skip]
+        if not limit or not bns:
+            return
+        rows = self.index["train"]
+        rng = np.random.default_rng([self.cfg.seed, epoch, 1])
+        pick = np.sort(rng.permutation(len(rows))[:limit])
+        saved = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the pass
+        self.model.train()
+        bs = max(2, self.cfg.batch_size * 2)
+        batches = [rows[pick[i:i + bs]] for i in range(0, len(pick), bs)]
+        if len(batches) > 1 and len(batches[-1]) < 2:
+            batches.pop()
+        with torch.no_grad():
+            for x in self.batcher.iterate(batches, self.cfg.num_workers):
+                x = self.augment.normalise(x)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(self.device, self.precision):
+                    self.model(x)
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
 
     def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
@@ -562,6 +608,7 @@ class Trainer:
                 train_m = yield from self.train_epoch_events(epoch)
                 if self.cancel.is_set():
                     raise _Cancelled
+                self.recalibrate_batch_norm(epoch)
                 val_m = yield from self.validate_events("val", epoch)
             except _Cancelled:
                 cancelled = True

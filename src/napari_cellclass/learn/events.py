@@ -26,8 +26,6 @@ class CancelToken:
     def is_set(self) -> bool:
         return self._event.is_set()
 
-    __bool__ = is_set
-
 
 @dataclass(frozen=True)
 class Event:
