@@ -1,0 +1,422 @@
+"""The training dock widget: every engine setting, Train / Stop in a worker, live curves, models.
+
+The widget is thin: settings map onto :class:`~napari_cellclass.learn.TrainConfig` through
+:func:`~.training_model.settings_spec`, the run and its curves live in
+:class:`~.training_model.TrainingSession`, and the engine runs in a napari generator worker
+(one yield per batch, so the viewer stays responsive and Stop acts within a batch). Widgets are
+only ever created and updated on the main thread, from the worker's ``yielded`` signal.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+    Widget,
+)
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QCompleter
+
+from ..core.errors import CellclassError
+from ..core.project import Project
+from .plots import TrainingPlots
+from .training_model import (
+    Failed,
+    SettingSpec,
+    TrainingSession,
+    backbone_choices,
+    check_model_folder,
+    config_from_values,
+    copy_model_folder,
+    import_learning_libraries,
+    settings_spec,
+    values_from_config,
+)
+from .viewer_link import active_models, current_project, real_viewer, shared_project
+
+if TYPE_CHECKING:
+    import napari
+    from napari.qt.threading import GeneratorWorker
+
+    from ..learn import TrainConfig
+
+log = logging.getLogger(__name__)
+
+#: Settings that apply to the current device for a quick first run (sample data on a CPU).
+CPU_HINT = "CPU: small backbone, 96 px, batch 32 · on a GPU raise input size, batch and backbone"
+
+
+class TrainingWidget(Container):
+    """Train a classifier on the project's labelled images and watch the curves grow.
+
+    Parameters
+    ----------
+    viewer
+        The napari viewer (injected by napari from the Plugins menu).
+    project
+        The project to train on (default: the labelling widget's project or the project of the
+        image layers, looked up when Train is pressed).
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, project: Project | str | Path | None = None) -> None:
+        super().__init__(labels=False)
+        self.viewer = real_viewer(viewer)
+        self._project: Project | None = shared_project(project, self.viewer) if project is not None else None
+        self.session: TrainingSession | None = None
+        self.worker: GeneratorWorker | None = None
+        self._pbar: progress | None = None
+        self._specs = settings_spec()
+        self.settings: dict[str, Widget] = {}
+        self._build()
+        active_models.changed.connect(self._on_active_model)
+        self._refresh_state()
+
+    # ================================================================== building
+    def _build(self) -> None:
+        self.project_label = Label(value="")
+        basic = Container(labels=True)
+        advanced = Container(labels=True)
+        for spec in self._specs:
+            w = self._make_setting(spec)
+            self.settings[spec.name] = w
+            (basic if spec.basic else advanced).append(w)
+            if spec.name == "pretrained":
+                self.weights_file = FileEdit(label="weights file", mode="r",
+                                             filter="Weights (*.safetensors *.pth *.pt *.bin)")
+                basic.append(self.weights_file)
+        self.advanced = advanced
+        self.show_advanced = CheckBox(text="show all settings", value=False)
+        self.show_advanced.changed.connect(lambda v: setattr(self.advanced, "visible", bool(v)))
+        self.advanced.visible = False
+        self.settings["pretrained"].changed.connect(self._on_pretrained)
+        self.weights_file.visible = False
+
+        self.settings_file = FileEdit(label="settings file", mode="w", filter="Settings (*.json *.yaml *.yml)")
+        self.save_settings_button = PushButton(text="Save settings")
+        self.load_settings_button = PushButton(text="Load settings")
+        self.train_button = PushButton(text="Train")
+        self.stop_button = PushButton(text="Stop (keep best)")
+        self.status = Label(value=CPU_HINT)
+        self.status.native.setWordWrap(True)
+        self.plots = TrainingPlots()
+        self.active_label = Label(value="active model: none")
+        self.active_label.native.setWordWrap(True)
+        self.model_folder = FileEdit(label="model folder", mode="d")
+        self.load_model_button = PushButton(text="Load model")
+        self.save_model_button = PushButton(text="Save model to folder")
+
+        def row(*widgets: Widget) -> Container:
+            return Container(widgets=list(widgets), layout="horizontal", labels=False)
+
+        self.extend([
+            self.project_label, basic, self.show_advanced, advanced,
+            Container(widgets=[self.settings_file], labels=True),
+            row(self.save_settings_button, self.load_settings_button),
+            row(self.train_button, self.stop_button), self.status, self.plots,
+            self.active_label, Container(widgets=[self.model_folder], labels=True),
+            row(self.load_model_button, self.save_model_button),
+        ])
+        self.train_button.changed.connect(lambda _v: self.train())
+        self.stop_button.changed.connect(lambda _v: self.stop())
+        self.save_settings_button.changed.connect(lambda _v: self._on_save_settings())
+        self.load_settings_button.changed.connect(lambda _v: self._on_load_settings())
+        self.load_model_button.changed.connect(lambda _v: self._on_load_model())
+        self.save_model_button.changed.connect(lambda _v: self._on_save_model())
+
+    def _make_setting(self, spec: SettingSpec) -> Widget:
+        label = spec.name.replace("_", " ")
+        if spec.name == "backbone":
+            w = ComboBox(label=label, choices=backbone_choices(), value=spec.default)
+            box = w.native
+            box.setEditable(True)
+            box.setInsertPolicy(box.InsertPolicy.NoInsert)
+            completer = QCompleter([c[1] for c in backbone_choices()], box)
+            completer.setFilterMode(Qt.MatchFlag.MatchContains)
+            completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+            box.setCompleter(completer)
+            box.setToolTip("MIA's backbone names first; type to search. Any timm model name also works "
+                           "(set it with Load settings).")
+            return w
+        if spec.kind == "choice":
+            return ComboBox(label=label, choices=list(spec.choices), value=spec.default)
+        if spec.kind == "bool":
+            return CheckBox(label=label, value=bool(spec.default))
+        if spec.kind == "int":
+            return SpinBox(label=label, value=int(spec.default), min=int(spec.minimum), max=int(spec.maximum),
+                           step=max(1, int(spec.step)))
+        if spec.kind == "float":
+            w = FloatSpinBox(label=label, value=float(spec.default), min=spec.minimum, max=spec.maximum,
+                             step=spec.step)
+            w.native.setDecimals(6 if spec.step < 0.01 else 3)
+            return w
+        return LineEdit(label=label, value=str(spec.default))
+
+    # ================================================================== settings
+    def values(self) -> dict[str, Any]:
+        """The current widget values, by TrainConfig field name."""
+        return {name: w.value for name, w in self.settings.items()}
+
+    def config(self) -> TrainConfig:
+        """The validated :class:`TrainConfig` of the current values (ConfigError when invalid)."""
+        return config_from_values(self.values(), self.weights_file.value if self.weights_file.value else None)
+
+    def set_config(self, config: TrainConfig) -> None:
+        """Show a TrainConfig's values in the widgets."""
+        values, weights = values_from_config(config)
+        for name, value in values.items():
+            w = self.settings.get(name)
+            if w is None:
+                continue
+            if name == "backbone" and value not in [c[1] for c in backbone_choices()]:
+                w.set_choice(value, value)  # any timm model name
+            w.value = value
+        if weights:
+            self.weights_file.value = weights
+
+    def save_settings(self, path: str | Path) -> Path:
+        """Write the current settings to a JSON or YAML file."""
+        path = Path(path)
+        self.config().save(path)
+        return path
+
+    def load_settings(self, path: str | Path) -> None:
+        """Read settings from a JSON/YAML file (a model folder's ``config.json`` works too)."""
+        from ..learn import TrainConfig
+
+        self.set_config(TrainConfig.from_file(path))
+
+    def _on_pretrained(self, value: str) -> None:
+        self.weights_file.visible = value == "file"
+
+    def _on_save_settings(self) -> None:
+        path = self.settings_file.value
+        if not path or Path(path).is_dir():
+            show_warning("pick a settings file (.json or .yaml) in 'settings file' first")
+            return
+        try:
+            show_info(f"settings saved to {self.save_settings(path)}")
+        except CellclassError as exc:
+            show_error(f"cannot save the settings: {exc}")
+
+    def _on_load_settings(self) -> None:
+        path = self.settings_file.value
+        if not path or not Path(path).is_file():
+            show_warning("pick an existing settings file (.json or .yaml) in 'settings file' first")
+            return
+        try:
+            self.load_settings(path)
+            show_info(f"settings loaded from {path}")
+        except CellclassError as exc:
+            show_error(f"cannot load the settings: {exc}")
+
+    # ================================================================== project
+    @property
+    def project(self) -> Project | None:
+        """The project trained on: the one given, else the viewer's."""
+        return self._project if self._project is not None else current_project(self.viewer)
+
+    def set_project(self, project: Project | str | Path) -> None:
+        self._project = shared_project(project, self.viewer)
+        self.session = None
+        self._refresh_state()
+
+    def _session(self, project: Project) -> TrainingSession:
+        if self.session is None or self.session.project is not project:
+            old_runs = self.session.runs if self.session is not None else []
+            self.session = TrainingSession(project)
+            self.session.runs = old_runs  # keep earlier curves in the run list
+        return self.session
+
+    # ================================================================== training
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def train(self) -> GeneratorWorker | None:
+        """Start training in a worker thread; returns the worker (None when it cannot start)."""
+        from napari.qt.threading import create_worker
+
+        if self.running:
+            show_warning("training is already running; press Stop first")
+            return None
+        project = self.project
+        if project is None:
+            show_warning("open a project first (Labelling widget or File > Open Folder)")
+            return None
+        try:
+            config = self.config()
+        except CellclassError as exc:
+            show_error(f"cannot train: {exc}")
+            return None
+        session = self._session(project)
+        self.status.value = "loading the deep-learning libraries…"
+        import_learning_libraries()  # never first imported in a worker thread (crashes)
+        try:
+            session.start(config)
+        except CellclassError as exc:
+            show_error(str(exc))
+            return None
+        self.plots.set_runs(session.runs)
+        self._pbar = progress(total=session.total_steps, desc=f"Training {config.backbone}")
+        self._pbar_n = 0
+        self.status.value = f"starting: {config.backbone}, {config.epochs} epochs on {project.root.name}"
+        worker = create_worker(session.run, config, _start_thread=False)
+        worker.yielded.connect(self._on_event)
+        worker.finished.connect(self._on_worker_finished)
+        self.worker = worker
+        self._refresh_state()
+        worker.start()
+        return worker
+
+    def stop(self) -> None:
+        """Stop after the current batch; the best model so far is kept."""
+        if self.session is not None and self.session.stop():
+            self.status.value = "stopping after this batch (the best model is kept)…"
+            self.stop_button.enabled = False
+
+    def _on_event(self, event: Any) -> None:
+        from ..learn import CheckpointSaved, EpochEnd, Finished, Log, Started, WarningEvent
+
+        session = self.session
+        if session is None:
+            return
+        session.handle(event)
+        if self._pbar is not None:
+            if self._pbar.total != session.total_steps:
+                self._pbar.total = session.total_steps
+            delta = session.done_steps - self._pbar_n
+            if delta > 0:
+                self._pbar.update(delta)
+                self._pbar_n = session.done_steps
+        if isinstance(event, Log):
+            self.status.value = event.message
+        elif isinstance(event, WarningEvent):
+            show_warning(event.message)
+        elif isinstance(event, Started):
+            self.status.value = (f"training on {event.n_train} images, validating on {event.n_val} "
+                                 f"({event.device}, {event.precision}, {event.input_size} px)")
+        elif isinstance(event, EpochEnd):
+            acc = event.val.get("accuracy", float("nan"))
+            self.status.value = (f"epoch {event.epoch}/{event.epochs}: val loss {event.val.get('loss', 0):.3f}, "
+                                 f"val accuracy {acc:.3f}{' (best)' if event.is_best else ''}, "
+                                 f"{event.images_per_second:.0f} img/s")
+            self.plots.set_runs(session.runs)
+        elif isinstance(event, CheckpointSaved) and event.kind == "best":
+            self.active_label.value = f"best model so far: {Path(event.path).name} (epoch {event.epoch})"
+        elif isinstance(event, Finished):
+            self._on_finished(event)
+        elif isinstance(event, Failed):
+            self.status.value = f"training failed: {event.message}"
+            show_error(f"Training failed: {event.message}")
+            self.plots.set_runs(session.runs)
+
+    def _on_finished(self, event: Any) -> None:
+        assert self.session is not None
+        self.plots.set_runs(self.session.runs)
+        if event.model_dir is None:
+            self.status.value = "stopped before the first epoch ended: no model was written"
+            show_warning("Training stopped before the first epoch ended: no model was written. "
+                         "Train again and let at least one epoch finish.")
+            return
+        best = event.best_metrics
+        where = Path(event.model_dir)
+        text = (f"best epoch {event.best_epoch}: val accuracy {best.get('accuracy', float('nan')):.3f}, "
+                f"model in {where}")
+        if event.cancelled:
+            self.status.value = f"stopped; kept the {text}"
+            show_info(f"Training stopped; the best model is kept ({text}).")
+        else:
+            self.status.value = f"done in {event.seconds:.0f} s; {text}"
+            show_info(f"Training done: {text}")
+        if self.project is not None:
+            active_models.set(self.session.project, where)
+
+    def _on_worker_finished(self) -> None:
+        if self.session is not None:
+            self.session.finish()
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self.worker = None
+        self.plots.set_runs(self.session.runs if self.session is not None else [], follow_last=False)
+        self._refresh_state()
+
+    # ================================================================== models
+    def load_model(self, folder: str | Path) -> Path:
+        """Make a model folder the active model of the project."""
+        project = self.project
+        if project is None:
+            raise CellclassError("open a project first (Labelling widget or File > Open Folder)")
+        path = check_model_folder(folder)
+        active_models.set(project, path)
+        return path
+
+    def save_model(self, dest: str | Path) -> Path:
+        """Copy the active model folder to ``dest``."""
+        project = self.project
+        model = active_models.get(project) if project is not None else None
+        if model is None:
+            raise CellclassError("no active model: train one or load a model folder first")
+        return copy_model_folder(model, dest)
+
+    def _on_load_model(self) -> None:
+        folder = self.model_folder.value
+        try:
+            if not folder or str(folder) in ("", "."):
+                raise CellclassError("pick a model folder in 'model folder' first")
+            show_info(f"active model: {self.load_model(folder)}")
+        except CellclassError as exc:
+            show_error(f"cannot load the model: {exc}")
+
+    def _on_save_model(self) -> None:
+        folder = self.model_folder.value
+        try:
+            if not folder or str(folder) in ("", "."):
+                raise CellclassError("pick a destination folder in 'model folder' first")
+            show_info(f"model saved to {self.save_model(folder)}")
+        except (CellclassError, OSError) as exc:
+            show_error(f"cannot save the model: {exc}")
+
+    def _on_active_model(self, root: str, folder: Path | None) -> None:
+        project = self.project
+        if project is not None and str(project.root) == root:
+            self._refresh_state()
+
+    # ================================================================== state
+    def _refresh_state(self) -> None:
+        running = self.running
+        self.train_button.enabled = not running
+        self.stop_button.enabled = running
+        for w in self.settings.values():
+            w.enabled = not running
+        self.load_settings_button.enabled = not running
+        self.load_model_button.enabled = not running
+        project = self.project
+        if project is None:
+            self.project_label.value = "No project: open one in the Labelling widget"
+            return
+        counts = project.counts()
+        self.project_label.value = (f"{project.root.name}: {len(project.labelled_ids())} labelled of "
+                                    f"{len(project)} · " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        model = active_models.get(project)
+        if not running:
+            self.active_label.value = f"active model: {model.name if model else 'none'}"
+            self.active_label.tooltip = str(model) if model else ""
+
+    def close(self) -> None:
+        """Stop a run and disconnect from the shared registry."""
+        self.stop()
+        active_models.changed.disconnect(self._on_active_model)
+        super().close()

@@ -1,0 +1,634 @@
+"""The logic behind the training, metrics and prediction widgets, free of Qt and napari.
+
+- :class:`RunHistory` collects one run's per-epoch curves and best epoch (what the plots draw).
+- :class:`TrainingSession` runs the engine with a cancel token and turns its event stream into
+  runs, progress fractions and a result; the widget only iterates it in a worker thread.
+- :func:`settings_spec` describes every :class:`~napari_cellclass.learn.TrainConfig` field as a
+  widget kind, so the widget shows all engine settings without listing them by hand.
+- :class:`Evaluation` keeps per-image results of a split, so a confusion-matrix cell can be
+  opened as its images (misclassified and most confident first).
+- Prediction helpers: accept predictions as labels, sort and filter them.
+
+Torch is imported only inside the functions that train, predict or evaluate.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import os
+import shutil
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..core.atomic import atomic_write_text
+from ..core.errors import CellclassError, ModelFolderError
+from ..core.predictions import Prediction, export_predictions_csv, read_predictions
+from ..core.project import Project
+
+if TYPE_CHECKING:
+    from ..learn import CancelToken, TrainConfig
+
+log = logging.getLogger(__name__)
+
+#: Fields shown first (the rest goes under "advanced"); ``extra`` is free-form and not shown.
+BASIC_SETTINGS: tuple[str, ...] = (
+    "backbone", "pretrained", "fine_tune", "loss", "optimizer", "lr", "schedule", "epochs",
+    "batch_size", "input_size", "train_percent", "test_percent", "aug_flips", "aug_rot90",
+    "class_weights", "balanced_sampler", "device",
+)
+HIDDEN_SETTINGS: tuple[str, ...] = ("extra",)
+#: Optional fields and the widget value that stands for ``None``.
+NONE_VALUES: dict[str, Any] = {"input_size": 0, "val_percent": -1.0, "split_seed": -1, "channels_last": "auto"}
+#: Where to find the weights file when ``pretrained`` is neither none nor imagenet.
+PRETRAINED_CHOICES: tuple[str, ...] = ("none", "imagenet", "file")
+
+
+# ---------------------------------------------------------------------------- imports
+def import_learning_libraries() -> None:
+    """Import torch, timm and the learning floor now, in the calling (main) thread.
+
+    Two crashes are avoided here. Workers must never be the first to import these libraries
+    (C extensions initialised off the main thread). And triton's bundled LLVM crashes the
+    process when it loads after Mesa's LLVM, which napari's canvas brings in on software
+    OpenGL (llvmpipe: remote desktops, virtual machines, Xvfb). Training and prediction do not
+    use triton (it only serves ``torch.compile`` on GPUs), so in that case it is blocked for
+    this process. After the first call this costs nothing.
+    """
+    if "triton" not in sys.modules and _mesa_llvm_loaded():
+        log.info("software OpenGL (Mesa LLVM) is loaded: triton is disabled in this napari session")
+        sys.modules["triton"] = None  # type: ignore[assignment]  # import triton -> ImportError
+    import timm  # noqa: F401
+    import timm.layers  # noqa: F401
+    import torchvision  # noqa: F401
+
+    from .. import learn  # noqa: F401
+    from ..learn import models  # noqa: F401
+
+
+def _mesa_llvm_loaded() -> bool:
+    """Whether a Mesa LLVM library is mapped into this process (Linux; False elsewhere)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
+            return any("libLLVM" in line for line in fh)
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class SettingSpec:
+    """How one TrainConfig field is edited.
+
+    Attributes
+    ----------
+    name : field name.
+    kind : ``'choice'``, ``'bool'``, ``'int'``, ``'float'`` or ``'text'``.
+    default : the widget value of the default setting (``None`` mapped via ``NONE_VALUES``).
+    choices : for ``'choice'``.
+    minimum, maximum, step : for numbers.
+    basic : shown in the main section.
+    """
+
+    name: str
+    kind: str
+    default: Any
+    choices: tuple[str, ...] = ()
+    minimum: float = 0.0
+    maximum: float = 1e9
+    step: float = 1.0
+    basic: bool = False
+
+
+_RANGES: dict[str, tuple[float, float, float]] = {
+    "lr": (1e-6, 10.0, 1e-4), "momentum": (0, 1, 0.05), "weight_decay": (0, 1, 1e-4),
+    "dropout": (0, 0.99, 0.05), "backbone_lr_factor": (0, 10, 0.05), "label_smoothing": (0, 0.99, 0.05),
+    "focal_gamma": (0, 10, 0.5), "warmup_epochs": (0, 1000, 0.5), "plateau_factor": (0.01, 0.99, 0.05),
+    "grad_clip": (0, 1e6, 0.5), "threshold": (0.01, 0.99, 0.05), "train_percent": (1, 100, 5),
+    "val_percent": (-1, 100, 5), "test_percent": (0, 99, 5), "aug_affine_degrees": (0, 180, 5),
+    "aug_affine_translate": (0, 0.5, 0.05), "aug_affine_scale": (0, 0.9, 0.05), "aug_crop_scale": (0.05, 1, 0.05),
+    "aug_brightness": (0, 1, 0.05), "aug_contrast": (0, 0.99, 0.05), "aug_gamma": (0, 0.99, 0.05),
+    "aug_blur_prob": (0, 1, 0.05), "aug_blur_sigma": (0, 20, 0.5), "aug_noise_std": (0, 1, 0.01),
+    "epochs": (1, 100_000, 1), "batch_size": (1, 65_536, 1), "input_size": (0, 2048, 16),
+    "freeze_epochs": (0, 100_000, 1), "plateau_patience": (0, 1000, 1), "early_stopping": (0, 100_000, 1),
+    "num_workers": (0, 64, 1), "cache_memory_mb": (0, 10_000_000, 256), "seed": (0, 2**31 - 1, 1),
+    "split_seed": (-1, 2**31 - 1, 1),
+}
+
+
+def settings_spec() -> list[SettingSpec]:
+    """One :class:`SettingSpec` per TrainConfig field, basic ones first (in ``BASIC_SETTINGS`` order)."""
+    from ..learn.config import CHOICES, MONITORS, TrainConfig
+
+    default = TrainConfig()
+    specs: list[SettingSpec] = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in HIDDEN_SETTINGS:
+            continue
+        value = getattr(default, f.name)
+        basic = f.name in BASIC_SETTINGS
+        lo, hi, step = _RANGES.get(f.name, (0.0, 1e9, 1.0))
+        if f.name == "backbone":
+            specs.append(SettingSpec(f.name, "text", value, basic=True))
+        elif f.name == "pretrained":
+            specs.append(SettingSpec(f.name, "choice", "none", PRETRAINED_CHOICES, basic=True))
+        elif f.name in CHOICES:
+            specs.append(SettingSpec(f.name, "choice", value, CHOICES[f.name], basic=basic))
+        elif f.name == "monitor":
+            specs.append(SettingSpec(f.name, "choice", value, MONITORS, basic=basic))
+        elif f.name == "channels_last":
+            specs.append(SettingSpec(f.name, "choice", "auto", ("auto", "true", "false"), basic=basic))
+        elif isinstance(value, bool):
+            specs.append(SettingSpec(f.name, "bool", value, basic=basic))
+        elif f.name in ("input_size", "split_seed") or isinstance(value, int):
+            specs.append(SettingSpec(f.name, "int", NONE_VALUES[f.name] if value is None else value,
+                                     minimum=lo, maximum=hi, step=step, basic=basic))
+        else:
+            specs.append(SettingSpec(f.name, "float", NONE_VALUES[f.name] if value is None else value,
+                                     minimum=lo, maximum=hi, step=step, basic=basic))
+    order = {n: k for k, n in enumerate(BASIC_SETTINGS)}
+    return sorted(specs, key=lambda s: (not s.basic, order.get(s.name, 0)))
+
+
+def config_from_values(values: Mapping[str, Any], weights_file: str | os.PathLike | None = None) -> TrainConfig:
+    """A validated TrainConfig from widget values (``None`` stand-ins mapped back).
+
+    ``pretrained='file'`` takes ``weights_file``; a missing file is a :class:`ConfigError`.
+    """
+    from ..core.errors import ConfigError
+    from ..learn.config import TrainConfig
+
+    data: dict[str, Any] = {}
+    for name, value in values.items():
+        if name in NONE_VALUES and value == NONE_VALUES[name]:
+            value = None
+        elif name == "channels_last":
+            value = value == "true"
+        data[name] = value
+    if data.get("pretrained") == "file":
+        if not weights_file or not Path(weights_file).is_file():
+            raise ConfigError("pretrained=file needs a weights file: pick one in 'weights file' "
+                              "(or choose pretrained none / imagenet)")
+        data["pretrained"] = str(weights_file)
+    return TrainConfig.from_dict(data)
+
+
+def values_from_config(config: TrainConfig) -> tuple[dict[str, Any], str | None]:
+    """Widget values of a TrainConfig and the weights file (when ``pretrained`` is a path)."""
+    values: dict[str, Any] = {}
+    weights = None
+    for name, value in config.to_dict().items():
+        if name in HIDDEN_SETTINGS:
+            continue
+        if value is None and name in NONE_VALUES:
+            value = NONE_VALUES[name]
+        elif name == "channels_last":
+            value = "true" if value else "false"
+        elif name == "pretrained" and value not in PRETRAINED_CHOICES:
+            weights, value = value, "file"
+        values[name] = value
+    return values, weights
+
+
+def backbone_choices() -> list[tuple[str, str]]:
+    """``(label, name)`` for the backbone list: MIA's names first (marked), then the extras."""
+    from ..learn.backbones import EXTRA_BACKBONES, MIA_BACKBONES
+
+    return ([(f"{n}  (MIA)", n) for n in MIA_BACKBONES]
+            + [(n, n) for n in EXTRA_BACKBONES if n not in MIA_BACKBONES])
+
+
+# ---------------------------------------------------------------------------- runs and curves
+@dataclass
+class RunHistory:
+    """Per-epoch curves of one training run (what the plots show)."""
+
+    name: str
+    monitor: str = "accuracy"
+    epochs: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+    model_dir: str | None = None
+    status: str = "running"
+
+    def add_epoch(self, epoch: int, train: Mapping[str, Any], val: Mapping[str, Any], is_best: bool,
+                  monitor: str | None = None) -> None:
+        """Record one epoch's train and validation metrics."""
+        self.epochs.append(int(epoch))
+        self.train_loss.append(float(train.get("loss", np.nan)))
+        self.val_loss.append(float(val.get("loss", np.nan)))
+        self.train_accuracy.append(float(train.get("accuracy", np.nan)))
+        self.val_accuracy.append(float(val.get("accuracy", np.nan)))
+        if monitor:
+            self.monitor = monitor
+        if is_best:
+            self.best_epoch = int(epoch)
+
+    def best_point(self, curve: str) -> tuple[int, float] | None:
+        """``(epoch, value)`` of ``curve`` (e.g. ``'val_accuracy'``) at the best epoch."""
+        if self.best_epoch is None or self.best_epoch not in self.epochs:
+            return None
+        k = self.epochs.index(self.best_epoch)
+        return self.best_epoch, getattr(self, curve)[k]
+
+    @property
+    def label(self) -> str:
+        best = f", best epoch {self.best_epoch}" if self.best_epoch is not None else ""
+        return f"{self.name} ({self.status}{best})"
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The run failed: a message for the user (what happened and what to do)."""
+
+    message: str
+    details: str = ""
+
+
+def user_message(exc: BaseException) -> str:
+    """One line a user can act on, for any exception of a run."""
+    if isinstance(exc, CellclassError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "the computer ran out of memory; lower the batch size or the input size"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if "out of memory" in text.lower():
+        return f"out of memory ({text[:200]}); lower the batch size or the input size, or use device cpu"
+    return f"unexpected {type(exc).__name__}: {text[:300]} (details in the log; please report it)"
+
+
+class TrainingSession:
+    """Train on a project and keep every run's curves; the widget iterates :meth:`run`.
+
+    Parameters
+    ----------
+    project
+        The project to train on.
+    models_dir
+        Folder for new model folders (default: the engine's ``<project>/cellclass_models``).
+    """
+
+    def __init__(self, project: Project, models_dir: str | os.PathLike | None = None) -> None:
+        self.project = project
+        self.models_dir = Path(models_dir) if models_dir is not None else None
+        self.runs: list[RunHistory] = []
+        self.active_model: Path | None = None
+        self.cancel_token: CancelToken | None = None
+        self.total_steps = 1
+        self.done_steps = 0
+        self._epoch_steps = 1
+        self._val_steps = 1
+
+    @property
+    def running(self) -> bool:
+        return self.cancel_token is not None
+
+    def start(self, config: TrainConfig) -> RunHistory:
+        """Prepare a run (main thread): a new :class:`RunHistory` and cancel token."""
+        from ..learn import CancelToken
+
+        if self.running:
+            raise CellclassError("a training run is already going; stop it first")
+        self.cancel_token = CancelToken()
+        run = RunHistory(f"run {len(self.runs) + 1}: {config.backbone}")
+        self.runs.append(run)
+        self.total_steps, self.done_steps = max(1, config.epochs), 0
+        return run
+
+    def run(self, config: TrainConfig, out_dir: str | os.PathLike | None = None) -> Iterator[Any]:
+        """The engine's events (call in a worker thread after :meth:`start`).
+
+        Any exception ends the stream with a :class:`Failed` item instead of raising, so the
+        caller always gets control back and can show the message.
+        """
+        from ..learn import run_training
+
+        token = self.cancel_token
+        if token is None:
+            raise CellclassError("call start() before run()")
+        if out_dir is None and self.models_dir is not None:
+            from ..learn.engine import default_out_dir
+
+            out_dir = self.models_dir / default_out_dir(self.project, config.backbone).name
+        try:
+            yield from run_training(self.project, config, out_dir, cancel=token)
+        except Exception as exc:  # noqa: BLE001 - turned into a user notification by the widget
+            log.error("training failed", exc_info=True)
+            yield Failed(user_message(exc), traceback.format_exc())
+
+    def handle(self, event: Any) -> None:
+        """Update the current run and the progress from one event (main thread)."""
+        from ..learn import BatchProgress, EpochEnd, Finished, Started
+
+        run = self.runs[-1] if self.runs else None
+        if isinstance(event, Started):
+            self._epoch_steps = max(1, event.batches_per_epoch)
+            self._val_steps = max(1, -(-event.n_val // 64))
+            per_epoch = self._epoch_steps + self._val_steps
+            self.total_steps = max(1, (event.epochs - event.start_epoch + 1) * per_epoch)
+            self._first_epoch = event.start_epoch
+            self.done_steps = 0
+        elif isinstance(event, BatchProgress) and event.phase in ("train", "val"):
+            per_epoch = self._epoch_steps + self._val_steps
+            base = (event.epoch - getattr(self, "_first_epoch", 1)) * per_epoch
+            step = event.batch if event.phase == "train" else self._epoch_steps + min(event.batch, self._val_steps)
+            self.done_steps = min(self.total_steps, max(self.done_steps, base + step))
+        elif isinstance(event, EpochEnd) and run is not None:
+            run.add_epoch(event.epoch, event.train, event.val, event.is_best, event.monitor)
+        elif isinstance(event, Finished):
+            if run is not None:
+                run.model_dir = event.model_dir
+                run.status = "cancelled" if event.cancelled else ("stopped early" if event.stopped_early else "done")
+            if event.model_dir:
+                self.active_model = Path(event.model_dir)
+            self.cancel_token = None
+        elif isinstance(event, Failed):
+            if run is not None:
+                run.status = "failed"
+            self.cancel_token = None
+
+    def finish(self) -> None:
+        """The worker ended (whatever happened): the session is idle again."""
+        if self.runs and self.runs[-1].status == "running":
+            self.runs[-1].status = "ended"
+        self.cancel_token = None
+
+    def stop(self) -> bool:
+        """Ask the run to stop after the current batch (the best model is kept); False when idle."""
+        if self.cancel_token is None:
+            return False
+        self.cancel_token.cancel()
+        return True
+
+
+# ---------------------------------------------------------------------------- model folders
+def check_model_folder(folder: str | os.PathLike) -> Path:
+    """A model folder path after checking its ``config.json`` (torch-free)."""
+    import json
+
+    folder = Path(folder).expanduser().resolve()
+    cfg = folder / "config.json"
+    if not folder.is_dir() or not cfg.exists() or not (folder / "model.safetensors").exists():
+        raise ModelFolderError(f"{folder}: not a model folder (needs config.json and model.safetensors); "
+                               "pick a folder written by Train")
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelFolderError(f"{cfg}: unreadable ({exc}); retrain or copy the folder again") from None
+    if not isinstance(data, dict) or "classes" not in data:
+        raise ModelFolderError(f"{cfg}: not a napari-cellclass model description")
+    return folder
+
+
+def copy_model_folder(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Copy a model folder (without its resume checkpoint) to ``dest`` (must not exist or be empty)."""
+    src = check_model_folder(src)
+    dest = Path(dest).expanduser().resolve()
+    if dest.exists() and any(dest.iterdir()):
+        dest = dest / src.name
+        if dest.exists():
+            raise ModelFolderError(f"{dest}: already exists; pick another folder")
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("checkpoint"), dirs_exist_ok=True)
+    return dest
+
+
+# ---------------------------------------------------------------------------- evaluation
+@dataclass
+class Evaluation:
+    """Per-image results of a model on one split, and its metrics."""
+
+    model: str
+    split: str
+    classes: tuple[str, ...]
+    ids: list[str]
+    true: np.ndarray          # (N,) class index
+    pred: np.ndarray          # (N,) class index
+    confidence: np.ndarray    # (N,) probability of the predicted class
+    metrics: dict[str, Any]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def confusion(self) -> np.ndarray:
+        return np.asarray(self.metrics["confusion_matrix"], dtype=np.int64)
+
+    def cell_ids(self, true: int, pred: int | None = None) -> list[str]:
+        """Images of a confusion cell (``pred=None``: the whole row), misclassified and most
+        confident first."""
+        rows = np.flatnonzero((self.true == true) & ((self.pred == pred) if pred is not None else True))
+        order = sorted(rows, key=lambda i: (self.true[i] == self.pred[i], -float(self.confidence[i])))
+        return [self.ids[i] for i in order]
+
+    def metrics_rows(self) -> list[list[Any]]:
+        """Table rows: one per class, then accuracy, balanced accuracy, macro and weighted."""
+        m = self.metrics
+        rows: list[list[Any]] = []
+        for name, d in m["per_class"].items():
+            rows.append([name, d["precision"], d["recall"], d["f1"], d["support"]])
+        n = int(m.get("n", len(self.ids)))
+        rows.append(["accuracy", "", "", m["accuracy"], n])
+        if "balanced_accuracy" in m:
+            rows.append(["balanced accuracy", "", "", m["balanced_accuracy"], n])
+        rows.append(["macro avg", m["precision_macro"], m["recall_macro"], m["f1_macro"], n])
+        if "precision_weighted" in m:
+            rows.append(["weighted avg", m["precision_weighted"], m["recall_weighted"], m["f1_weighted"], n])
+        return rows
+
+    def export_metrics(self, path: str | os.PathLike) -> Path:
+        """Write the metrics table as CSV."""
+        return _write_csv(path, METRIC_COLUMNS, self.metrics_rows())
+
+    def export_confusion(self, path: str | os.PathLike) -> Path:
+        """Write the confusion matrix as CSV (rows: true class, columns: predicted class)."""
+        cm = self.confusion
+        rows = [[c, *map(int, cm[i])] for i, c in enumerate(self.classes)]
+        return _write_csv(path, ["true \\ predicted", *self.classes], rows)
+
+    def export_predictions(self, path: str | os.PathLike) -> Path:
+        """Write the per-image true and predicted classes as CSV."""
+        rows = [[iid, self.classes[t], self.classes[p], f"{c:.6f}", bool(t == p)]
+                for iid, t, p, c in zip(self.ids, self.true, self.pred, self.confidence)]
+        return _write_csv(path, ["image_id", "true", "predicted", "confidence", "correct"], rows)
+
+
+METRIC_COLUMNS = ["class", "precision", "recall", "f1", "support"]
+
+
+def _write_csv(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for r in rows:
+        w.writerow([f"{v:.6f}" if isinstance(v, float) else v for v in r])
+    path = Path(path).expanduser()
+    atomic_write_text(path, buf.getvalue(), fsync=False)
+    return path
+
+
+def evaluate_split(model_dir: str | os.PathLike, project: Project, split: str = "auto",
+                   progress: Callable[[int, int], None] | None = None,
+                   cancel: CancelToken | None = None) -> Evaluation:
+    """Evaluate a model on a split of ``project`` keeping per-image results (single-label)."""
+    from ..learn import load_model, predict
+    from ..learn.evaluate import evaluation_ids
+    from ..learn.metrics import compute_metrics
+
+    trained = load_model(model_dir)
+    if trained.multi_label:
+        raise CellclassError("the metrics dock shows single-label models; for multi-label models use "
+                             "`napari-cellclass evaluate`")
+    used, ids = evaluation_ids(trained, project, split)
+    index = {c: k for k, c in enumerate(trained.classes)}
+    skipped = {i: "label not among the model's classes" for i in ids if project.labels(i)[0] not in index}
+    ids = [i for i in ids if i not in skipped]
+    if not ids:
+        raise CellclassError(f"no labelled images in the '{used}' split of {trained.name}; choose split 'all'")
+    result = predict(trained, project, ids=ids, write=False, progress=progress, cancel=cancel)
+    skipped.update(result.skipped)
+    probs = result.probabilities
+    true = np.array([index[project.labels(i)[0]] for i in result.ids], dtype=np.int64)
+    p = np.clip(probs[np.arange(len(true)), true], 1e-7, 1) if len(true) else np.ones(0)
+    metrics = dict(compute_metrics(true, probs, multi_label=False, class_names=trained.classes,
+                                   loss=float(-np.log(p).mean()) if len(p) else 0.0))
+    return Evaluation(trained.name, used, trained.classes, list(result.ids), true, result.top_index,
+                      result.confidence, metrics, skipped)
+
+
+# ---------------------------------------------------------------------------- predictions
+PREDICTION_KEYS = ("prediction", "confidence", "probabilities", "model")
+
+
+def prediction_metadata(pred: Prediction, multi_label: bool = False) -> dict[str, Any]:
+    """What goes into ``layer.metadata['cellclass']`` for a prediction.
+
+    ``prediction`` is the predicted class (a list for multi-label), ``probabilities`` every
+    class's probability, ``confidence`` the top probability and ``model`` the model folder name.
+    """
+    predicted: str | list[str] | None
+    predicted = list(pred.classes) if multi_label else (pred.top_class or "")
+    return {"prediction": predicted, "confidence": float(pred.confidence),
+            "probabilities": dict(pred.probabilities), "model": pred.model}
+
+
+def acceptable(project: Project, predictions: Mapping[str, Prediction], min_confidence: float = 0.0,
+               only_unlabelled: bool = True) -> list[str]:
+    """Ids whose prediction can become a label: confident enough and (by default) unlabelled."""
+    out = []
+    for iid, p in predictions.items():
+        if iid not in project.image_ids or not p.classes or p.confidence < min_confidence:
+            continue
+        if only_unlabelled and project.labels(iid):
+            continue
+        if any(c not in project.class_names for c in p.classes):
+            continue
+        out.append(iid)
+    return out
+
+
+def accept_predictions(project: Project, predictions: Mapping[str, Prediction], ids: Sequence[str]) -> list[str]:
+    """Make the predictions of ``ids`` their labels (sidecars written); returns the changed ids."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for iid in ids:
+        p = predictions.get(iid)
+        if p is None or not p.classes:
+            continue
+        unknown = [c for c in p.classes if c not in project.class_names]
+        if unknown:
+            raise CellclassError(f"{iid}: predicted class {unknown[0]!r} is not a class of the project; "
+                                 "add it in the labelling widget first")
+        groups.setdefault(tuple(p.classes), []).append(iid)
+    changed: list[str] = []
+    for classes, group in groups.items():
+        changed += project.set_labels(group, classes)
+    return changed
+
+
+SORT_CHOICES = ("confidence (low first)", "confidence (high first)", "predicted class", "image")
+
+
+def filter_predictions(predictions: Mapping[str, Prediction], *, predicted: str | None = None,
+                       min_confidence: float = 0.0, max_confidence: float = 1.0,
+                       order: str = SORT_CHOICES[0], project: Project | None = None,
+                       only_unlabelled: bool = False) -> list[Prediction]:
+    """Predictions of one class (``None``: all) in a confidence range, sorted by ``order``."""
+    rows = [p for p in predictions.values()
+            if (predicted is None or predicted in p.classes)
+            and min_confidence <= p.confidence <= max_confidence
+            and (not only_unlabelled or project is None or not project.labels(p.image_id))]
+    if order == SORT_CHOICES[0]:
+        rows.sort(key=lambda p: (p.confidence, p.image_id))
+    elif order == SORT_CHOICES[1]:
+        rows.sort(key=lambda p: (-p.confidence, p.image_id))
+    elif order == SORT_CHOICES[2]:
+        rows.sort(key=lambda p: (";".join(p.classes), -p.confidence, p.image_id))
+    else:
+        rows.sort(key=lambda p: p.image_id)
+    return rows
+
+
+def project_predictions(project: Project) -> dict[str, Prediction]:
+    """The stored predictions of a project's current images."""
+    stored = read_predictions(project.root)
+    return {k: v for k, v in stored.items() if k in project.image_ids}
+
+
+def export_project_predictions(project: Project, path: str | os.PathLike) -> Path:
+    """Write the stored predictions plus each image's current label to ``path``."""
+    preds = project_predictions(project)
+    return export_predictions_csv(path, preds)
+
+
+def predict_ids(project: Project, scope: str, page_ids: Sequence[str] = ()) -> list[str]:
+    """The image ids a prediction scope covers: ``'unlabelled'``, ``'current page'`` or ``'whole project'``."""
+    if scope == "unlabelled":
+        return project.unlabelled_ids()
+    if scope == "current page":
+        return [i for i in page_ids if i in project.image_ids]
+    if scope == "whole project":
+        return list(project.image_ids)
+    raise CellclassError(f"scope {scope!r} is not one of unlabelled, current page, whole project")
+
+
+PREDICT_SCOPES = ("unlabelled", "current page", "whole project")
+
+
+def run_prediction(model_dir: str | os.PathLike, project: Project, ids: Sequence[str], chunk: int = 64,
+                   cancel: CancelToken | None = None
+                   ) -> Iterator[tuple[int, int] | dict[str, Prediction] | Failed]:
+    """Predict ``ids`` in chunks and store the results (labels untouched).
+
+    Yields ``(done, total)`` after every chunk (a worker can quit there), then the
+    ``{image_id: Prediction}`` of all predicted images. Exceptions end the stream with a
+    :class:`Failed` instead of raising.
+    """
+    from ..learn import load_model, predict
+
+    ids = list(ids)
+    if not ids:
+        yield Failed("no images to predict in this scope (all labelled? choose 'whole project')")
+        return
+    out: dict[str, Prediction] = {}
+    try:
+        trained = load_model(model_dir)
+        yield 0, len(ids)
+        for start in range(0, len(ids), chunk):
+            if cancel is not None and cancel.is_set():
+                break
+            res = predict(trained, project, ids=ids[start:start + chunk], write=True, cancel=cancel)
+            out.update((r.image_id, r) for r in res.records())
+            yield min(start + chunk, len(ids)), len(ids)
+    except Exception as exc:  # noqa: BLE001 - handed to the widget as a Failed item
+        log.error("prediction failed", exc_info=True)
+        yield Failed(user_message(exc), traceback.format_exc())
+        return
+    yield out

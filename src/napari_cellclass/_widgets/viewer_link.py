@@ -1,0 +1,290 @@
+"""Glue between the viewer's image layers and project predictions (layers found by metadata).
+
+Project images are recognised by ``layer.metadata["cellclass"]`` (``project`` and
+``image_id``), never by layer names. Predictions are written into that same dictionary
+(``prediction``, ``confidence``, ``probabilities``, ``model``) and drawn as a prediction-style
+border; a human label always wins the border. When a labelling widget is docked its
+:class:`~napari_cellclass.core.project.Project` is shared, so labels accepted here show there at
+once.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from napari.layers import Image, Layer
+from psygnal import Signal
+
+from ..core.predictions import Prediction
+from ..core.project import Project
+from .borders import apply_border, prepare_border
+from .labelling_model import fallback_color, image_border_specs
+from .layers import METADATA_KEY, image_layer_data
+from .training_model import PREDICTION_KEYS, prediction_metadata
+
+if TYPE_CHECKING:
+    import napari
+
+#: Marks layers this module added to show images (review of a confusion-matrix cell).
+REVIEW_KEY = "review"
+_SHARED: dict[str, Project] = {}
+
+
+def real_viewer(viewer: Any) -> Any:
+    """The viewer behind napari's plugin proxy (which warns on private attributes)."""
+    return getattr(viewer, "__wrapped__", viewer)
+
+
+def find_labelling_widget(viewer: napari.viewer.Viewer) -> Any | None:
+    """The docked labelling widget of ``viewer``, if any."""
+    from .labelling import LabellingWidget
+
+    window = getattr(viewer, "window", None)
+    docks = getattr(window, "dock_widgets", None) if window is not None else None
+    if docks is None:
+        return None
+    for widget in list(docks.values()):
+        if isinstance(widget, LabellingWidget):
+            return widget
+        inner = getattr(widget, "_magic_widget", None)
+        if isinstance(inner, LabellingWidget):
+            return inner
+    return None
+
+
+def shared_project(folder: str | os.PathLike | Project, viewer: Any = None) -> Project:
+    """One :class:`Project` per folder for all widgets (the labelling widget's when it has it open)."""
+    if isinstance(folder, Project):
+        _SHARED[str(folder.root)] = folder
+        return folder
+    root = str(Path(folder).expanduser().resolve())
+    if viewer is not None:
+        lw = find_labelling_widget(viewer)
+        if lw is not None and lw.project is not None and str(lw.project.root) == root:
+            _SHARED[root] = lw.project
+            return lw.project
+    if root not in _SHARED:
+        _SHARED[root] = Project.open(root, create=False)
+    return _SHARED[root]
+
+
+def current_project(viewer: napari.viewer.Viewer) -> Project | None:
+    """The project the viewer shows: the labelling widget's, else the one of the image layers."""
+    lw = find_labelling_widget(viewer)
+    if lw is not None and lw.project is not None:
+        return shared_project(lw.project)
+    for layer in viewer.layers:
+        meta = cellclass_meta(layer)
+        if meta is not None and meta.get("project"):
+            try:
+                return shared_project(meta["project"], viewer)
+            except (OSError, ValueError):
+                continue
+    return None
+
+
+def cellclass_meta(layer: Layer) -> dict[str, Any] | None:
+    """``layer.metadata["cellclass"]`` when the layer shows a project image."""
+    meta = layer.metadata.get(METADATA_KEY) if isinstance(layer.metadata, dict) else None
+    return meta if isinstance(meta, dict) and meta.get("image_id") else None
+
+
+def image_layers(viewer: napari.viewer.Viewer, project: Project) -> dict[str, list[Layer]]:
+    """``{image_id: [layers]}`` of ``project`` in the viewer (layer-list order, first layer first)."""
+    root = str(project.root)
+    out: dict[str, list[Layer]] = {}
+    for layer in viewer.layers:
+        meta = cellclass_meta(layer)
+        if meta is not None and str(meta.get("project", root)) == root:
+            out.setdefault(meta["image_id"], []).append(layer)
+    return out
+
+
+def selected_image_ids(viewer: napari.viewer.Viewer, project: Project) -> list[str]:
+    """Image ids of the selected layers (layer-list order)."""
+    root = str(project.root)
+    ids: list[str] = []
+    for layer in viewer.layers:
+        if layer not in viewer.layers.selection:
+            continue
+        meta = cellclass_meta(layer)
+        if meta is not None and str(meta.get("project", root)) == root and meta["image_id"] not in ids:
+            ids.append(meta["image_id"])
+    return ids
+
+
+def color_of(project: Project, name: str) -> str:
+    return project.class_color(name) if name in project.class_names else fallback_color(name)
+
+
+def draw_image_border(project: Project, layers: Sequence[Layer]) -> None:
+    """Border of one image from its labels, else its prediction (first layer only)."""
+    if not layers:
+        return
+    meta = cellclass_meta(layers[0]) or {}
+    iid = meta.get("image_id")
+    labels = list(project.labels(iid)) if iid in project.image_ids else list(meta.get("labels", ()))
+    pred = meta.get("prediction") or []
+    pred_list = [pred] if isinstance(pred, str) else list(pred)
+    specs = image_border_specs(labels, pred_list, lambda n: color_of(project, n))
+    for k, layer in enumerate(layers):
+        apply_border(layer, specs if k == 0 else [])
+
+
+def set_layer_prediction(layer: Layer, pred: Prediction | None, multi_label: bool) -> bool:
+    """Write (or remove, for ``None``) a prediction in a layer's metadata; True when it changed."""
+    meta = cellclass_meta(layer)
+    if meta is None:
+        return False
+    new = prediction_metadata(pred, multi_label) if pred is not None else {}
+    old = {k: meta.get(k) for k in PREDICTION_KEYS if k in meta}
+    if old == new:
+        return False
+    for k in PREDICTION_KEYS:
+        meta.pop(k, None)
+    meta.update(new)  # in place: no metadata event, the labelling widget reads it on its next draw
+    return True
+
+
+class PredictionLayers:
+    """Keeps the viewer's layers annotated with a project's predictions, also after page turns.
+
+    Layers that arrive (or get new metadata when the labelling widget recycles them) are
+    annotated at once, before the labelling widget draws their border.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self.viewer = real_viewer(viewer)
+        self.project: Project | None = None
+        self.predictions: dict[str, Prediction] = {}
+        self._watched: set[int] = set()
+        self.viewer.layers.events.inserted.connect(self._on_inserted)
+        for layer in self.viewer.layers:
+            self._watch(layer)
+
+    def disconnect(self) -> None:
+        """Stop following the viewer (the widget closed)."""
+        self.viewer.layers.events.inserted.disconnect(self._on_inserted)
+        for layer in self.viewer.layers:
+            if id(layer) in self._watched:
+                layer.events.metadata.disconnect(self._on_metadata)
+        self._watched.clear()
+
+    def set_predictions(self, project: Project, predictions: Mapping[str, Prediction]) -> int:
+        """Use these predictions and update every shown layer; returns the images updated."""
+        self.project = project
+        self.predictions = dict(predictions)
+        return self.refresh()
+
+    def update(self, project: Project, predictions: Mapping[str, Prediction]) -> int:
+        """Add or replace some predictions and update their layers."""
+        if self.project is not project:
+            self.predictions = {}
+        self.project = project
+        self.predictions.update(predictions)
+        return self.refresh(predictions.keys())
+
+    def refresh(self, ids: Iterable[str] | None = None) -> int:
+        """Re-annotate and redraw the layers of ``ids`` (all when None)."""
+        if self.project is None:
+            return 0
+        wanted = set(ids) if ids is not None else None
+        n = 0
+        for iid, layers in image_layers(self.viewer, self.project).items():
+            if wanted is not None and iid not in wanted:
+                continue
+            for layer in layers:
+                set_layer_prediction(layer, self.predictions.get(iid), self.project.multi_label)
+            draw_image_border(self.project, layers)
+            n += 1
+        return n
+
+    def _watch(self, layer: Layer) -> None:
+        if isinstance(layer, Image) and id(layer) not in self._watched:
+            self._watched.add(id(layer))
+            layer.events.metadata.connect(self._on_metadata)
+
+    def _annotate(self, layer: Layer) -> None:
+        meta = cellclass_meta(layer)
+        if meta is None or self.project is None or str(meta.get("project", "")) != str(self.project.root):
+            return
+        set_layer_prediction(layer, self.predictions.get(meta["image_id"]), self.project.multi_label)
+
+    def _on_inserted(self, event: Any) -> None:
+        self._watch(event.value)
+        self._annotate(event.value)
+
+    def _on_metadata(self, event: Any) -> None:
+        layer = getattr(event, "source", None)
+        if isinstance(layer, Layer):
+            self._annotate(layer)
+
+
+def show_images(viewer: napari.viewer.Viewer, project: Project, ids: Sequence[str],
+                title: str = "review") -> list[str]:
+    """Show these images as layers (for relabelling with the labelling widget's hotkeys).
+
+    With a docked labelling widget that can show a list of images, it does so (hotkeys,
+    borders and paging stay consistent); otherwise the images are added as layers in grid
+    mode, replacing the previous review layers. Returns the ids shown.
+    """
+    viewer = real_viewer(viewer)
+    lw = find_labelling_widget(viewer)
+    if lw is not None and hasattr(lw, "show_images") and lw.project is not None \
+            and str(lw.project.root) == str(project.root):
+        lw.show_images(list(ids), title)
+        return list(ids)
+    for layer in [lyr for lyr in viewer.layers if (cellclass_meta(lyr) or {}).get(REVIEW_KEY)]:
+        viewer.layers.remove(layer)
+    shown: list[str] = []
+    added: list[Layer] = []
+    viewer.grid.enabled = False
+    for iid in ids:
+        data, kwargs, _ = image_layer_data(project, iid)
+        metas = kwargs["metadata"] if isinstance(kwargs["metadata"], list) else [kwargs["metadata"]]
+        kwargs["metadata"] = [{METADATA_KEY: {**m[METADATA_KEY], REVIEW_KEY: title}} for m in metas]
+        if not isinstance(kwargs["name"], list):
+            kwargs["metadata"] = kwargs["metadata"][0]
+        new = viewer.add_image(data, **kwargs)
+        layers = list(new) if isinstance(new, list) else [new]
+        for layer in layers:
+            prepare_border(layer)
+        added += layers
+        shown.append(iid)
+    if added:
+        viewer.layers.move_multiple([viewer.layers.index(lyr) for lyr in added], 0)
+        viewer.grid.stride = len(added) // max(1, len(shown))
+        viewer.grid.shape = (-1, -1)
+        viewer.grid.enabled = True
+        viewer.reset_view()
+        viewer.layers.selection.active = added[0]
+    return shown
+
+
+class ActiveModels:
+    """The active model folder of each project, shared by the training, metrics and predict docks.
+
+    ``changed`` is emitted with ``(project root, model folder or None)``.
+    """
+
+    changed = Signal(str, object)
+
+    def __init__(self) -> None:
+        self._models: dict[str, Path] = {}
+
+    def get(self, project: Project) -> Path | None:
+        return self._models.get(str(project.root))
+
+    def set(self, project: Project, folder: str | os.PathLike | None) -> None:
+        root = str(project.root)
+        if folder is None:
+            self._models.pop(root, None)
+        else:
+            self._models[root] = Path(folder)
+        self.changed.emit(root, self._models.get(root))
+
+
+#: The process-wide registry used by the docks.
+active_models = ActiveModels()
