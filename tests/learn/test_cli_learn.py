@@ -1,0 +1,67 @@
+"""Command line: train / predict / evaluate with --json on a tiny sample; bad input is one line, exit 2."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from napari_cellclass.cli import main
+
+FAST_ARGS = ["--backbone", "mobilenetv3_small_050", "--input-size", "32", "--epochs", "1", "--batch-size", "8",
+             "--device", "cpu"]
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_predict_evaluate_json(tiny_sample, tmp_path, capsys):
+    model = tmp_path / "model"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("lr: 0.003\naug_rot90: false\n")
+    code, out, _ = _run(capsys, "train", str(tiny_sample.root), *FAST_ARGS, "--config", str(cfg), "--out", str(model),
+                        "--json")
+    assert code == 0
+    res = json.loads(out)
+    assert res["ok"] and res["model"] == str(model) and res["best_epoch"] == 1
+    assert res["config"]["lr"] == 0.003 and res["config"]["aug_rot90"] is False and res["config"]["epochs"] == 1
+    assert (model / "model.safetensors").exists()
+
+    code, out, _ = _run(capsys, "predict", str(tiny_sample.root), "--model", str(model), "--json",
+                        "--csv", str(tmp_path / "p.csv"), "--truth", str(tiny_sample.root / "ground_truth.csv"))
+    assert code == 0
+    res = json.loads(out)
+    assert res["n"] == len(tiny_sample.unlabelled_ids()) and (tmp_path / "p.csv").exists()
+    assert 0 <= res["truth"]["accuracy"] <= 1 and res["truth"]["n"] == res["n"]
+
+    code, out, _ = _run(capsys, "evaluate", str(tiny_sample.root), "--model", str(model), "--split", "all", "--json")
+    assert code == 0
+    res = json.loads(out)
+    assert res["split"] == "all" and "confusion_matrix" in res["metrics"]
+
+    code, out, _ = _run(capsys, "evaluate", str(tiny_sample.root), "--model", str(model))
+    assert code == 0 and "confusion matrix" in out and "precision" in out
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["train", "{root}", "--epochs", "0"], "epochs=0 is not allowed"),
+    (["train", "{root}", "--backbone", "no_such_net_xyz"], "no_such_net_xyz"),
+    (["train", "{tmp}/missing"], "does not exist"),
+    (["predict", "{root}", "--model", "{tmp}"], "not a napari-cellclass model folder"),
+    (["evaluate", "{root}", "--model", "{tmp}/none"], "does not exist"),
+])
+def test_bad_input_is_one_line_exit_2(tiny_sample, tmp_path, capsys, argv, pattern):
+    args = [a.format(root=tiny_sample.root, tmp=tmp_path) for a in argv]
+    code, out, err = _run(capsys, *args, "--json")
+    assert code == 2
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and pattern in err
+    assert json.loads(out)["ok"] is False
+
+
+def test_backbones_listed(capsys):
+    code, out, _ = _run(capsys, "backbones", "--json")
+    assert code == 0
+    names = {b["name"] for b in json.loads(out)["backbones"]}
+    assert {"resnet18", "mobilenetv2"} <= names
