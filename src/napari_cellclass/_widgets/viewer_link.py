@@ -226,21 +226,25 @@ def show_images(viewer: napari.viewer.Viewer, project: Project, ids: Sequence[st
                 title: str = "review") -> list[str]:
     """Show these images as layers (for relabelling with the labelling widget's hotkeys).
 
-    With a docked labelling widget that can show a list of images, it does so (hotkeys,
-    borders and paging stay consistent); otherwise the images are added as layers in grid
+    With a docked labelling widget that can show a list of images, it does so in project order
+    (hotkeys, borders and paging stay consistent); otherwise the images are added as layers in grid
     mode, replacing the previous review layers. Returns the ids shown.
     """
     viewer = real_viewer(viewer)
     lw = find_labelling_widget(viewer)
     if lw is not None and hasattr(lw, "show_images") and lw.project is not None \
             and str(lw.project.root) == str(project.root):
-        lw.show_images(list(ids), title)
-        return list(ids)
+        # in project order: the labelling widget reorders layers with napari's move_multiple,
+        # which misplaces (or fails on) sources that are not in ascending order
+        pos = {iid: k for k, iid in enumerate(project.image_ids)}
+        ordered = sorted(ids, key=lambda i: pos.get(i, len(pos)))
+        lw.show_images(ordered, title)
+        return ordered
     for layer in [lyr for lyr in viewer.layers if (cellclass_meta(lyr) or {}).get(REVIEW_KEY)]:
         viewer.layers.remove(layer)
     shown: list[str] = []
     added: list[Layer] = []
-    viewer.grid.enabled = False
+    viewer.canvas.grid.enabled = False
     for iid in ids:
         data, kwargs, _ = image_layer_data(project, iid)
         metas = kwargs["metadata"] if isinstance(kwargs["metadata"], list) else [kwargs["metadata"]]
@@ -255,9 +259,9 @@ def show_images(viewer: napari.viewer.Viewer, project: Project, ids: Sequence[st
         shown.append(iid)
     if added:
         viewer.layers.move_multiple([viewer.layers.index(lyr) for lyr in added], 0)
-        viewer.grid.stride = len(added) // max(1, len(shown))
-        viewer.grid.shape = (-1, -1)
-        viewer.grid.enabled = True
+        viewer.canvas.grid.stride = len(added) // max(1, len(shown))
+        viewer.canvas.grid.shape = (-1, -1)
+        viewer.canvas.grid.enabled = True
         viewer.reset_view()
         viewer.layers.selection.active = added[0]
     return shown
