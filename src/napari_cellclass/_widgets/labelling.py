@@ -8,7 +8,7 @@ notifications.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -553,6 +553,21 @@ class LabellingWidget(Container):
         for layer in layers:
             if layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
+
+    def show_images(self, image_ids: Sequence[str], title: str = "") -> None:
+        """Show these project images as the page, in this order (e.g. a confusion-matrix cell).
+
+        The next page continues after the last of them in project order.
+        """
+        if self.project is None or self.pager is None:
+            return
+        ids = tuple(i for i in image_ids if i in self.project.image_ids)
+        if not ids:
+            return
+        self.pager.page_ids = ids
+        self._render_page()
+        if title:
+            self.viewer.status = f"{title}: {len(ids)} images"
 
     def select_image(self, image_id: str) -> None:
         """Make an image of the page the selected (active) layer."""
