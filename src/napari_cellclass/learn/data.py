@@ -91,7 +91,8 @@ def prepare_pixels(pixels: np.ndarray, size: int, scaling: str) -> np.ndarray:
         pixels = pixels[None]
     if pixels.ndim != 3:
         raise ImageReadError(f"array of shape {pixels.shape}: expected (C, Y, X) or (Y, X)")
-    return resize_image(scale_intensity(pixels, scaling), size).astype(np.float16)
+    x = resize_image(scale_intensity(pixels, scaling), size)
+    return np.clip(x, -60000, 60000).astype(np.float16)  # float16 range
 
 
 # ---------------------------------------------------------------------------- the store

@@ -583,9 +583,12 @@ class Trainer:
         self.start_epoch = int(state["epoch"]) + 1
         del self._resume_tensors
 
-    def _improved(self, value: float) -> bool:
+    def _improved(self, value: float, loss: float) -> bool:
+        """Better monitored value; on a tie (e.g. accuracy 1.0 again) a lower validation loss."""
         if self.best_value is None or math.isnan(self.best_value):
             return True
+        if value == self.best_value and self.monitor != "loss":
+            return loss < float(self.best_metrics.get("loss", math.inf))
         return value > self.best_value if self.mode == "max" else value < self.best_value
 
     # -------------------------------------------------------------- the whole run
@@ -618,7 +621,7 @@ class Trainer:
             value = float(val_m[self.monitor])
             lr = self.schedule.lr
             self.schedule.step_epoch(value)
-            best = self._improved(value)
+            best = self._improved(value, float(val_m["loss"]))
             if best:
                 self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
                 self.best_metrics = dict(val_m)
