@@ -124,12 +124,30 @@ def test_head_only_never_changes_the_backbone(tiny_sample, fast_config, tmp_path
     assert [g["name"] for g in tr.optimizer.param_groups] == ["head"]
 
 
-def test_early_stopping(tiny_sample, fast_config, tmp_path):
-    # a learning rate of ~0 never improves the monitored accuracy after the first epoch
-    result = train(tiny_sample, fast_config(epochs=6, early_stopping=1, lr=1e-9, monitor="accuracy",
-                                            schedule="none", bn_recalibrate=0, aug_flips=False, aug_rot90=False,
-                                            aug_brightness=0.0, aug_contrast=0.0), tmp_path / "m")
-    assert result.stopped_early and len(result.history) == 2 and result.best_epoch == 1
+def test_early_stopping_and_ties(tiny_sample, fast_config, tmp_path, monkeypatch):
+    # validation that never gets better after epoch 1 (same accuracy, same loss)
+    scores = iter([(0.5, 1.0), (0.5, 1.0), (0.5, 1.0), (0.5, 1.0)])
+
+    def fixed(self, subset, epoch):
+        acc, loss = next(scores)
+        return {"loss": loss, "n": 1, "accuracy": acc}
+        yield  # a generator, like the real one
+
+    monkeypatch.setattr(Trainer, "validate_events", fixed)
+    result = train(tiny_sample, fast_config(epochs=6, early_stopping=2), tmp_path / "m")
+    assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
+
+
+def test_equal_accuracy_with_lower_loss_is_better(tiny_sample, fast_config, tmp_path, monkeypatch):
+    scores = iter([(1.0, 0.3), (1.0, 0.1), (1.0, 0.2)])
+
+    def fixed(self, subset, epoch):
+        acc, loss = next(scores)
+        return {"loss": loss, "n": 1, "accuracy": acc}
+        yield
+
+    monkeypatch.setattr(Trainer, "validate_events", fixed)
+    assert train(tiny_sample, fast_config(epochs=3), tmp_path / "m").best_epoch == 2
 
 
 def test_multi_label_training(tmp_path, fast_config):
