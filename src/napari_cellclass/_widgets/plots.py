@@ -28,9 +28,12 @@ class TrainingPlots(Container):
         self.run_choice = ComboBox(label="Run", choices=self._run_choices)
         self.show_all = CheckBox(text="show earlier runs (faded)", value=True)
         self.extend([Container(widgets=[self.run_choice, self.show_all], layout="horizontal", labels=False)])
-        self.figure = Figure(figsize=(5.2, height), dpi=100, layout="constrained")
+        self.figure = Figure(figsize=(5.2, height), dpi=100)
+        self.figure.subplots_adjust(left=0.1, right=0.98, bottom=0.17, top=0.82, wspace=0.28)
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(int(height * 80))
+        # a fixed height: text changes elsewhere in the dock never resize (and so never
+        # synchronously redraw) the canvas while training runs
+        self.canvas.setFixedHeight(int(height * 100))
         self.native.layout().addWidget(self.canvas)
         self.ax_loss, self.ax_acc = self.figure.subplots(1, 2)
         self.run_choice.changed.connect(lambda _v: self.redraw())

@@ -319,11 +319,17 @@ class TrainingSession:
             from ..learn.engine import default_out_dir
 
             out_dir = self.models_dir / default_out_dir(self.project, config.backbone).name
+        threads = _leave_a_core_for_the_viewer(config.device)
         try:
             yield from run_training(self.project, config, out_dir, cancel=token)
         except Exception as exc:  # noqa: BLE001 - turned into a user notification by the widget
             log.error("training failed", exc_info=True)
             yield Failed(user_message(exc), traceback.format_exc())
+        finally:
+            if threads is not None:
+                import torch
+
+                torch.set_num_threads(threads)
 
     def handle(self, event: Any) -> None:
         """Update the current run and the progress from one event (main thread)."""
@@ -368,6 +374,25 @@ class TrainingSession:
             return False
         self.cancel_token.cancel()
         return True
+
+
+def _leave_a_core_for_the_viewer(device: str) -> int | None:
+    """On a CPU run, let torch use one core less so the viewer's event loop keeps a core.
+
+    Returns the previous thread count to restore (None when nothing changed).
+    """
+    import torch
+
+    if device not in ("cpu", "auto") or (device == "auto" and (torch.cuda.is_available() or (
+            getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()))):
+        return None
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    wanted = max(1, min(before, cores - 1))
+    if wanted == before:
+        return None
+    torch.set_num_threads(wanted)
+    return before
 
 
 # ---------------------------------------------------------------------------- model folders

@@ -1,0 +1,81 @@
+"""How responsive napari stays while the training widget trains (run under Xvfb or a display).
+
+A 10 ms QTimer runs on the Qt event loop while the Training widget trains on the sample data
+in its worker; the gaps between its ticks show how long the loop was stalled (by the GUI-thread
+handling of the engine's events, the live plots and the progress bar). Prints one JSON object.
+
+    xvfb-run -a -s "-screen 0 1600x1200x24" .venv/bin/python benchmarks/bench_gui_responsiveness.py
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from napari_cellclass._widgets.training_model import import_learning_libraries
+
+import_learning_libraries()  # before the OpenGL context exists (as the widget does on first Train)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=48, help="sample images")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--backbone", default="mobilenetv3_small_100")
+    parser.add_argument("--input-size", type=int, default=64)
+    args = parser.parse_args()
+
+    import napari
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_cellclass._widgets.labelling import LabellingWidget
+    from napari_cellclass._widgets.training import TrainingWidget
+    from napari_cellclass.core.sample import make_sample_project
+    from napari_cellclass.learn import TrainConfig
+
+    tmp = Path(tempfile.mkdtemp())
+    project = make_sample_project(tmp / "sample", n=args.n, size=96)
+    viewer = napari.Viewer(show=True)
+    labelling = LabellingWidget(viewer, project)
+    viewer.window.add_dock_widget(labelling, name="Labelling")
+    widget = TrainingWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Training")
+    widget.set_config(TrainConfig(backbone=args.backbone, input_size=args.input_size, epochs=args.epochs,
+                                  batch_size=16, device="cpu"))
+    app = QApplication.instance()
+    for _ in range(20):
+        app.processEvents()
+
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    t0 = time.perf_counter()
+    widget.train()
+    while widget.running:
+        app.processEvents()
+        time.sleep(0.001)
+    seconds = time.perf_counter() - t0
+    timer.stop()
+    gaps = np.diff(np.array(ticks)) * 1000 if len(ticks) > 1 else np.zeros(1)
+    run = widget.session.runs[-1]
+    print(json.dumps({
+        "benchmark": "gui_responsiveness_during_training",
+        "backbone": args.backbone, "input_size": args.input_size, "images": args.n,
+        "epochs_run": len(run.epochs), "status": run.status, "train_seconds": round(seconds, 1),
+        "timer_interval_ms": 10, "ticks": int(len(ticks)),
+        "max_stall_ms": round(float(gaps.max()), 1), "median_gap_ms": round(float(np.median(gaps)), 1),
+        "p99_gap_ms": round(float(np.percentile(gaps, 99)), 1),
+        "reference_ideal_gap_ms": 10.0,
+    }))
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
