@@ -72,3 +72,12 @@ def test_evaluate_uses_the_saved_split(trained, tiny_sample):
     everything = evaluate(trained, tiny_sample, split="all")
     assert everything["n"] == len(tiny_sample.labelled_ids())
     assert sum(map(sum, everything["metrics"]["confusion_matrix"])) == everything["n"]
+
+
+def test_predictions_module_is_torch_free():
+    import subprocess
+    import sys
+
+    code = ("import sys, napari_cellclass.core.predictions as p; "
+            "assert 'torch' not in sys.modules and not any(m.startswith(('qtpy', 'PyQt', 'napari.')) for m in sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
