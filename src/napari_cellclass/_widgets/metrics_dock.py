@@ -134,8 +134,8 @@ class MetricsDock(Container):
         self.table.value = {"data": [[f"{v:.3f}" if isinstance(v, float) else v for v in r[1:]] for r in rows],
                             "index": [r[0] for r in rows], "columns": METRIC_COLUMNS[1:]}
         cm = ev.confusion
-        self.confusion.value = {"data": cm.tolist(), "index": [f"true {c}" for c in ev.classes],
-                                "columns": [f"pred {c}" for c in ev.classes]}
+        self.confusion.value = {"data": cm.tolist(), "index": list(ev.classes),
+                                "columns": list(ev.classes)}
         self._colour_confusion(cm)
         skipped = f", {len(ev.skipped)} skipped" if ev.skipped else ""
         self.summary.value = (f"{ev.model} on the {ev.split} split: {len(ev.ids)} images{skipped}; "
