@@ -18,6 +18,26 @@ class ClassNameError(ProjectError):
     """A class name is empty, duplicated, unknown or not allowed."""
 
 
+class ConfigError(CellclassError):
+    """A training setting has a bad value; the message names the field and what is allowed."""
+
+
+class TrainingError(CellclassError):
+    """Training cannot start or go on (no labelled images, a class without images, ...)."""
+
+
+class ChannelMismatchError(TrainingError):
+    """An image has a different number of channels than the model expects."""
+
+
+class DeviceMemoryError(TrainingError):
+    """The accelerator ran out of memory; the message names a batch size that fits."""
+
+
+class ModelFolderError(CellclassError):
+    """A model folder is missing files, is from another tool or format, or was altered."""
+
+
 class ModelError(CellclassError):
     """A backbone, a model or its settings are not usable as asked."""
 
