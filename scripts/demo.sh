@@ -2,7 +2,9 @@
 # Set everything up (see setup.sh) and run the main job on the built-in sample data:
 # write the synthetic U2OS project, show its summary, train a small CNN on the labelled images
 # (CPU, about a minute), predict the unlabelled ones (checked against ground_truth.csv) and print
-# the evaluation. The project lands in ./demo_project (override: DEMO_DIR=...).
+# the evaluation; then, when a display is present (and not in CI), open napari on the project
+# with the labelling, training and metrics widgets. The project lands in ./demo_project
+# (override: DEMO_DIR=...; DEMO_GUI=0 skips napari).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -10,8 +12,13 @@ export PYTHONUNBUFFERED=1
 DEMO_DIR="${DEMO_DIR:-demo_project}"
 CLI=.venv/bin/napari-cellclass
 if [ -e "$DEMO_DIR" ]; then
-  echo "demo: removing the previous $DEMO_DIR"
-  rm -rf "$DEMO_DIR"
+  if [ -f "$DEMO_DIR/cellclass.json" ] && [ -f "$DEMO_DIR/ground_truth.csv" ]; then
+    echo "demo: removing the previous sample project $DEMO_DIR"
+    rm -rf "$DEMO_DIR"
+  else
+    echo "demo: $DEMO_DIR exists and is not a sample project; choose another DEMO_DIR" >&2
+    exit 1
+  fi
 fi
 echo "demo: writing the sample project to $DEMO_DIR"
 $CLI sample "$DEMO_DIR"
@@ -26,3 +33,8 @@ echo "demo: predicting the unlabelled images (stored in $DEMO_DIR/cellclass_pred
 $CLI predict "$DEMO_DIR" --model "$MODEL" --truth "$DEMO_DIR/ground_truth.csv"
 echo
 $CLI evaluate "$DEMO_DIR" --model "$MODEL"
+if [ "${DEMO_GUI:-1}" != 0 ] && [ -z "${CI:-}" ] && { [ -n "${DISPLAY:-}" ] || [ -n "${WAYLAND_DISPLAY:-}" ] || [ "$(uname)" = Darwin ]; }; then
+  echo
+  echo "demo: opening napari on $DEMO_DIR (close the window to finish)"
+  $CLI gui "$DEMO_DIR"
+fi
