@@ -356,6 +356,7 @@ class LabellingWidget(Container):
             self.folder.value = project.root
             self.multi_label.value = project.multi_label
         self._refresh_choices()
+        self._refresh_panel()
         for problem in project.problems:
             show_warning(problem)
 

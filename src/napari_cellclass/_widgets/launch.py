@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 PLUGIN = "napari-cellclass"
-EXTRA_WIDGETS = ("Training", "Metrics")
+EXTRA_WIDGETS = ("Training", "Predictions", "Metrics")
 
 
 def open_viewer(folder: str | os.PathLike | None = None, *, run: bool = True):
@@ -20,11 +20,14 @@ def open_viewer(folder: str | os.PathLike | None = None, *, run: bool = True):
         viewer.open(str(Path(folder)), plugin=PLUGIN)
     else:
         viewer.window.add_plugin_dock_widget(PLUGIN, "Labelling")
-    for name in EXTRA_WIDGETS:
-        try:
-            viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    docks = []
+    for k, name in enumerate(EXTRA_WIDGETS):
+        try:  # Training, Predictions and Metrics share one dock area as tabs
+            docks.append(viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=k > 0)[0])
         except KeyError:
             continue  # not contributed by this version
+    if docks:
+        docks[0].raise_()  # Training is the tab shown first
     if run:
         napari.run()
     return viewer
