@@ -13,7 +13,10 @@ def test_open_viewer_shows_project_and_docks_widgets(tmp_path, qtbot):
     try:
         ids = {layer.metadata[METADATA_KEY]["image_id"] for layer in viewer.layers}
         assert ids == {f"img{i:02d}.tif" for i in range(4)}
-        docked = " ".join(viewer.window._wrapped_dock_widgets)
-        assert "Labelling" in docked
+        docked = viewer.window._wrapped_dock_widgets
+        assert {"Labelling", "Training", "Predictions", "Metrics"} <= {k.split(" ")[0] for k in docked}
+        labelling = next(d.inner_widget() for k, d in docked.items() if k.startswith("Labelling"))
+        qtbot.waitUntil(lambda: labelling.project is not None)
+        assert labelling.summary.value == "p: labelled 0 / 4"
     finally:
         viewer.close()
