@@ -487,6 +487,34 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
+_DIHEDRAL: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def dihedral_table(size: int, device: torch.device) -> torch.Tensor:
+    """``(16, size * size)`` source pixel of each output pixel for code ``fh + 2 fv + 4 k``:
+    horizontal flip, then vertical flip, then ``k`` 90 degree rotations."""
+    key = (size, str(device))
+    if key not in _DIHEDRAL:
+        base = torch.arange(size * size).view(size, size)
+        rows = []
+        for k in range(4):
+            for fv in (0, 1):
+                for fh in (0, 1):
+                    t = base.flip(-1) if fh else base
+                    t = t.flip(-2) if fv else t
+                    rows.append(torch.rot90(t, k, dims=(-2, -1)).flatten())
+        _DIHEDRAL[key] = torch.stack(rows).to(device)
+    return _DIHEDRAL[key]
+
+
+def dihedral(x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """Flip/rotate each square image of ``x`` ``(B, C, S, S)`` by its ``code`` (exact, one gather)."""
+    b, ch, s, _ = x.shape
+    index = dihedral_table(s, x.device)[code]
+    out = x.reshape(b, ch, s * s).gather(2, index[:, None, :].expand(b, ch, s * s))
+    return out.view(b, ch, s, s)
+
+
 class BatchAugment:
     """Random augmentation of whole batches on their device, then per-channel normalisation.
 
@@ -508,7 +536,13 @@ class BatchAugment:
         return bool(c.aug_affine_degrees or c.aug_affine_translate or c.aug_affine_scale or c.aug_crop_scale < 1)
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Augment and normalise ``x`` (float32 ``(B, C, S, S)``) with random numbers from ``gen``."""
+        """Augment and normalise ``x`` (float32 ``(B, C, S, S)``) with random numbers from ``gen``.
+
+        Few passes over the batch: the flips and 90 degree rotations are one ``gather`` through
+        a table of the dihedral pixel permutations, and contrast, brightness and normalisation
+        are one fused multiply-add per image and channel (each pass over the batch costs a
+        thread-pool round trip on the CPU).
+        """
         c = self.cfg
         b = x.shape[0]
         dev = x.device
@@ -519,39 +553,44 @@ class BatchAugment:
         if self._needs_grid:
             x = self._geometric(x, rand)
         else:
+            code = torch.zeros(b, dtype=torch.long, device=dev)
             if c.aug_flips:
-                fh = rand(b) < 0.5
-                fv = rand(b) < 0.5
-                x = torch.where(fh.view(-1, 1, 1, 1), x.flip(-1), x)
-                x = torch.where(fv.view(-1, 1, 1, 1), x.flip(-2), x)
+                code += (rand(b) < 0.5).long()
+                code += 2 * (rand(b) < 0.5).long()
             if c.aug_rot90 and x.shape[-1] == x.shape[-2]:
-                k = (rand(b) * 4).long().clamp_max(3)
-                out = x.clone()
-                for r in (1, 2, 3):
-                    sel = (k == r).nonzero().flatten()
-                    if len(sel):
-                        out[sel] = torch.rot90(x[sel], r, dims=(-2, -1))
-                x = out
+                code += 4 * (rand(b) * 4).long().clamp_max(3)
+            if c.aug_flips or (c.aug_rot90 and x.shape[-1] == x.shape[-2]):
+                x = dihedral(x, code)
         if c.aug_gamma:
             g = 1 + (rand(b) * 2 - 1) * c.aug_gamma
             x = x.clamp_min(0).pow(g.view(-1, 1, 1, 1))
+        # pending per-image, per-channel affine map x * scale + shift
+        scale = torch.ones((b, 1), device=dev)
+        shift = torch.zeros((b, 1), device=dev)
         if c.aug_contrast:
-            f = 1 + (rand(b) * 2 - 1) * c.aug_contrast
-            m = x.mean(dim=(-2, -1), keepdim=True)
-            x = (x - m) * f.view(-1, 1, 1, 1) + m
+            f = (1 + (rand(b) * 2 - 1) * c.aug_contrast).view(-1, 1)
+            m = x.mean(dim=(-2, -1))
+            scale, shift = f, m * (1 - f)
         if c.aug_brightness:
-            x = x + ((rand(b) * 2 - 1) * c.aug_brightness).view(-1, 1, 1, 1)
-        if c.aug_blur_prob and c.aug_blur_sigma > 0:
-            sel = (rand(b) < c.aug_blur_prob).nonzero().flatten()
-            if len(sel):
-                sigma = float(0.1 + rand(1).item() * (c.aug_blur_sigma - 0.1)) if c.aug_blur_sigma > 0.1 else c.aug_blur_sigma
-                x = x.clone()
-                x[sel] = gaussian_blur(x[sel], sigma)
-        if c.aug_noise_std:
-            amp = rand(b).view(-1, 1, 1, 1) * c.aug_noise_std
-            noise = torch.randn(x.shape, generator=gen, device=gen.device).to(dev)
-            x = x + noise * amp
-        return self.normalise(x)
+            shift = shift + ((rand(b) * 2 - 1) * c.aug_brightness).view(-1, 1)
+        blur = bool(c.aug_blur_prob and c.aug_blur_sigma > 0)
+        if blur or c.aug_noise_std:
+            if c.aug_contrast or c.aug_brightness:
+                x = torch.addcmul(shift[..., None, None], x, scale[..., None, None])
+            if blur:
+                sel = (rand(b) < c.aug_blur_prob).nonzero().flatten()
+                if len(sel):
+                    sigma = (float(0.1 + rand(1).item() * (c.aug_blur_sigma - 0.1)) if c.aug_blur_sigma > 0.1
+                             else c.aug_blur_sigma)
+                    x = x.clone()
+                    x[sel] = gaussian_blur(x[sel], sigma)
+            if c.aug_noise_std:
+                amp = rand(b).view(-1, 1, 1, 1) * c.aug_noise_std
+                noise = torch.randn(x.shape, generator=gen, device=gen.device).to(dev)
+                x = x + noise * amp
+            return self.normalise(x)
+        mean, std = self.mean.view(1, -1), self.std.view(1, -1)
+        return torch.addcmul(((shift - mean) / std)[..., None, None], x, (scale / std)[..., None, None])
 
     def _geometric(self, x: torch.Tensor, rand: Callable[..., torch.Tensor]) -> torch.Tensor:
         c = self.cfg
