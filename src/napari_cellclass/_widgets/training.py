@@ -2,13 +2,18 @@
 
 The widget is thin: settings map onto :class:`~napari_cellclass.learn.TrainConfig` through
 :func:`~.training_model.settings_spec`, the run and its curves live in
-:class:`~.training_model.TrainingSession`, and the engine runs in a napari generator worker
-(one yield per batch, so the viewer stays responsive and Stop acts within a batch). Widgets are
-only ever created and updated on the main thread, from the worker's ``yielded`` signal.
+:class:`~.training_model.TrainingSession`. The engine trains in a child process
+(:mod:`napari_cellclass.learn.process`), so the viewer's event loop never shares the GIL or a
+core with the training loop; a napari generator worker iterates its event stream (batch
+progress thinned to about ten a second) and hands each event to the GUI thread, where handlers
+stay cheap: the progress bar moves at most ten times a second, the curves are drawn in a
+background thread at epoch ends only, and text changes never relayout the dock. Widgets are only
+ever created and updated on the main thread, from the worker's ``yielded`` signal.
 """
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +61,8 @@ log = logging.getLogger(__name__)
 
 #: Settings that apply to the current device for a quick first run (sample data on a CPU).
 CPU_HINT = "CPU: small backbone, 96 px, batch 32 · on a GPU raise input size, batch and backbone"
+#: Seconds between two progress-bar updates at most (the bar repaints the activity dock).
+PROGRESS_INTERVAL = 0.1
 
 
 class TrainingWidget(Container):
@@ -77,6 +84,7 @@ class TrainingWidget(Container):
         self.session: TrainingSession | None = None
         self.worker: GeneratorWorker | None = None
         self._pbar: progress | None = None
+        self._closed = False
         self._specs = settings_spec()
         self.settings: dict[str, Widget] = {}
         self._build()
@@ -109,10 +117,10 @@ class TrainingWidget(Container):
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop (keep best)")
         self.status = Label(value=CPU_HINT)
-        self.status.native.setWordWrap(True)
+        _fixed_lines(self.status, 3)
         self.plots = TrainingPlots()
         self.active_label = Label(value="active model: none")
-        self.active_label.native.setWordWrap(True)
+        _fixed_lines(self.active_label, 2)
         self.model_folder = FileEdit(label="model folder", mode="d")
         self.load_model_button = PushButton(text="Load model")
         self.save_model_button = PushButton(text="Save model to folder")
@@ -271,6 +279,7 @@ class TrainingWidget(Container):
         self.plots.set_runs(session.runs)
         self._pbar = progress(total=session.total_steps, desc=f"Training {config.backbone}")
         self._pbar_n = 0
+        self._pbar_time = 0.0
         self.status.value = f"starting: {config.backbone}, {config.epochs} epochs on {project.root.name}"
         worker = create_worker(session.run, config, _start_thread=False)
         worker.yielded.connect(self._on_event)
@@ -293,13 +302,7 @@ class TrainingWidget(Container):
         if session is None:
             return
         session.handle(event)
-        if self._pbar is not None:
-            if self._pbar.total != session.total_steps:
-                self._pbar.total = session.total_steps
-            delta = session.done_steps - self._pbar_n
-            if delta > 0:
-                self._pbar.update(delta)
-                self._pbar_n = session.done_steps
+        self._update_progress(force=isinstance(event, (EpochEnd, Finished, Started)))
         if isinstance(event, Log):
             self.status.value = event.message
         elif isinstance(event, WarningEvent):
@@ -321,6 +324,22 @@ class TrainingWidget(Container):
             self.status.value = f"training failed: {event.message}"
             show_error(f"Training failed: {event.message}")
             self.plots.set_runs(session.runs)
+
+    def _update_progress(self, force: bool = False) -> None:
+        """Move the progress bar to the session's progress (at most every PROGRESS_INTERVAL s)."""
+        session, pbar = self.session, self._pbar
+        if session is None or pbar is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._pbar_time < PROGRESS_INTERVAL:
+            return
+        self._pbar_time = now
+        if pbar.total != session.total_steps:
+            pbar.total = session.total_steps
+        delta = session.done_steps - self._pbar_n
+        if delta > 0:
+            pbar.update(delta)
+            self._pbar_n = session.done_steps
 
     def _on_finished(self, event: Any) -> None:
         assert self.session is not None
@@ -350,6 +369,8 @@ class TrainingWidget(Container):
             self._pbar.close()
             self._pbar = None
         self.worker = None
+        if self._closed:
+            return
         self.plots.set_runs(self.session.runs if self.session is not None else [], follow_last=False)
         self._refresh_state()
 
@@ -416,7 +437,20 @@ class TrainingWidget(Container):
             self.active_label.tooltip = str(model) if model else ""
 
     def close(self) -> None:
-        """Stop a run and disconnect from the shared registry."""
+        """Stop a run (its process keeps the best model and ends) and disconnect from the registry."""
         self.stop()
+        self._closed = True
+        worker = self.worker
+        if worker is not None:  # the worker drains the stream and ends the process; nothing is shown
+            worker.yielded.disconnect(self._on_event)
         active_models.changed.disconnect(self._on_active_model)
+        self.plots.close()
         super().close()
+
+
+def _fixed_lines(label: Label, lines: int) -> None:
+    """Word-wrap a label in a fixed height of ``lines`` lines: new text never relayouts the dock."""
+    native = label.native
+    native.setWordWrap(True)
+    native.setFixedHeight(native.fontMetrics().lineSpacing() * lines + 4)
+    native.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)

@@ -19,8 +19,9 @@ import logging
 import os
 import shutil
 import sys
+import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,8 @@ HIDDEN_SETTINGS: tuple[str, ...] = ("extra",)
 NONE_VALUES: dict[str, Any] = {"input_size": 0, "val_percent": -1.0, "split_seed": -1, "channels_last": "auto"}
 #: Where to find the weights file when ``pretrained`` is neither none nor imagenet.
 PRETRAINED_CHOICES: tuple[str, ...] = ("none", "imagenet", "file")
+#: How much lower the training process's priority is than the viewer's (Unix ``nice``).
+CHILD_NICE = 10
 
 
 # ---------------------------------------------------------------------------- imports
@@ -275,11 +278,16 @@ class TrainingSession:
         The project to train on.
     models_dir
         Folder for new model folders (default: the engine's ``<project>/cellclass_models``).
+    in_process
+        Train in a child process (default), so the viewer's event loop never waits for the
+        training loop; False trains in the calling thread (scripts, debugging).
     """
 
-    def __init__(self, project: Project, models_dir: str | os.PathLike | None = None) -> None:
+    def __init__(self, project: Project, models_dir: str | os.PathLike | None = None,
+                 in_process: bool = True) -> None:
         self.project = project
         self.models_dir = Path(models_dir) if models_dir is not None else None
+        self.in_process = in_process
         self.runs: list[RunHistory] = []
         self.active_model: Path | None = None
         self.cancel_token: CancelToken | None = None
@@ -304,14 +312,15 @@ class TrainingSession:
         self.total_steps, self.done_steps = max(1, config.epochs), 0
         return run
 
-    def run(self, config: TrainConfig, out_dir: str | os.PathLike | None = None) -> Iterator[Any]:
+    def run(self, config: TrainConfig, out_dir: str | os.PathLike | None = None,
+            progress_interval: float = 0.1) -> Iterator[Any]:
         """The engine's events (call in a worker thread after :meth:`start`).
 
-        Any exception ends the stream with a :class:`Failed` item instead of raising, so the
-        caller always gets control back and can show the message.
+        Batch progress is thinned to one event per ``progress_interval`` seconds (plus the first
+        and last batch of every phase); every other event passes. Any exception ends the stream
+        with a :class:`Failed` item instead of raising, so the caller always gets control back
+        and can show the message.
         """
-        from ..learn import run_training
-
         token = self.cancel_token
         if token is None:
             raise CellclassError("call start() before run()")
@@ -319,9 +328,19 @@ class TrainingSession:
             from ..learn.engine import default_out_dir
 
             out_dir = self.models_dir / default_out_dir(self.project, config.backbone).name
-        threads = _leave_a_core_for_the_viewer(config.device)
+        threads = None
         try:
-            yield from run_training(self.project, config, out_dir, cancel=token)
+            if self.in_process:
+                from ..learn.process import default_num_threads, run_training_in_process
+
+                events = run_training_in_process(self.project.root, config, out_dir, token, nice=CHILD_NICE,
+                                                 num_threads=default_num_threads(config.device))
+            else:
+                from ..learn import run_training
+
+                threads = _leave_a_core_for_the_viewer(config.device)
+                events = run_training(self.project, config, out_dir, cancel=token)
+            yield from thin_progress(events, progress_interval)
         except Exception as exc:  # noqa: BLE001 - turned into a user notification by the widget
             log.error("training failed", exc_info=True)
             yield Failed(user_message(exc), traceback.format_exc())
@@ -374,6 +393,24 @@ class TrainingSession:
             return False
         self.cancel_token.cancel()
         return True
+
+
+def thin_progress(events: Iterable[Any], interval: float = 0.1,
+                  clock: Callable[[], float] = time.monotonic) -> Iterator[Any]:
+    """``events`` with batch progress thinned to at most one per ``interval`` seconds.
+
+    The first and last batch of every phase always pass, and so does every other event.
+    """
+    from ..learn import BatchProgress
+
+    last = -float("inf")
+    for event in events:
+        if isinstance(event, BatchProgress) and 1 < event.batch < event.num_batches:
+            now = clock()
+            if now - last < interval:
+                continue
+            last = now
+        yield event
 
 
 def _leave_a_core_for_the_viewer(device: str) -> int | None:

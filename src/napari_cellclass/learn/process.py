@@ -71,8 +71,10 @@ class TrainingProcessError(CellclassError):
 
 # ---------------------------------------------------------------------------- child side
 def _child_main(project_folder: str, config: TrainConfig, out_dir: str | None, events: Any,
-                cancel: Any, num_threads: int | None, resume: bool) -> None:
+                cancel: Any, num_threads: int | None, resume: bool, nice: int) -> None:
     """The child process: train and put ``('event', e)``, then ``('error', ...)`` or ``('done',)``."""
+    if nice and hasattr(os, "nice"):
+        os.nice(nice)
     parent = mp.parent_process()
     if parent is not None:  # exit when the parent dies without stopping us
         def watch() -> None:
@@ -137,7 +139,8 @@ def default_num_threads(device: str, leave_free: int = 1) -> int | None:
 
 def run_training_in_process(project_folder: str | os.PathLike, config: TrainConfig,
                             out_dir: str | os.PathLike | None = None, cancel: CancelToken | None = None,
-                            *, num_threads: int | None = None, resume: bool = False) -> Iterator[Event]:
+                            *, num_threads: int | None = None, resume: bool = False,
+                            nice: int = 0) -> Iterator[Event]:
     """Train in a child process and yield its events (as :func:`run_training` does in-process).
 
     Parameters
@@ -150,6 +153,9 @@ def run_training_in_process(project_folder: str | os.PathLike, config: TrainConf
         Stops the run after the current batch (the best model is kept).
     num_threads
         Torch CPU threads in the child (None: torch's default, all cores).
+    nice
+        Lower the child's scheduling priority by this much (Unix), so that an interactive
+        process such as a viewer gets the CPU first when it needs it.
 
     Raises
     ------
@@ -162,7 +168,7 @@ def run_training_in_process(project_folder: str | os.PathLike, config: TrainConf
     stop = ctx.Event()
     out = str(out_dir) if out_dir is not None else None
     child = ctx.Process(target=_child_main, name="cellclass-training",
-                        args=(str(Path(project_folder)), config, out, events, stop, num_threads, resume))
+                        args=(str(Path(project_folder)), config, out, events, stop, num_threads, resume, nice))
     child.start()
     _CHILDREN.add(child)
     ended = False
