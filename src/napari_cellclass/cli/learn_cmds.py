@@ -104,6 +104,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    """Train; under ``torchrun`` every rank trains and only rank 0 reports (the others stay quiet)."""
+    from ..learn import distributed
     from ..learn.engine import run_training
     from ..learn.events import BatchProgress, CancelToken, EpochEnd, Finished, Log, Started, WarningEvent
     from . import emit, stderr_progress
@@ -111,9 +113,11 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     cfg = config_from_args(args)
     if args.resume and not args.out:
         raise CellclassError("--resume needs --out MODEL (the folder of the run to continue)")
+    main_rank = distributed.env_rank() == 0
+    say = _err if main_rank else _silent
     token = CancelToken()
-    bars = {"cache": stderr_progress("decoding"), "train": None}
-    quiet = args.json
+    bars = {"cache": stderr_progress("decoding") if main_rank else _silent, "train": None}
+    quiet = args.json or not main_rank
     finished = None
     warnings: list[str] = []
     try:
@@ -123,28 +127,30 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
                     bars["cache"](ev.batch, ev.num_batches)
                 elif ev.phase == "train":
                     if ev.batch == 1:
-                        bars["train"] = stderr_progress(f"epoch {ev.epoch}/{cfg.epochs}")
+                        bars["train"] = stderr_progress(f"epoch {ev.epoch}/{cfg.epochs}") if main_rank else _silent
                     bars["train"](ev.batch, ev.num_batches)
             elif isinstance(ev, EpochEnd):
                 v, t = ev.val, ev.train
-                _err(f"epoch {ev.epoch:>3}/{ev.epochs}  loss {t['loss']:.3f}  acc {t['accuracy']:.3f}  |  "
+                say(f"epoch {ev.epoch:>3}/{ev.epochs}  loss {t['loss']:.3f}  acc {t['accuracy']:.3f}  |  "
                      f"val loss {v['loss']:.3f}  val acc {v['accuracy']:.3f}"
                      f"{'' if ev.monitor in ('accuracy', 'loss') else f'  val {ev.monitor} {v[ev.monitor]:.3f}'}"
                      f"{'  *best' if ev.is_best else ''}  ({ev.seconds:.1f} s, {ev.images_per_second:.0f} img/s)")
             elif isinstance(ev, Started):
-                _err(f"training {cfg.backbone} on {ev.n_train} images ({ev.n_val} validation, {ev.n_test} test), "
+                say(f"training {cfg.backbone} on {ev.n_train} images ({ev.n_val} validation, {ev.n_test} test), "
                      f"{ev.in_chans} channel(s) at {ev.input_size} px on {ev.device} ({ev.precision})")
             elif isinstance(ev, WarningEvent):
                 warnings.append(ev.message)
-                _err(f"warning: {ev.message}")
+                say(f"warning: {ev.message}")
             elif isinstance(ev, Log) and not quiet:
-                _err(ev.message)
+                say(ev.message)
             elif isinstance(ev, Finished):
                 finished = ev
     except KeyboardInterrupt:
         token.cancel()
-        _err("interrupted; the best model so far is kept in the model folder")
+        say("interrupted; the best model so far is kept in the model folder")
         raise
+    finally:
+        distributed.leave()
     assert finished is not None
     result = {"ok": True, "model": finished.model_dir, "best_epoch": finished.best_epoch,
               "epochs_run": finished.epochs_run, "stopped_early": finished.stopped_early,
@@ -159,12 +165,17 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
                 f"balanced accuracy {m.get('balanced_accuracy', m.get('f1_macro', 0)):.3f}, "
                 f"macro F1 {m.get('f1_macro', 0):.3f} ({m.get('n', 0)} images); {r['seconds']:.0f} s")
 
-    emit(args, result, human)
+    if main_rank:
+        emit(args, result, human)
     return result
 
 
 def _err(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def _silent(*_args: Any) -> None:
+    """Progress of the ranks other than 0 under torchrun: nothing."""
 
 
 # ---------------------------------------------------------------------------- predict

@@ -168,6 +168,11 @@ class ImageStore:
     def __len__(self) -> int:
         return len(self.sources)
 
+    def needs_disk(self) -> bool:
+        """True when the decoded block (channel count known) exceeds the RAM budget."""
+        row_bytes = (self.in_chans or 1) * self.size * self.size * 2
+        return len(self.sources) * row_bytes > self.memory_mb * 2**20
+
     # -------------------------------------------------------------- building
     def build(self) -> Iterator[tuple[int, int]]:
         """Decode what is not cached yet; yields ``(done, total)`` after each image."""

@@ -28,6 +28,7 @@ from ..core.errors import DeviceMemoryError, ImageReadError, ModelFolderError, T
 from ..core.project import Project
 from ..core.splits import Split, predefined, stratified_split
 from . import checkpoint as ckpt
+from . import distributed as ddp
 from .config import TrainConfig
 from .data import BatchAugment, Batcher, ImageStore, Normalisation, cache_dir_for, choose_normalisation
 from .events import (BatchProgress, CancelToken, CheckpointSaved, EpochEnd, Event, Finished, Log, Started,
@@ -201,6 +202,7 @@ class Trainer:
         self.best_metrics: dict[str, Any] = {}
         self.start_epoch = 1
         self.bad_epochs = 0
+        self.dist = ddp.SINGLE
         self._ready = False
 
     # -------------------------------------------------------------- setup
@@ -208,6 +210,8 @@ class Trainer:
         """Split, decode and cache the images, build the model; yields progress and log events."""
         cfg = self.cfg
         resume_state = None
+        self.dist, self.device = ddp.join(resolve_device(cfg.device))
+        self.out_dir = Path(ddp.broadcast_object(self.dist, str(self.out_dir)))
         if self.resume:
             resume_state, self._resume_tensors = ckpt.read_training_state(self.out_dir)
             saved = resume_state.get("train_config", {})
@@ -219,7 +223,6 @@ class Trainer:
             if not (self.out_dir / ckpt.CONFIG_NAME).exists():
                 raise TrainingError(f"{self.out_dir}: folder exists and is not a model folder; choose another --out")
         self.data = run_data(self.project, cfg, resume_state["split"] if resume_state else None)
-        self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
         sp = self.data.split
@@ -238,8 +241,13 @@ class Trainer:
         ids = [*sp.train, *sp.val, *sp.test]
         self.store = ImageStore([self.project.path(i) for i in ids], self.input_size, cfg.scaling, first,
                                 keys=ids, cache_dir=cache_dir_for(self.project.root), memory_mb=cfg.cache_memory_mb)
+        first_builder = self.dist.is_main or not self.store.needs_disk()
+        if not first_builder:  # the disk cache is written by rank 0, then reused by the others
+            ddp.barrier(self.dist)
         for done, total in self.store.build():
             yield BatchProgress("cache", 0, done, total)
+        if first_builder and self.store.needs_disk():
+            ddp.barrier(self.dist)
         yield Log(f"{len(ids)} images decoded at {self.input_size} px "
                   f"({self.store.location} cache{', %d reused' % self.store.reused if self.store.reused else ''})")
         for key, reason in self.store.problems.items():
@@ -273,6 +281,8 @@ class Trainer:
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.net: nn.Module = self.model  # what the training step calls (DistributedDataParallel when distributed)
+        self._net_frozen: bool | None = None
         self.batcher = Batcher(self.store, self.device)
         self.augment = BatchAugment(cfg, self.norm, self.device)
         self.targets_dev = {k: torch.from_numpy(v).to(self.device) for k, v in self.targets.items()}
@@ -284,7 +294,8 @@ class Trainer:
         self.criterion = build_loss(cfg.loss, multi_label=self.data.multi_label, class_weights=weights,
                                     label_smoothing=cfg.label_smoothing, focal_gamma=cfg.focal_gamma).to(self.device)
         self.optimizer = self._make_optimizer()
-        self.steps_per_epoch = len(self._batches(self.index["train"], np.random.default_rng(0)))
+        self.steps_per_epoch = len(ddp.shard_batches(self.dist, self._batches(self.index["train"],
+                                                                                np.random.default_rng(0))))
         self.monitor, self.mode = cfg.monitor_for(self.data.multi_label)
         self.schedule = LRSchedule(self.optimizer, cfg.schedule, cfg.epochs * self.steps_per_epoch,
                                    int(round(cfg.warmup_epochs * self.steps_per_epoch)), self.mode,
@@ -360,8 +371,8 @@ class Trainer:
         seed = (self.cfg.seed * 1_000_003 + epoch * 7919) % (2**63)
         torch.manual_seed(seed)
         gen = torch.Generator(device=self.device if self.device.type == "cuda" else "cpu")
-        gen.manual_seed(seed)
-        return np.random.default_rng([self.cfg.seed, epoch]), gen
+        gen.manual_seed(seed + 104_729 * self.dist.rank)  # own augmentation draws per rank
+        return np.random.default_rng([self.cfg.seed, epoch]), gen  # batch order: the same on every rank
 
     # -------------------------------------------------------------- one epoch
     def train_epoch_events(self, epoch: int) -> Generator[Event, None, OrderedDict]:
@@ -369,17 +380,20 @@ class Trainer:
 
         Raises ``_Cancelled`` (internal) when the cancel token is set between batches.
         """
-        self._set_phase(epoch)
+        frozen = self._set_phase(epoch)
+        if self.dist.enabled and self._net_frozen != frozen:  # DDP syncs the parameters trainable when wrapped
+            self.net = ddp.wrap(self.dist, self.model, self.device)
+            self._net_frozen = frozen
         self.model.train()  # a frozen backbone keeps its batch-norm statistics (CellClassifier.train)
         rng, gen = self._epoch_rng(epoch)
-        batches = self._batches(self.index["train"], rng)
+        batches = ddp.shard_batches(self.dist, self._batches(self.index["train"], rng))
         rows = self.index["train"]
         tgt = self.targets_dev["train"]
         total = torch.zeros((), device=self.device)
         seen = 0
         probs, targets = [], []
         for b, x in enumerate(self.batcher.iterate([rows[bi] for bi in batches], self.cfg.num_workers)):
-            if self.cancel.is_set():
+            if self._cancelled(b, len(batches)):
                 raise _Cancelled
             sel = torch.as_tensor(batches[b], device=self.device)
             y = tgt.index_select(0, sel)
@@ -397,18 +411,30 @@ class Trainer:
             last = b == len(batches) - 1
             show = last or b % 10 == 0
             yield BatchProgress("train", epoch, b + 1, len(batches), float(total / seen) if show else None)
-        if self.cancel.is_set():
+        if self._cancelled(0, 1):
             raise _Cancelled
-        return compute_metrics(torch.cat(targets).cpu().numpy(), torch.cat(probs).float().cpu().numpy(),
+        total = ddp.sum_scalar(self.dist, total)
+        seen = int(ddp.sum_scalar(self.dist, torch.tensor(float(seen), device=self.device)).item())
+        p = ddp.gather_rows(self.dist, torch.cat(probs).float())
+        t = ddp.gather_rows(self.dist, torch.cat(targets))
+        return compute_metrics(t.cpu().numpy(), p.cpu().numpy(),
                                multi_label=self.data.multi_label, class_names=self.data.classes,
                                loss=float(total / max(seen, 1)), threshold=self.cfg.threshold)
+
+    def _cancelled(self, batch: int, num_batches: int) -> bool:
+        """The cancel token; when distributed, agreed by all ranks every 10 batches and at the end."""
+        if not self.dist.enabled:
+            return self.cancel.is_set()
+        if batch % 10 and batch != num_batches - 1:
+            return False
+        return ddp.any_rank(self.dist, self.cancel.is_set(), self.device)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.augment(x, gen)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
-            logits = self.model(x)
+            logits = self.net(x)
         loss = self.criterion(logits.float(), y)
         if not torch.isfinite(loss):
             raise TrainingError(f"the loss became {float(loss)}; lower the learning rate (lr={self.cfg.lr})")
@@ -447,6 +473,7 @@ class Trainer:
         batches = [rows[pick[i:i + bs]] for i in range(0, len(pick), bs)]
         if len(batches) > 1 and len(batches[-1]) < 2:
             batches.pop()
+        batches = batches[self.dist.rank::self.dist.world_size]  # the statistics are combined below
         with torch.no_grad():
             for x in self.batcher.iterate(batches, self.cfg.num_workers):
                 x = self.augment.normalise(x)
@@ -454,6 +481,7 @@ class Trainer:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(self.device, self.precision):
                     self.model(x)
+        ddp.average_batch_norm(self.dist, bns)
         for m, mom in zip(bns, saved):
             m.momentum = mom
 
@@ -483,7 +511,8 @@ class Trainer:
         rows = self.index[subset]
         tgt = self.targets_dev[subset]
         bs = max(1, self.cfg.batch_size * 2)
-        batches = [np.arange(i, min(i + bs, len(rows))) for i in range(0, len(rows), bs)]
+        mine = ddp.shard_rows(self.dist, len(rows))  # positions this rank validates; gathered in order below
+        batches = [mine[i:i + bs] for i in range(0, len(mine), bs)]
         self.model.eval()
         probs = []
         with torch.inference_mode():
@@ -498,7 +527,9 @@ class Trainer:
                 total += self.criterion(logits, y) * len(batches[b])
                 probs.append(self._probabilities(logits))
                 yield BatchProgress("val", epoch, b + 1, len(batches))
-        p = torch.cat(probs).cpu().numpy() if probs else np.zeros((0, len(self.data.classes)), np.float32)
+        p = torch.cat(probs) if probs else torch.zeros((0, len(self.data.classes)), device=self.device)
+        p = ddp.gather_rows(self.dist, p).cpu().numpy()
+        total = ddp.sum_scalar(self.dist, total)
         return compute_metrics(self.targets[subset], p, multi_label=self.data.multi_label,
                                class_names=self.data.classes, loss=float(total / max(len(rows), 1)),
                                threshold=self.cfg.threshold)
@@ -552,18 +583,24 @@ class Trainer:
             "pretrained": {"source": self.cfg.pretrained, "report": self.load_report},
             "device": str(self.device),
             "precision": self.precision,
+            **({"distributed": {"world_size": self.dist.world_size,
+                                "backend": torch.distributed.get_backend()}} if self.dist.enabled else {}),
             "history": self.history,
             "best_epoch": self.best_epoch,
             "best_metrics": self.best_metrics,
         }
 
     def _save_best(self) -> Path:
+        if not self.dist.is_main:  # rank 0 writes the model folder
+            return self.out_dir
         self.out_dir.mkdir(parents=True, exist_ok=True)
         ckpt.save_weights(self.out_dir, self.model)
         ckpt.write_model_config(self.out_dir, self._meta())
         return self.out_dir
 
     def _save_state(self, epoch: int) -> Path:
+        if not self.dist.is_main:
+            return self.out_dir / ckpt.STATE_DIR
         state = {"epoch": epoch, "schedule": self.schedule.state_dict(), "history": self.history,
                  "best_value": self.best_value, "best_epoch": self.best_epoch, "best_metrics": self.best_metrics,
                  "bad_epochs": self.bad_epochs, "split": self.ids, "normalisation": self.norm.to_json(),
@@ -594,7 +631,17 @@ class Trainer:
     # -------------------------------------------------------------- the whole run
     def events(self) -> Iterator[Event]:
         """Run every epoch; yields :class:`Started`, progress, :class:`EpochEnd`,
-        :class:`CheckpointSaved` and finally :class:`Finished`."""
+        :class:`CheckpointSaved` and finally :class:`Finished`.
+
+        Under ``torchrun`` the process group this run joined is left at the end, also after an
+        error or a cancel.
+        """
+        try:
+            yield from self._events()
+        finally:
+            ddp.leave(self.dist)
+
+    def _events(self) -> Iterator[Event]:
         t0 = time.perf_counter()
         if not self._ready:
             yield from self.setup()
@@ -641,7 +688,8 @@ class Trainer:
                 break
         model_dir = None
         if self.best_epoch is not None:
-            ckpt.write_model_config(self.out_dir, {**self._meta(), "cancelled": cancelled, "stopped_early": stopped})
+            if self.dist.is_main:
+                ckpt.write_model_config(self.out_dir, {**self._meta(), "cancelled": cancelled, "stopped_early": stopped})
             model_dir = str(self.out_dir)
         yield Finished(model_dir, self.best_epoch, dict(self.best_metrics), cancelled, stopped,
                        max(0, epoch - self.start_epoch + 1), time.perf_counter() - t0, list(self.history))
