@@ -5,7 +5,7 @@ in its worker; the gaps between its ticks show how long the loop was stalled (by
 handling of the engine's events, the live plots and the progress bar, and by the training loop
 itself when it shares the process). The widget trains in a child process; ``--in-thread``
 trains in the viewer's process as a reference. Also reported: the slowest GUI-thread handling
-of one engine event and the slowest showing of a plot image (drawn in a background thread). Prints one JSON object.
+of one engine event and the slowest repaint of the curves. Prints one JSON object.
 
     xvfb-run -a -s "-screen 0 1600x1200x24" .venv/bin/python benchmarks/bench_gui_responsiveness.py
 """
@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="mobilenetv3_small_100")
     parser.add_argument("--input-size", type=int, default=64)
     parser.add_argument("--in-thread", action="store_true", help="train in the viewer's process (reference)")
+    parser.add_argument("--stalls", type=int, default=0, help="also list the N longest stalls and what ran")
     args = parser.parse_args()
 
     from napari_cellclass._widgets.training_model import import_learning_libraries
@@ -41,6 +42,17 @@ def main() -> None:
     from napari_cellclass.core.sample import make_sample_project
     from napari_cellclass.learn import TrainConfig
 
+    from napari_cellclass._widgets.plots import CurvesCanvas
+
+    draw_ms: list[float] = []
+    paint = CurvesCanvas.paintEvent
+
+    def timed_paint(self, event):  # the curves' repaint on the GUI thread
+        t = time.perf_counter()
+        paint(self, event)
+        draw_ms.append((time.perf_counter() - t) * 1000)
+
+    CurvesCanvas.paintEvent = timed_paint
     tmp = Path(tempfile.mkdtemp())
     project = make_sample_project(tmp / "sample", n=args.n, size=96)
     viewer = napari.Viewer(show=True)
@@ -56,20 +68,23 @@ def main() -> None:
     widget._session(project).in_process = not args.in_thread
 
     handler_ms: list[float] = []
-    draw_ms: list[float] = []
 
-    def timed(fn, into):
+    marks: list[tuple[float, float, str]] = []  # (start, end, what) of GUI handlers and drawings
+
+    def timed(fn, into, name=None):
         def wrapper(*a, **k):
             t = time.perf_counter()
             try:
                 return fn(*a, **k)
             finally:
-                into.append((time.perf_counter() - t) * 1000)
+                end = time.perf_counter()
+                if into is not None:
+                    into.append((end - t) * 1000)
+                marks.append((t, end, name or (type(a[0]).__name__ if a else fn.__name__)))
         return wrapper
 
     widget._on_event = timed(widget._on_event, handler_ms)  # connected when train() starts
-    widget.plots._show = timed(widget.plots._show, draw_ms)  # GUI thread: a finished image shown
-    widget.plots._delivery._show = widget.plots._show
+    widget.train = timed(widget.train, None, "train() call")
 
     ticks: list[float] = []
     timer = QTimer()
@@ -89,14 +104,20 @@ def main() -> None:
         "benchmark": "gui_responsiveness_during_training",
         "mode": "in-thread" if args.in_thread else "child process",
         "backbone": args.backbone, "input_size": args.input_size, "images": args.n,
-        "epochs_run": len(run.epochs), "status": run.status, "train_seconds": round(seconds, 1),
+        "epochs_run": len(run.epochs), "status": run.status, "message": widget.status.value, "train_seconds": round(seconds, 1),
         "timer_interval_ms": 10, "ticks": int(len(ticks)),
         "max_stall_ms": round(float(gaps.max()), 1), "median_gap_ms": round(float(np.median(gaps)), 1),
         "p99_gap_ms": round(float(np.percentile(gaps, 99)), 1),
         "reference_ideal_gap_ms": 10.0,
         "events_handled": len(handler_ms), "max_event_handler_ms": round(max(handler_ms, default=0), 1),
-        "plot_images_shown": len(draw_ms), "max_plot_show_ms": round(max(draw_ms, default=0), 1),
+        "plot_repaints": len(draw_ms), "max_plot_repaint_ms": round(max(draw_ms, default=0), 1),
     }))
+    if args.stalls:
+        starts = np.array(ticks[:-1])
+        for k in np.argsort(gaps)[::-1][:args.stalls]:
+            a, b = starts[k], starts[k] + gaps[k] / 1000
+            during = sorted({f"{w} ({(e - s) * 1000:.0f} ms)" for s, e, w in marks if s < b and e > a - 0.005})
+            print(f"stall {gaps[k]:.0f} ms at {a - t0:.1f} s: {', '.join(during) or 'no handler ran'}")
     viewer.close()
 
 

@@ -6,8 +6,8 @@ The widget is thin: settings map onto :class:`~napari_cellclass.learn.TrainConfi
 (:mod:`napari_cellclass.learn.process`), so the viewer's event loop never shares the GIL or a
 core with the training loop; a napari generator worker iterates its event stream (batch
 progress thinned to about ten a second) and hands each event to the GUI thread, where handlers
-stay cheap: the progress bar moves at most ten times a second, the curves are drawn in a
-background thread at epoch ends only, and text changes never relayout the dock. Widgets are only
+stay cheap: the progress bar moves at most ten times a second, the curves are repainted
+(with Qt, about a millisecond) at epoch ends only, and text changes never relayout the dock. Widgets are only
 ever created and updated on the main thread, from the worker's ``yielded`` signal.
 """
 from __future__ import annotations
@@ -444,7 +444,6 @@ class TrainingWidget(Container):
         if worker is not None:  # the worker drains the stream and ends the process; nothing is shown
             worker.yielded.disconnect(self._on_event)
         active_models.changed.disconnect(self._on_active_model)
-        self.plots.close()
         super().close()
 
 

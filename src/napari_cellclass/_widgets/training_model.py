@@ -50,7 +50,7 @@ NONE_VALUES: dict[str, Any] = {"input_size": 0, "val_percent": -1.0, "split_seed
 #: Where to find the weights file when ``pretrained`` is neither none nor imagenet.
 PRETRAINED_CHOICES: tuple[str, ...] = ("none", "imagenet", "file")
 #: How much lower the training process's priority is than the viewer's (Unix ``nice``).
-CHILD_NICE = 10
+CHILD_NICE = 5
 
 
 # ---------------------------------------------------------------------------- imports
