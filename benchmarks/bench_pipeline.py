@@ -424,12 +424,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-memory-mb", type=int, default=2048)
     p.add_argument("--scale", default="", help="comma-separated project sizes to also run, e.g. 1000,10000")
     p.add_argument("--scale-image-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--workdir", help="folder for the generated projects (default: a temporary folder)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = resolve_device(args.device)
     args.device = device.type
