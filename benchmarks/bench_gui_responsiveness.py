@@ -5,7 +5,9 @@ in its worker; the gaps between its ticks show how long the loop was stalled (by
 handling of the engine's events, the live plots and the progress bar, and by the training loop
 itself when it shares the process). The widget trains in a child process; ``--in-thread``
 trains in the viewer's process as a reference. Also reported: the slowest GUI-thread handling
-of one engine event and the slowest repaint of the curves. Prints one JSON object.
+of one engine event, the slowest repaint of the curves, the idle viewer's gaps (reference) and
+the Train click itself (``train_click_ms``: before the first tick, mostly napari creating its
+activity-dock progress bar). Prints one JSON object.
 
     xvfb-run -a -s "-screen 0 1600x1200x24" .venv/bin/python benchmarks/bench_gui_responsiveness.py
 """
@@ -85,12 +87,19 @@ def main() -> None:
 
     widget._on_event = timed(widget._on_event, handler_ms)  # connected when train() starts
     widget.train = timed(widget.train, None, "train() call")
+    widget._on_worker_finished = timed(widget._on_worker_finished, None, "worker finished")
 
     ticks: list[float] = []
     timer = QTimer()
     timer.setInterval(10)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     timer.start()
+    end = time.perf_counter() + 3  # reference: the same viewer, idle
+    while time.perf_counter() < end:
+        app.processEvents()
+        time.sleep(0.001)
+    idle = np.diff(np.array(ticks)) * 1000 if len(ticks) > 1 else np.zeros(1)
+    ticks.clear()
     t0 = time.perf_counter()
     widget.train()
     while widget.running:
@@ -109,6 +118,9 @@ def main() -> None:
         "max_stall_ms": round(float(gaps.max()), 1), "median_gap_ms": round(float(np.median(gaps)), 1),
         "p99_gap_ms": round(float(np.percentile(gaps, 99)), 1),
         "reference_ideal_gap_ms": 10.0,
+        "idle_viewer_max_stall_ms": round(float(idle.max()), 1), "idle_viewer_median_gap_ms": round(float(np.median(idle)), 1),
+        "idle_viewer_p99_gap_ms": round(float(np.percentile(idle, 99)), 1),
+        "train_click_ms": round(next(((e - s) * 1000 for s, e, w in marks if w == "train() call"), 0.0), 1),
         "events_handled": len(handler_ms), "max_event_handler_ms": round(max(handler_ms, default=0), 1),
         "plot_repaints": len(draw_ms), "max_plot_repaint_ms": round(max(draw_ms, default=0), 1),
     }))

@@ -355,10 +355,10 @@ class TrainingWidget(Container):
                 f"model in {where}")
         if event.cancelled:
             self.status.value = f"stopped; kept the {text}"
-            show_info(f"Training stopped; the best model is kept ({text}).")
         else:
             self.status.value = f"done in {event.seconds:.0f} s; {text}"
-            show_info(f"Training done: {text}")
+        # the status line tells; a notification toast would stall the viewer (~100 ms on software GL)
+        log.info("training %s: %s", "stopped" if event.cancelled else "done", text)
         if self.project is not None:
             active_models.set(self.session.project, where)
 
