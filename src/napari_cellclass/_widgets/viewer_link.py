@@ -45,7 +45,11 @@ def find_labelling_widget(viewer: napari.viewer.Viewer) -> Any | None:
     docks = getattr(window, "dock_widgets", None) if window is not None else None
     if docks is None:
         return None
-    for widget in list(docks.values()):
+    try:
+        widgets = list(docks.values())
+    except RuntimeError:  # the viewer's window was deleted (a dock outlived its viewer)
+        return None
+    for widget in widgets:
         if isinstance(widget, LabellingWidget):
             return widget
         inner = getattr(widget, "_magic_widget", None)
