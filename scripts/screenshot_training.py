@@ -33,7 +33,7 @@ def wait(app, cond, timeout: float = 600.0) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=12)
     args = parser.parse_args()
 
     import napari
@@ -46,11 +46,11 @@ def main() -> None:
     from napari_cellclass.core.sample import make_sample_project
     from napari_cellclass.learn import TrainConfig
 
-    project = make_sample_project(Path(tempfile.mkdtemp()) / "u2os_sample", n=60, size=96)
+    project = make_sample_project(Path(tempfile.mkdtemp()) / "u2os_sample", n=200)
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1600, 1150)
+    viewer.window._qt_window.resize(2200, 1200)
     labelling = LabellingWidget(viewer, project)
-    labelling.page_size.value = 24
+    labelling.page_size.value = 16
     viewer.window.add_dock_widget(labelling, name="Labelling", area="left")
     training = TrainingWidget(viewer)
     viewer.window.add_dock_widget(training, name="Training", area="right")
@@ -59,14 +59,13 @@ def main() -> None:
     metrics = MetricsDock(viewer)
     viewer.window.add_dock_widget(metrics, name="Metrics", area="right", tabify=True)
     app = QApplication.instance()
-    training.set_config(TrainConfig(backbone="mobilenetv3_small_100", input_size=64, epochs=args.epochs,
-                                    batch_size=16, lr=3e-3, device="cpu"))
+    training.set_config(TrainConfig(epochs=args.epochs, device="cpu"))  # the defaults otherwise
     training.train()
     wait(app, lambda: not training.running)
     wait(app, lambda: not metrics.running)
     predictions.predict("unlabelled")
     wait(app, lambda: not predictions.running)
-    metrics.evaluate("all")
+    metrics.evaluate("val")  # the held-out validation images
     wait(app, lambda: not metrics.running)
     for _ in range(30):
         app.processEvents()
@@ -84,6 +83,10 @@ def main() -> None:
         app.processEvents()
     metrics.native.grab().save(str(args.out / "metrics.png"))
     predictions.native.parent().raise_()
+    predictions.native.parent().setMaximumWidth(620)
+    for _ in range(10):
+        app.processEvents()
+    viewer.reset_view()
     for _ in range(10):
         app.processEvents()
     viewer.window._qt_window.grab().save(str(args.out / "predictions.png"))
