@@ -138,16 +138,13 @@ def import_csv(project: Project, csv_path: str | os.PathLike, *, create_classes:
             s = normalise_split_name(row[split_col])
             if s:
                 split[iid] = s
-    _apply_import(project, wanted, report, create_classes, str(path))
-    if split:
-        write_split_file(project.split_path, split)
-        for s in split.values():
-            report.split_counts[s] = report.split_counts.get(s, 0) + 1
+    _apply_import(project, wanted, split, report, create_classes, str(path))
     return report
 
 
-def _apply_import(project: Project, wanted: dict[str, tuple[str, ...]], report: ImportReport,
-                  create_classes: bool, origin: str) -> None:
+def _apply_import(project: Project, wanted: dict[str, tuple[str, ...]], split: dict[str, str],
+                  report: ImportReport, create_classes: bool, origin: str) -> None:
+    """Create missing classes, write the labels (one undo step per class) and the predefined split."""
     for names in wanted.values():
         for n in names:
             if n not in project.class_names:
@@ -170,6 +167,10 @@ def _apply_import(project: Project, wanted: dict[str, tuple[str, ...]], report: 
         project.fsync = before
         if hasattr(os, "sync"):
             os.sync()
+    if split:
+        write_split_file(project.split_path, split)
+        for s in split.values():
+            report.split_counts[s] = report.split_counts.get(s, 0) + 1
 
 
 def import_folders(project: Project, root: str | os.PathLike) -> ImportReport:
@@ -218,11 +219,7 @@ def import_folders(project: Project, root: str | os.PathLike) -> ImportReport:
         wanted[iid] = (cls,)
         if split_name:
             split[iid] = split_name
-    _apply_import(project, wanted, report, True, str(src))
-    if split:
-        write_split_file(project.split_path, split)
-        for s in split.values():
-            report.split_counts[s] = report.split_counts.get(s, 0) + 1
+    _apply_import(project, wanted, split, report, True, str(src))
     return report
 
 
