@@ -269,3 +269,29 @@ def test_fast_npy_reader_matches_numpy(arr):
     got = _read_npy(buf.getvalue())
     assert got.dtype == arr.dtype and got.shape == arr.shape
     np.testing.assert_array_equal(got, arr)
+
+
+def test_newer_format_sidecar_is_kept_and_never_overwritten(tiny_folder, monkeypatch):
+    import napari_cellclass.core.sidecars as sc_mod
+
+    p = Project.open(tiny_folder)
+    p.add_class("a")
+    p.add_class("b")
+    p.assign(p.image_ids[:2], "a")
+    newer = sidecar_path(tiny_folder / p.image_ids[0])
+    monkeypatch.setattr(sc_mod, "SIDECAR_VERSION", 2)
+    sc_mod.write_sidecar(newer, "img0.png", ("a",))  # written by a "newer" version
+    monkeypatch.setattr(sc_mod, "SIDECAR_VERSION", 1)
+    before = newer.read_bytes()
+    q = Project.open(tiny_folder)
+    assert newer.exists() and newer.read_bytes() == before  # not moved aside, not changed
+    assert any("newer" in x and "kept" in x for x in q.problems)
+    with pytest.raises(ProjectError, match="newer"):
+        q.assign(q.image_ids[0], "b")
+    assert newer.read_bytes() == before
+    assert q.labels(q.image_ids[1]) == ("a",)  # the others work
+
+
+def test_membership_is_by_id(tiny_folder):
+    p = Project.open(tiny_folder)
+    assert p.image_ids[0] in p and "nope.png" not in p

@@ -14,6 +14,14 @@ class ProjectError(CellclassError):
     """A project folder, its settings or its labels are not usable as asked."""
 
 
+class SidecarCorruptError(ProjectError):
+    """A label sidecar is damaged (not a valid ``.npz``); it is moved aside, never deleted."""
+
+
+class SidecarUnreadableError(ProjectError):
+    """A label sidecar cannot be read now (I/O error, newer format); it is left in place."""
+
+
 class ClassNameError(ProjectError):
     """A class name is empty, duplicated, unknown or not allowed."""
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from .atomic import TMP_PREFIX, atomic_write_bytes, atomic_write_text
 from .classes import ClassInfo, next_color, validate_color, validate_name
-from .errors import ClassNameError, ImageReadError, ProjectError
+from .errors import ClassNameError, ImageReadError, ProjectError, SidecarCorruptError
 from .images import ImageData, read_image
 from .scan import scan_images
 from .sidecars import LABEL_DIR, encode_sidecar, read_sidecar, sidecar_path
@@ -72,6 +72,7 @@ class Project:
         self._index: dict[str, int] = {}
         self._labels: dict[str, tuple[str, ...]] = {}
         self._clashes: dict[str, str] = {}
+        self._locked: dict[str, str] = {}  # image id -> why its existing sidecar must not be overwritten
         self.problems: list[str] = []
         self._undo: list[_UndoEntry] = []
         self._listeners: list[Callable[[tuple[str, ...]], None]] = []
@@ -200,9 +201,18 @@ class Project:
                     continue
                 try:
                     classes = read_sidecar(path, full=False)["classes"]
-                except ProjectError as exc:
-                    aside = self._move_aside(path)
-                    self.problems.append(f"{exc}; moved aside to {aside.name}")
+                except SidecarCorruptError as exc:
+                    try:
+                        aside = self._move_aside(path)
+                    except OSError as move_exc:
+                        self._locked[iid] = f"is corrupt and could not be moved aside ({move_exc.strerror})"
+                        self.problems.append(f"{exc}; could not move it aside, so it is left as it is")
+                    else:
+                        self.problems.append(f"{exc}; moved aside to {aside.name}")
+                    continue
+                except ProjectError as exc:  # unreadable now or a newer format: keep it, never overwrite it
+                    self._locked[iid] = str(exc).split(": ", 1)[-1]
+                    self.problems.append(f"{exc}; kept, and '{iid}' cannot be relabelled until it can be read")
                     continue
                 for name in classes:
                     if name not in known:
@@ -229,6 +239,10 @@ class Project:
     # ------------------------------------------------------------------ images
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def __contains__(self, image_id: object) -> bool:
+        """``image_id in project``: O(1) membership test for image ids."""
+        return image_id in self._index
 
     def __repr__(self) -> str:
         return (f"Project({str(self.root)!r}, images={len(self.image_ids)}, "
@@ -486,6 +500,10 @@ class Project:
                 raise ProjectError(
                     f"'{iid}' and '{self._clashes[iid]}' would share one label file; rename one of them"
                 )
+            if iid in self._locked:
+                raise ProjectError(
+                    f"the label file of '{iid}' {self._locked[iid]}; fix or move it, then reopen the project"
+                )
         real = {i: c for i, c in changes.items() if self._labels.get(i, ()) != c}
         if not real:
             return []
@@ -504,7 +522,8 @@ class Project:
                 done.append(iid)
         finally:
             if done:
-                kept = tuple(b for b in before if b[0] in set(done))
+                done_set = set(done)
+                kept = tuple(b for b in before if b[0] in done_set)
                 self._undo.append(_UndoEntry(description, kept))
                 del self._undo[:-MAX_UNDO]
                 self._notify(tuple(done))

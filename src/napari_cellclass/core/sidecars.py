@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_bytes
-from .errors import ProjectError
+from .errors import SidecarCorruptError, SidecarUnreadableError
 
 LABEL_DIR = "cellclass_labels"
 SIDECAR_VERSION = 1
@@ -84,7 +84,7 @@ def _read_members(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
 
 
 def read_sidecar(path: str | os.PathLike, full: bool = True) -> dict[str, object]:
-    """Read a sidecar; raise :class:`ProjectError` when it is corrupt or not ours.
+    """Read a sidecar; raise :class:`SidecarCorruptError` (damaged) or :class:`SidecarUnreadableError`.
 
     ``full=False`` reads only the version and the class names (fast path used when opening).
     """
@@ -94,10 +94,12 @@ def read_sidecar(path: str | os.PathLike, full: bool = True) -> dict[str, object
         z = _read_members(path, names)
         version = int(z["format_version"])
         classes = tuple(str(c) for c in np.atleast_1d(z["classes"]))
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as exc:
-        raise ProjectError(f"{path}: corrupt label sidecar ({exc})") from None
+    except OSError as exc:
+        raise SidecarUnreadableError(f"{path}: cannot read the label file ({exc.strerror or exc})") from None
+    except (ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as exc:
+        raise SidecarCorruptError(f"{path}: corrupt label sidecar ({exc})") from None
     if version > SIDECAR_VERSION:
-        raise ProjectError(
+        raise SidecarUnreadableError(
             f"{path}: label format version {version} is newer than this napari-cellclass "
             f"understands ({SIDECAR_VERSION}); upgrade napari-cellclass"
         )
