@@ -177,7 +177,7 @@ class PredictionsWidget(Container):
         self._cancel = CancelToken()
         self._pbar = progress(total=len(ids), desc=f"Predicting {len(ids)} images")
         self._done = 0
-        worker = create_worker(run_prediction, model, project, ids, 16, self._cancel, _start_thread=False)
+        worker = create_worker(run_prediction, model, project, ids, 64, self._cancel, _start_thread=False)
         worker.yielded.connect(self._on_item)
         worker.finished.connect(self._on_finished)
         self.worker = worker
@@ -241,6 +241,10 @@ class PredictionsWidget(Container):
         if not ids:
             show_warning("select an image that has a prediction first (its layer)")
             return []
+        labelled = [i for i in ids if project.labels(i)]
+        if labelled:
+            show_warning(f"{len(labelled)} selected image(s) already have a label and keep it "
+                         "(predictions never replace labels; use F1 to relabel)")
         try:
             changed = self.accept(ids)
         except CellclassError as exc:

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..core.atomic import atomic_write_text
 from ..core.errors import CellclassError, ModelFolderError
-from ..core.predictions import Prediction, export_predictions_csv, read_predictions
+from ..core.predictions import Prediction, export_predictions_csv, read_predictions, write_predictions
 from ..core.project import Project
 
 if TYPE_CHECKING:
@@ -295,6 +295,7 @@ class TrainingSession:
         self.done_steps = 0
         self._epoch_steps = 1
         self._val_steps = 1
+        self._val_batch = 64
 
     @property
     def running(self) -> bool:
@@ -310,6 +311,7 @@ class TrainingSession:
         run = RunHistory(f"run {len(self.runs) + 1}: {config.backbone}")
         self.runs.append(run)
         self.total_steps, self.done_steps = max(1, config.epochs), 0
+        self._val_batch = max(1, 2 * config.batch_size)  # the engine validates in batches of 2x
         return run
 
     def run(self, config: TrainConfig, out_dir: str | os.PathLike | None = None,
@@ -357,7 +359,7 @@ class TrainingSession:
         run = self.runs[-1] if self.runs else None
         if isinstance(event, Started):
             self._epoch_steps = max(1, event.batches_per_epoch)
-            self._val_steps = max(1, -(-event.n_val // 64))
+            self._val_steps = max(1, -(-event.n_val // self._val_batch))
             per_epoch = self._epoch_steps + self._val_steps
             self.total_steps = max(1, (event.epochs - event.start_epoch + 1) * per_epoch)
             self._first_epoch = event.start_epoch
@@ -598,11 +600,12 @@ def acceptable(project: Project, predictions: Mapping[str, Prediction], min_conf
 
 
 def accept_predictions(project: Project, predictions: Mapping[str, Prediction], ids: Sequence[str]) -> list[str]:
-    """Make the predictions of ``ids`` their labels (sidecars written); returns the changed ids."""
+    """Make the predictions of unlabelled ``ids`` their labels (sidecars written, source
+    ``prediction``); images that already carry a human label keep it. Returns the changed ids."""
     groups: dict[tuple[str, ...], list[str]] = {}
     for iid in ids:
         p = predictions.get(iid)
-        if p is None or not p.classes:
+        if p is None or not p.classes or project.labels(iid):
             continue
         unknown = [c for c in p.classes if c not in project.class_names]
         if unknown:
@@ -611,7 +614,7 @@ def accept_predictions(project: Project, predictions: Mapping[str, Prediction], 
         groups.setdefault(tuple(p.classes), []).append(iid)
     changed: list[str] = []
     for classes, group in groups.items():
-        changed += project.set_labels(group, classes)
+        changed += project.set_labels(group, classes, description="accept predictions", source="prediction")
     return changed
 
 
@@ -667,11 +670,11 @@ PREDICT_SCOPES = ("unlabelled", "current page", "whole project")
 def run_prediction(model_dir: str | os.PathLike, project: Project, ids: Sequence[str], chunk: int = 64,
                    cancel: CancelToken | None = None
                    ) -> Iterator[tuple[int, int] | dict[str, Prediction] | Failed]:
-    """Predict ``ids`` in chunks and store the results (labels untouched).
+    """Predict ``ids`` in chunks and store the results once at the end (labels untouched).
 
     Yields ``(done, total)`` after every chunk (a worker can quit there), then the
-    ``{image_id: Prediction}`` of all predicted images. Exceptions end the stream with a
-    :class:`Failed` instead of raising.
+    ``{image_id: Prediction}`` of all predicted images (also those done before a cancel).
+    Exceptions end the stream with a :class:`Failed` instead of raising.
     """
     from ..learn import load_model, predict
 
@@ -686,9 +689,11 @@ def run_prediction(model_dir: str | os.PathLike, project: Project, ids: Sequence
         for start in range(0, len(ids), chunk):
             if cancel is not None and cancel.is_set():
                 break
-            res = predict(trained, project, ids=ids[start:start + chunk], write=True, cancel=cancel)
+            res = predict(trained, project, ids=ids[start:start + chunk], write=False, cancel=cancel)
             out.update((r.image_id, r) for r in res.records())
             yield min(start + chunk, len(ids)), len(ids)
+        if out:  # one write of the predictions file, not one per chunk
+            write_predictions(project.root, out.values())
     except Exception as exc:  # noqa: BLE001 - handed to the widget as a Failed item
         log.error("prediction failed", exc_info=True)
         yield Failed(user_message(exc), traceback.format_exc())

@@ -6,7 +6,8 @@ Layout: ``<image folder>/cellclass_labels/<image stem>.npz`` with arrays
 - ``classes``: unicode array of class names (one for single-label, any number for multi-label)
 - ``image``: the image's file name (a check that the sidecar belongs to it)
 - ``timestamp``: ISO-8601 UTC time of the change
-- ``source``: who set the label, ``"human"`` (labelling) or ``"import"``
+- ``source``: who set the label: ``"human"`` (labelling), ``"import"`` or ``"prediction"`` (an
+  accepted prediction)
 """
 from __future__ import annotations
 
