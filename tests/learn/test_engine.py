@@ -192,3 +192,17 @@ def test_clear_errors_for_unusable_projects(tmp_path, fast_config, tiny_sample):
     (tmp_path / "other" / "x.txt").write_text("x")
     with pytest.raises(TrainingError, match="not a model folder"):
         train(tiny_sample, fast_config(), tmp_path / "other")
+
+
+def test_an_existing_model_is_never_overwritten_without_resume(tiny_sample, fast_config, tmp_path):
+    from napari_cellclass.learn.engine import default_out_dir
+
+    first = train(tiny_sample, fast_config(epochs=1), tmp_path / "m")
+    weights = (first.model_dir / "model.safetensors").read_bytes()
+    with pytest.raises(TrainingError, match="already holds a model; pass --resume"):
+        train(tiny_sample, fast_config(epochs=1, seed=9), tmp_path / "m")
+    assert (first.model_dir / "model.safetensors").read_bytes() == weights
+    a = default_out_dir(tiny_sample, "resnet18")
+    a.mkdir(parents=True)
+    b = default_out_dir(tiny_sample, "resnet18")
+    assert b != a and not b.exists()  # two runs started in the same second get two folders

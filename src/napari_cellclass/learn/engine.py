@@ -161,9 +161,15 @@ def run_data(project: Project, cfg: TrainConfig, saved_split: dict[str, list[str
 
 
 def default_out_dir(project: Project, backbone: str) -> Path:
+    """``<project>/cellclass_models/<backbone>-<time>``, with ``-2``, ``-3``... when that exists."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in backbone)
-    return project.root / MODELS_DIR / f"{safe}-{stamp}"
+    out = project.root / MODELS_DIR / f"{safe}-{stamp}"
+    n = 2
+    while out.exists():
+        out = project.root / MODELS_DIR / f"{safe}-{stamp}-{n}"
+        n += 1
+    return out
 
 
 # ---------------------------------------------------------------------------- the trainer
@@ -220,8 +226,10 @@ class Trainer:
                     raise ModelFolderError(f"{self.out_dir}: cannot resume with {key}={getattr(cfg, key)!r}; the "
                                            f"checkpoint was trained with {saved.get(key)!r}")
         elif self.out_dir.exists() and any(self.out_dir.iterdir()):
-            if not (self.out_dir / ckpt.CONFIG_NAME).exists():
-                raise TrainingError(f"{self.out_dir}: folder exists and is not a model folder; choose another --out")
+            if (self.out_dir / ckpt.CONFIG_NAME).exists():
+                raise TrainingError(f"{self.out_dir}: already holds a model; pass --resume to continue it, "
+                                    "or choose another --out (or delete the folder)")
+            raise TrainingError(f"{self.out_dir}: folder exists and is not a model folder; choose another --out")
         self.data = run_data(self.project, cfg, resume_state["split"] if resume_state else None)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
@@ -232,7 +240,11 @@ class Trainer:
         # model input size: the setting, else the backbone's default
         data_config = _model_api("data_config")
         pretrained = cfg.pretrained not in ("none", "")
-        first = self._channels(sp.train) if not resume_state else int(resume_state["in_chans"])
+        if resume_state:
+            first = int(resume_state["in_chans"])
+            self.channel_names = list(resume_state.get("channel_names", []))
+        else:
+            first = self._channels(sp.train)
         dc = data_config(cfg.backbone, pretrained, first)
         default_size = dc["input_size"]
         default_size = int(default_size[-1]) if isinstance(default_size, (tuple, list)) else int(default_size)
@@ -306,12 +318,14 @@ class Trainer:
         self._ready = True
 
     def _channels(self, ids: Sequence[str]) -> int:
-        """Channel count of the first readable image."""
+        """Channel count of the first readable image (its channel names are kept for the model folder)."""
         for iid in ids:
             try:
-                return self.project.read_image(iid).n_channels
+                img = self.project.read_image(iid)
             except ImageReadError:
                 continue
+            self.channel_names = list(img.channel_names)
+            return img.n_channels
         raise TrainingError(f"{self.project.root}: none of the training images can be read")
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -571,7 +585,7 @@ class Trainer:
             "classes": list(self.data.classes),
             "multi_label": self.data.multi_label,
             "in_chans": self.in_chans,
-            "channel_names": list(self.project.read_image(self.ids["train"][0]).channel_names),
+            "channel_names": self.channel_names,
             "input_size": self.input_size,
             "normalisation": self.norm.to_json(),
             "train_config": self.cfg.to_dict(),
@@ -604,7 +618,8 @@ class Trainer:
         state = {"epoch": epoch, "schedule": self.schedule.state_dict(), "history": self.history,
                  "best_value": self.best_value, "best_epoch": self.best_epoch, "best_metrics": self.best_metrics,
                  "bad_epochs": self.bad_epochs, "split": self.ids, "normalisation": self.norm.to_json(),
-                 "in_chans": self.in_chans, "train_config": self.cfg.to_dict()}
+                 "in_chans": self.in_chans, "channel_names": self.channel_names,
+                 "train_config": self.cfg.to_dict()}
         return ckpt.save_training_state(self.out_dir, self.model, self.optimizer, state)
 
     def _restore(self, state: dict[str, Any]) -> None:
