@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import CellclassError, ConfigError
+from ..core.errors import CellclassError
 
 FREEZE = {"none": "full", "head": "head", "head-then-all": "head-then-all"}
 
@@ -97,10 +97,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         base["input_size"] = args.input_size or None
     if args.freeze is not None:
         base["fine_tune"] = FREEZE[args.freeze]
-    try:
-        return TrainConfig.from_dict(base)
-    except ConfigError as exc:
-        raise ConfigError(f"{exc}") from None
+    return TrainConfig.from_dict(base)
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
@@ -146,7 +143,6 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             elif isinstance(ev, Finished):
                 finished = ev
     except KeyboardInterrupt:
-        token.cancel()
         say("interrupted; the best model so far is kept in the model folder")
         raise
     finally:
