@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from ..core.atomic import atomic_write_bytes
 from ..core.errors import ClassNameError, ProjectError
 from ..core.project import Project
-from ..core.sidecars import encode_sidecar, sidecar_path
-from ..core.atomic import atomic_write_bytes
+from ..core.sidecars import sidecar_path, write_sidecar
 
 BorderKind = Literal["label", "prediction"]
 
@@ -374,7 +374,7 @@ def _write_target_sidecar(target: ScriptedTarget, classes: tuple[str, ...], fsyn
     if src is None:
         return
     if classes:
-        atomic_write_bytes(sidecar_path(src), encode_sidecar(src.name, classes), fsync=fsync)
+        write_sidecar(sidecar_path(src), src.name, classes, fsync=fsync)
     else:
         _remove(sidecar_path(src))
 
