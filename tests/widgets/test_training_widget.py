@@ -136,5 +136,7 @@ def test_settings_round_trip_and_model_folder(qtbot, trainer, sample, tmp_path):
     # the backbone list starts with MIA's names
     first = w.settings["backbone"].choices[0]
     assert first == "densenet121"
-    with pytest.raises(Exception, match="not a model folder"):
+    from napari_cellclass.core.errors import ModelFolderError
+
+    with pytest.raises(ModelFolderError, match="not a napari-cellclass model folder"):
         w.load_model(tmp_path)

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..core.atomic import atomic_write_text
 from ..core.errors import CellclassError, ModelFolderError
+from ..core.model_folder import read_model_config
 from ..core.predictions import Prediction, export_predictions_csv, read_predictions, write_predictions
 from ..core.project import Project
 
@@ -436,20 +437,9 @@ def _leave_a_core_for_the_viewer(device: str) -> int | None:
 
 # ---------------------------------------------------------------------------- model folders
 def check_model_folder(folder: str | os.PathLike) -> Path:
-    """A model folder path after checking its ``config.json`` (torch-free)."""
-    import json
-
+    """A model folder path after checking its ``config.json`` and weights file (torch-free)."""
     folder = Path(folder).expanduser().resolve()
-    cfg = folder / "config.json"
-    if not folder.is_dir() or not cfg.exists() or not (folder / "model.safetensors").exists():
-        raise ModelFolderError(f"{folder}: not a model folder (needs config.json and model.safetensors); "
-                               "pick a folder written by Train")
-    try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelFolderError(f"{cfg}: unreadable ({exc}); retrain or copy the folder again") from None
-    if not isinstance(data, dict) or "classes" not in data:
-        raise ModelFolderError(f"{cfg}: not a napari-cellclass model description")
+    read_model_config(folder)
     return folder
 
 

@@ -25,10 +25,14 @@ from ..core.atomic import atomic_write_text
 from ..core.errors import ModelFolderError
 from .data import Normalisation
 
-MODEL_FORMAT = "napari-cellclass/model"
-MODEL_FORMAT_VERSION = 1
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
+from ..core.model_folder import (  # noqa: F401 - re-exported: the torch-free half of the model folder
+    CONFIG_NAME,
+    MODEL_FORMAT,
+    MODEL_FORMAT_VERSION,
+    WEIGHTS_NAME,
+    read_model_config,
+)
+
 STATE_DIR = "checkpoint"
 STATE_WEIGHTS = "last.safetensors"
 STATE_JSON = "last.json"
@@ -107,42 +111,6 @@ def _json_default(obj: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- reading a folder
-def read_model_config(folder: str | os.PathLike) -> dict[str, Any]:
-    """The checked ``config.json`` of a model folder; :class:`ModelFolderError` otherwise."""
-    folder = Path(folder).expanduser()
-    if not folder.exists():
-        raise ModelFolderError(f"{folder}: model folder does not exist; check the path")
-    if not folder.is_dir():
-        raise ModelFolderError(f"{folder}: not a folder; give the model folder (with {CONFIG_NAME} and {WEIGHTS_NAME})")
-    path = folder / CONFIG_NAME
-    if not path.exists():
-        others = sorted(p.name for p in folder.iterdir())[:3]
-        hint = f" (it holds {', '.join(others)}: written by another tool?)" if others else " (it is empty)"
-        raise ModelFolderError(f"{folder}: not a napari-cellclass model folder, no {CONFIG_NAME}{hint}")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelFolderError(f"{path}: unreadable ({' '.join(str(exc).split())}); the folder is damaged") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != MODEL_FORMAT:
-        raise ModelFolderError(f"{path}: not a napari-cellclass model (written by another tool); "
-                               "train one with `napari-cellclass train`")
-    version = cfg.get("format_version")
-    if not isinstance(version, int) or version < MODEL_FORMAT_VERSION:
-        raise ModelFolderError(f"{folder}: model folder format {version} is older than this napari-cellclass "
-                               f"reads (format {MODEL_FORMAT_VERSION}); retrain the model")
-    if version > MODEL_FORMAT_VERSION:
-        raise ModelFolderError(f"{folder}: model folder format {version} is newer than this napari-cellclass "
-                               f"(format {MODEL_FORMAT_VERSION}); upgrade napari-cellclass")
-    missing = [k for k in ("backbone", "classes", "in_chans", "input_size", "normalisation", "train_config")
-               if k not in cfg]
-    if missing:
-        raise ModelFolderError(f"{path}: incomplete model description (missing {', '.join(missing)}); "
-                               "the folder was altered, retrain the model")
-    if not (folder / WEIGHTS_NAME).exists():
-        raise ModelFolderError(f"{folder}: {WEIGHTS_NAME} is missing; copy the whole model folder")
-    return cfg
-
-
 @dataclass
 class TrainedModel:
     """A trained classifier ready for prediction (in eval mode, on CPU until moved).
