@@ -533,29 +533,18 @@ def evaluate_split(model_dir: str | os.PathLike, project: Project, split: str = 
                    progress: Callable[[int, int], None] | None = None,
                    cancel: CancelToken | None = None) -> Evaluation:
     """Evaluate a model on a split of ``project`` keeping per-image results (single-label)."""
-    from ..learn import load_model, predict
-    from ..learn.evaluate import evaluation_ids
-    from ..learn.metrics import compute_metrics
+    from ..learn import load_model
+    from ..learn.evaluate import evaluate_arrays
 
     trained = load_model(model_dir)
     if trained.multi_label:
         raise CellclassError("the metrics dock shows single-label models; for multi-label models use "
                              "`napari-cellclass evaluate`")
-    used, ids = evaluation_ids(trained, project, split)
-    index = {c: k for k, c in enumerate(trained.classes)}
-    skipped = {i: "label not among the model's classes" for i in ids if project.labels(i)[0] not in index}
-    ids = [i for i in ids if i not in skipped]
-    if not ids:
-        raise CellclassError(f"no labelled images in the '{used}' split of {trained.name}; choose split 'all'")
-    result = predict(trained, project, ids=ids, write=False, progress=progress, cancel=cancel)
-    skipped.update(result.skipped)
-    probs = result.probabilities
-    true = np.array([index[project.labels(i)[0]] for i in result.ids], dtype=np.int64)
-    p = np.clip(probs[np.arange(len(true)), true], 1e-7, 1) if len(true) else np.ones(0)
-    metrics = dict(compute_metrics(true, probs, multi_label=False, class_names=trained.classes,
-                                   loss=float(-np.log(p).mean()) if len(p) else 0.0))
-    return Evaluation(trained.name, used, trained.classes, list(result.ids), true, result.top_index,
-                      result.confidence, metrics, skipped)
+    ev = evaluate_arrays(trained, project, split=split, progress=progress, cancel=cancel)
+    top = ev.probabilities.argmax(axis=1) if len(ev.ids) else np.zeros(0, np.int64)
+    confidence = ev.probabilities.max(axis=1) if len(ev.ids) else np.zeros(0)
+    return Evaluation(trained.name, ev.split, trained.classes, ev.ids, ev.targets, top, confidence,
+                      ev.metrics, ev.skipped)
 
 
 # ---------------------------------------------------------------------------- predictions

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ from ..core.project import Project
 from .checkpoint import TrainedModel
 from .data import ImageStore, cache_dir_for
 from .engine import open_project, resolve_device
+from .events import CancelToken
 from .metrics import compute_metrics
 from .predict import as_trained_model, infer
 
@@ -36,21 +38,27 @@ def evaluation_ids(trained: TrainedModel, project: Project, split: str) -> tuple
     return split, [i for i in saved.get(split, []) if i in have]
 
 
-def evaluate(model: TrainedModel | str | os.PathLike, data: Project | str | os.PathLike, *, split: str = "auto",
-             tta: bool = False, batch_size: int = 128, device: str = "auto",
-             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Metrics of ``model`` on labelled images of ``data``.
+@dataclass(frozen=True)
+class EvaluationArrays:
+    """Per-image results of an evaluation: what :func:`evaluate` summarises.
 
-    Returns
-    -------
-    dict
-        ``split``, ``n``, ``model``, ``metrics`` (loss, accuracy, balanced accuracy,
-        precision/recall/F1 per class, macro and weighted, confusion matrix; multi-label:
-        per-class and micro/macro F1, exact match), ``skipped`` (unreadable images or labels
-        the model does not know).
+    ``targets`` are class indices (single-label) or 0/1 rows (multi-label); ``probabilities``
+    has one row per id in ``ids``; ``skipped`` maps image ids to the reason they were left out.
     """
-    trained = as_trained_model(model)
-    project = open_project(data)
+
+    split: str
+    ids: list[str]
+    targets: np.ndarray
+    probabilities: np.ndarray
+    skipped: dict[str, str]
+    metrics: dict[str, Any]
+
+
+def evaluate_arrays(trained: TrainedModel, project: Project, *, split: str = "auto", tta: bool = False,
+                    batch_size: int = 128, device: str = "auto",
+                    progress: Callable[[int, int], None] | None = None,
+                    cancel: CancelToken | None = None) -> EvaluationArrays:
+    """Predict the labelled images of a split and compute every metric, keeping per-image results."""
     used, ids = evaluation_ids(trained, project, split)
     if not ids:
         raise CellclassError(f"no labelled images in the '{used}' split of {trained.path.name} for {project.root}; "
@@ -67,17 +75,22 @@ def evaluate(model: TrainedModel | str | os.PathLike, data: Project | str | os.P
             keep.append(iid)
     store = ImageStore([project.path(i) for i in keep], trained.input_size, trained.normalisation.scaling,
                        trained.in_chans, keys=keep, cache_dir=cache_dir_for(project.root))
-    for done, total in store.build():
-        if progress is not None:
-            progress(done, 2 * total)
-    skipped.update(store.problems)
-    good = np.flatnonzero(store.ok)
-    ids_ok = [keep[i] for i in good]
-    if not ids_ok:
-        raise CellclassError(f"none of the {len(ids)} images of the '{used}' split could be used; see the skipped list")
-    probs = infer(trained, store, good, device=resolve_device(device), batch_size=batch_size, tta=tta,
-                  progress=(lambda d, t: progress(len(keep) + d, 2 * len(keep))) if progress else None)
-    store.close()
+    try:
+        for done, total in store.build():
+            if progress is not None:
+                progress(done, 2 * total)
+        skipped.update(store.problems)
+        good = np.flatnonzero(store.ok)
+        ids_ok = [keep[i] for i in good]
+        if not ids_ok:
+            raise CellclassError(f"none of the {len(ids)} images of the '{used}' split could be used; "
+                                 "see the skipped list")
+        probs = infer(trained, store, good, device=resolve_device(device), batch_size=batch_size, tta=tta,
+                      progress=(lambda d, t: progress(len(keep) + d, 2 * len(keep))) if progress else None,
+                      cancel=cancel)
+    finally:
+        store.close()
+    ids_ok = ids_ok[:len(probs)]  # fewer when cancelled
     if trained.multi_label:
         targets = np.zeros((len(ids_ok), len(classes)), np.float32)
         for i, iid in enumerate(ids_ok):
@@ -90,6 +103,26 @@ def evaluate(model: TrainedModel | str | os.PathLike, data: Project | str | os.P
         loss = float(-np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-7, 1)).mean())
     metrics = compute_metrics(targets, probs, multi_label=trained.multi_label, class_names=classes, loss=loss,
                               threshold=trained.threshold)
-    return {"ok": True, "model": str(trained.path), "project": str(project.root), "split": used,
-            "n": len(ids_ok), "classes": list(classes), "multi_label": trained.multi_label, "tta": tta,
-            "metrics": metrics, "skipped": [{"image_id": k, "reason": v} for k, v in skipped.items()]}
+    return EvaluationArrays(used, ids_ok, targets, probs, skipped, dict(metrics))
+
+
+def evaluate(model: TrainedModel | str | os.PathLike, data: Project | str | os.PathLike, *, split: str = "auto",
+             tta: bool = False, batch_size: int = 128, device: str = "auto",
+             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Metrics of ``model`` on labelled images of ``data``.
+
+    Returns
+    -------
+    dict
+        ``split``, ``n``, ``model``, ``metrics`` (loss, accuracy, balanced accuracy,
+        precision/recall/F1 per class, macro and weighted, confusion matrix; multi-label:
+        per-class and micro/macro F1, exact match), ``skipped`` (unreadable images or labels
+        the model does not know).
+    """
+    trained = as_trained_model(model)
+    project = open_project(data)
+    ev = evaluate_arrays(trained, project, split=split, tta=tta, batch_size=batch_size, device=device,
+                         progress=progress)
+    return {"ok": True, "model": str(trained.path), "project": str(project.root), "split": ev.split,
+            "n": len(ev.ids), "classes": list(trained.classes), "multi_label": trained.multi_label, "tta": tta,
+            "metrics": ev.metrics, "skipped": [{"image_id": k, "reason": v} for k, v in ev.skipped.items()]}
