@@ -128,3 +128,150 @@ def test_batcher_and_prefetch_thread_give_the_same_batches(tmp_path):
 def test_empty_store(tmp_path):
     store = ImageStore([], 16, in_chans=2)
     assert list(store.build()) == [] and store.array.shape == (0, 2, 16, 16)
+
+
+# ---------------------------------------------------------------------------- concurrent builds, cancel, errors
+_BUILDER = """
+import sys, time
+from pathlib import Path
+from napari_cellclass.learn.data import ImageStore
+cache, go, *paths = sys.argv[1:]
+while not Path(go).exists():
+    time.sleep(0.005)
+store = ImageStore(paths, 16, cache_dir=Path(cache), memory_mb=0, threads=1)
+for _ in store.build():
+    pass
+assert store.location == "disk" and store.ok.all()
+"""
+
+
+def test_two_processes_sharing_the_disk_cache_keep_every_image_on_its_own_row(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    paths = _pngs(tmp_path / "imgs", n=24)
+    cache = tmp_path / "cellclass_cache"
+    go = tmp_path / "go"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # each process brings 12 new images (and shares two): unlocked, both would take rows 0, 1, ...
+    halves = [paths[:14], paths[10:]]
+    procs = [subprocess.Popen([sys.executable, "-c", _BUILDER, str(cache), str(go), *map(str, h)], env=env,
+                              stderr=subprocess.PIPE, text=True) for h in halves]
+    go.touch()
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    (index_path,) = cache.rglob("index.json")
+    index = json.loads(index_path.read_text())
+    rows = [index["entries"][str(p)][0] for p in paths]
+    assert sorted(rows) == list(range(24)) and index["rows"] == 24  # one row per image, none shared or lost
+    cached = load_store(paths, 16, cache_dir=cache, memory_mb=0)
+    assert cached.reused == 24
+    np.testing.assert_array_equal(cached.gather(np.arange(24)), load_store(paths, 16).gather(np.arange(24)))
+    assert list(index_path.parent.glob("lock"))  # the lock file stays (an empty file), unlocked
+    assert load_store(paths[:3], 16, cache_dir=cache, memory_mb=0).reused == 3
+
+
+def _counting_reader(monkeypatch, after=None, hook=None):
+    """Patch the store's image reader to count reads (and call ``hook`` at read number ``after``)."""
+    import threading
+
+    from napari_cellclass.learn import data
+
+    real = data.read_image
+    count = {"n": 0}
+    lock = threading.Lock()
+
+    def read(path):
+        with lock:
+            count["n"] += 1
+            if hook is not None and count["n"] == after:
+                hook()
+        return real(path)
+
+    monkeypatch.setattr(data, "read_image", read)
+    return count
+
+
+@pytest.mark.parametrize("memory_mb", [2048, 0])
+def test_cancel_stops_decoding_early_and_a_later_build_reuses_the_rows(tmp_path, monkeypatch, memory_mb):
+    import json
+
+    from napari_cellclass.learn.events import CancelToken
+
+    paths = _pngs(tmp_path / "c", n=40, size=24)
+    cache = tmp_path / "cellclass_cache"
+    token = CancelToken()
+    count = _counting_reader(monkeypatch, after=3, hook=token.cancel)
+    store = ImageStore(paths, 16, in_chans=1, cache_dir=cache, memory_mb=memory_mb, threads=2)
+    progress = list(store.build(cancel=token))
+    assert store.cancelled and count["n"] < 20  # at most a window of decodes after the cancel
+    assert progress[-1][0] < 40 and 0 < store.ok.sum() < 40
+    assert not store.problems  # the images not decoded are no problems
+    if memory_mb == 0:  # the decoded rows are kept, the rows reserved for the others are reused
+        again = load_store(paths, 16, cache_dir=cache, memory_mb=0)
+        assert again.reused == int(store.ok.sum()) and again.ok.all()
+        (index_path,) = cache.rglob("index.json")
+        assert json.loads(index_path.read_text())["rows"] == 40
+        np.testing.assert_array_equal(again.gather(np.arange(40)), load_store(paths, 16).gather(np.arange(40)))
+
+
+def test_cancel_before_decoding_decodes_nothing(tmp_path, monkeypatch):
+    from napari_cellclass.learn.events import CancelToken
+
+    token = CancelToken()
+    token.cancel()
+    count = _counting_reader(monkeypatch)
+    store = ImageStore(_pngs(tmp_path / "d", n=8), 16, in_chans=1, cache_dir=tmp_path / "cache", memory_mb=0)
+    list(store.build(cancel=token))
+    assert store.cancelled and count["n"] == 0 and not store.ok.any()
+
+
+def test_an_early_channel_mismatch_is_raised_without_decoding_the_rest(tmp_path, monkeypatch):
+    gray = _pngs(tmp_path / "g", n=40, size=24)
+    rgb = _pngs(tmp_path / "rgb", n=1, channels=3)
+    count = _counting_reader(monkeypatch)
+    store = ImageStore([gray[0], *rgb, *gray[1:]], 16, in_chans=1, threads=2)
+    with pytest.raises(ChannelMismatchError, match="has 3 channel"):
+        list(store.build())
+    assert count["n"] < 20
+
+
+def test_the_disk_cache_waits_for_its_lock_and_hears_a_cancel_meanwhile(tmp_path):
+    from napari_cellclass.learn.data import CACHE_VERSION, CacheLock
+    from napari_cellclass.learn.events import CancelToken
+
+    paths = _pngs(tmp_path / "l", n=4)
+    cache = tmp_path / "cellclass_cache"
+    folder = cache / f"v{CACHE_VERSION}-s16-c1-auto"
+    folder.mkdir(parents=True)
+    held = CacheLock(folder / "lock")
+    assert held.try_acquire() is True
+    assert CacheLock(folder / "lock").try_acquire() is False  # another holder is refused
+    token = CancelToken()
+    store = ImageStore(paths, 16, cache_dir=cache, memory_mb=0)
+    build = store.build(cancel=token)
+    token.cancel()
+    assert list(build) == [] and store.cancelled and not store.ok.any()
+    held.release()
+    assert load_store(paths, 16, cache_dir=cache, memory_mb=0).ok.all()
+
+
+def test_training_cancelled_while_decoding_finishes_cleanly(tiny_sample, fast_config, tmp_path):
+    from napari_cellclass.learn.engine import run_training
+    from napari_cellclass.learn.events import BatchProgress, CancelToken, Finished, Started
+
+    token = CancelToken()
+    out = tmp_path / "model"
+    events = []
+    for ev in run_training(tiny_sample.root, fast_config(), out, cancel=token):
+        events.append(ev)
+        if isinstance(ev, BatchProgress) and ev.phase == "cache":
+            token.cancel()
+    cache = [ev for ev in events if isinstance(ev, BatchProgress)]
+    assert cache and cache[-1].batch < cache[-1].num_batches  # decoding stopped early
+    assert not any(isinstance(ev, Started) for ev in events)
+    fin = events[-1]
+    assert isinstance(fin, Finished) and fin.cancelled and fin.model_dir is None and fin.epochs_run == 0
+    assert not out.exists()

@@ -3,7 +3,8 @@
 - :class:`ImageStore` holds every image of a run decoded, intensity-scaled to about [0, 1] and
   resized to the input size, as one ``(N, C, S, S)`` float16 block: in RAM up to a memory
   budget, beyond it a memory map on disk under ``<project>/cellclass_cache/`` that later runs
-  reuse (an entry is redone when its file's mtime or size changes).
+  reuse (an entry is redone when its file's mtime or size changes). A lock file makes
+  processes sharing one cache folder take turns from reading its index to writing it back.
 - :class:`Batcher` turns row indices into device tensors: on CUDA the block is uploaded once
   when it fits (else pinned host memory + non-blocking copies, prefetched in a thread).
 - :class:`BatchAugment` augments whole batches with tensor ops on the training device
@@ -12,6 +13,7 @@
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -19,8 +21,11 @@ import queue
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +38,20 @@ from ..core.atomic import atomic_write_text
 from ..core.errors import ChannelMismatchError, ImageReadError
 from ..core.images import read_image
 from .config import TrainConfig
+from .events import CancelToken
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+try:  # Windows
+    import msvcrt
+except ImportError:
+    msvcrt = None  # type: ignore[assignment]
 
 CACHE_DIR = "cellclass_cache"
 CACHE_VERSION = 1
+LOCK_WARN_SECONDS = 10.0  # say why a build waits once another process held the cache this long
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PERCENTILES = (0.5, 99.8)
@@ -95,6 +111,53 @@ def prepare_pixels(pixels: np.ndarray, size: int, scaling: str) -> np.ndarray:
     return np.clip(x, -60000, 60000).astype(np.float16)  # float16 range
 
 
+# ---------------------------------------------------------------------------- the cache lock
+class CacheLock:
+    """An exclusive lock on a file shared by processes (``fcntl.flock``; ``msvcrt.locking`` on Windows).
+
+    Threads of one process also exclude each other (each lock opens the file itself).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._fh: Any = None
+
+    def try_acquire(self) -> bool | None:
+        """True: locked; False: held by someone else; None: this file system cannot lock."""
+        if fcntl is None and msvcrt is None:
+            return None
+        fh = open(self.path, "a+b")  # noqa: SIM115 - kept open while locked
+        try:
+            if fcntl is not None:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:
+                fh.seek(0)
+                msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError as exc:
+            fh.close()
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, errno.EDEADLK):
+                return False
+            return None
+        self._fh = fh
+        return True
+
+    def release(self) -> None:
+        """Unlock (closing the file releases the lock too)."""
+        fh, self._fh = self._fh, None
+        if fh is None:
+            return
+        try:
+            if fcntl is not None:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            else:
+                fh.seek(0)
+                msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+        except OSError:
+            pass
+        finally:
+            fh.close()
+
+
 # ---------------------------------------------------------------------------- the store
 @dataclass
 class _Source:
@@ -124,8 +187,9 @@ class ImageStore:
     """Decoded images at one input size, one ``(C, S, S)`` float16 row each.
 
     Build with :meth:`build` (a generator of ``(done, total)`` progress pairs) or
-    :func:`load_store` (blocking). ``ok[i]`` is False for an image that could not be read;
-    ``problems`` maps its key to the reason.
+    :func:`load_store` (blocking). ``ok[i]`` is False for an image that could not be read
+    (``problems`` maps its key to the reason) or was not decoded because the build was
+    cancelled (``cancelled`` is then True).
 
     Parameters
     ----------
@@ -163,7 +227,9 @@ class ImageStore:
         self.array: np.ndarray | None = None
         self.location = "memory"
         self.reused = 0
+        self.cancelled = False
         self._tmpdir: str | None = None
+        self._lock: CacheLock | None = None
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -174,9 +240,17 @@ class ImageStore:
         return len(self.sources) * row_bytes > self.memory_mb * 2**20
 
     # -------------------------------------------------------------- building
-    def build(self) -> Iterator[tuple[int, int]]:
-        """Decode what is not cached yet; yields ``(done, total)`` after each image."""
+    def build(self, cancel: CancelToken | None = None,
+              log: Callable[[str], None] | None = None) -> Iterator[tuple[int, int]]:
+        """Decode what is not cached yet; yields ``(done, total)`` after each image.
+
+        ``cancel`` is checked between images (and while waiting for the disk cache's lock): a
+        cancelled build stops early with ``cancelled`` set. ``log(message)`` (default: a
+        :class:`RuntimeWarning`) hears when another process has held the disk cache for long.
+        The disk cache stays locked from reading its index until the index is written back.
+        """
         n = len(self.sources)
+        self.cancelled = False
         if n == 0:
             self.array = np.zeros((0, self.in_chans or 1, self.size, self.size), np.float16)
             return
@@ -187,29 +261,61 @@ class ImageStore:
             return
         row_bytes = self.in_chans * self.size * self.size * 2
         todo = list(range(n))
-        if n * row_bytes <= self.memory_mb * 2**20:
+        index = None
+        on_disk = n * row_bytes > self.memory_mb * 2**20
+        if not on_disk:
             self.array = np.empty((n, self.in_chans, self.size, self.size), np.float16)
-            index = None
-        else:
-            todo, index = self._open_disk(row_bytes)
-        done = n - len(todo)
-        yield done, n
-        if todo:
-            with ThreadPoolExecutor(self.threads) as pool:
-                for i, result in zip(todo, pool.map(self._decode, todo)):
-                    if isinstance(result, np.ndarray):
-                        self.array[self.rows[i]] = result
-                        self.ok[i] = True
-                        if index is not None:
-                            src = self.sources[i]
-                            index["entries"][src.key] = [int(self.rows[i]), *src.stamp]
-                    else:
-                        self.problems[self.sources[i].key] = result
-                    done += 1
-                    yield done, n
-        if index is not None:
-            self.array.flush()
-            atomic_write_text(self._index_path, json.dumps(index) + "\n", fsync=False)
+        elif not (yield from self._lock_disk(cancel, log)):  # cancelled while waiting
+            self.cancelled = True
+            return
+        try:
+            if on_disk:
+                todo, index = self._open_disk(row_bytes)
+            done = n - len(todo)
+            yield done, n
+            for i, result in self._decode_all(todo, cancel):
+                if isinstance(result, np.ndarray):
+                    self.array[self.rows[i]] = result
+                    self.ok[i] = True
+                    if index is not None:
+                        src = self.sources[i]
+                        index["entries"][src.key] = [int(self.rows[i]), *(src.stamp or (-1, -1))]
+                else:
+                    self.problems[self.sources[i].key] = result
+                done += 1
+                yield done, n
+        finally:  # also after an error or a cancel: the rows decoded so far stay usable
+            try:
+                if index is not None:
+                    self.array.flush()
+                    atomic_write_text(self._index_path, json.dumps(index) + "\n", fsync=False)
+            finally:
+                if self._lock is not None:
+                    self._lock.release()
+                    self._lock = None
+
+    def _decode_all(self, todo: Sequence[int], cancel: CancelToken | None) -> Iterator[tuple[int, np.ndarray | str]]:
+        """``(i, row or reason)`` in order, decoded by threads a bounded window ahead.
+
+        Stops (setting ``cancelled``) when ``cancel`` is set; after an error or a cancel the
+        queued decodes are dropped and only the running ones are waited for.
+        """
+        window = 2 * self.threads
+        pending: deque[tuple[int, Future]] = deque()
+        pool = ThreadPoolExecutor(self.threads)
+        try:
+            nxt = 0
+            while nxt < len(todo) or pending:
+                if cancel is not None and cancel.is_set():
+                    self.cancelled = True
+                    return
+                while nxt < len(todo) and len(pending) < window:
+                    pending.append((todo[nxt], pool.submit(self._decode, todo[nxt])))
+                    nxt += 1
+                i, fut = pending.popleft()
+                yield i, fut.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _probe_channels(self) -> int | None:
         """Find the channel count (first readable image) unless given."""
@@ -253,16 +359,55 @@ class ImageStore:
     def _index_path(self) -> Path:
         return self._disk_dir / "index.json"
 
-    def _open_disk(self, row_bytes: int) -> tuple[list[int], dict]:
-        """Memory-map the on-disk cache; return the rows still to decode and the index."""
-        if self.cache_dir is None:
-            self._tmpdir = tempfile.mkdtemp(prefix="cellclass-cache-")
-            base = Path(self._tmpdir)
-        else:
-            base = Path(self.cache_dir)
+    def _lock_disk(self, cancel: CancelToken | None,
+                   log: Callable[[str], None] | None) -> Generator[tuple[int, int], None, bool]:
+        """Choose the disk cache folder and lock it (a generator returning False when cancelled).
+
+        A busy lock is waited for (polling, so ``cancel`` is heard); a file system that cannot
+        lock gets a private temporary cache instead.
+        """
         tag = f"v{CACHE_VERSION}-s{self.size}-c{self.in_chans}-{self.scaling}"
-        self._disk_dir = base / tag
-        self._disk_dir.mkdir(parents=True, exist_ok=True)
+        if self.cache_dir is not None:
+            self._disk_dir = Path(self.cache_dir) / tag
+            self._disk_dir.mkdir(parents=True, exist_ok=True)
+            lock = CacheLock(self._disk_dir / "lock")
+            t0 = time.monotonic()
+            warned = False
+            while True:
+                got = lock.try_acquire()
+                if got:
+                    self._lock = lock
+                    return True
+                if got is None:
+                    self._say(log, f"{self._disk_dir}: cannot lock the image cache on this file system; "
+                                   "using a private temporary cache for this run")
+                    break
+                if cancel is not None and cancel.is_set():
+                    return False
+                if not warned and time.monotonic() - t0 >= LOCK_WARN_SECONDS:
+                    warned = True
+                    self._say(log, f"waiting for another process (training, evaluation or prediction) to "
+                                   f"finish writing the image cache {self._disk_dir}")
+                    yield 0, len(self.sources)
+                time.sleep(0.1)
+        self._tmpdir = tempfile.mkdtemp(prefix="cellclass-cache-")
+        self._disk_dir = Path(self._tmpdir) / tag
+        self._disk_dir.mkdir(parents=True)
+        return True
+
+    @staticmethod
+    def _say(log: Callable[[str], None] | None, message: str) -> None:
+        if log is not None:
+            log(message)
+        else:
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    def _open_disk(self, row_bytes: int) -> tuple[list[int], dict]:
+        """Memory-map the locked on-disk cache; return the rows still to decode and the index.
+
+        Rows still to decode are recorded with an impossible file stamp, so a build that is
+        cancelled or fails keeps them for the next one instead of leaking them.
+        """
         data_path = self._disk_dir / "images.f16"
         index: dict[str, Any] = {"version": CACHE_VERSION, "shape": [self.in_chans, self.size, self.size],
                                  "rows": 0, "entries": {}}
@@ -286,7 +431,7 @@ class ImageStore:
             else:
                 self.rows[i] = used
                 used += 1
-            entries.pop(src.key, None)
+            entries[src.key] = [int(self.rows[i]), -1, -1]  # reserved, not decoded yet
             todo.append(i)
         self.reused = len(self.sources) - len(todo)
         index["rows"] = used

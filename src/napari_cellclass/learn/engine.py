@@ -189,7 +189,7 @@ class Trainer:
     out_dir
         The model folder to write (default ``<project>/cellclass_models/<backbone>-<time>``).
     cancel
-        Token checked between batches.
+        Token checked between batches (and between images while decoding them).
     resume
         Continue from ``out_dir/checkpoint`` (same data split, optimizer and schedule state).
     """
@@ -213,7 +213,10 @@ class Trainer:
 
     # -------------------------------------------------------------- setup
     def setup(self) -> Iterator[Event]:
-        """Split, decode and cache the images, build the model; yields progress and log events."""
+        """Split, decode and cache the images, build the model; yields progress and log events.
+
+        A cancel while the images are decoded ends it early, leaving the trainer not ready.
+        """
         cfg = self.cfg
         resume_state = None
         self.dist, self.device = ddp.join(resolve_device(cfg.device))
@@ -254,12 +257,21 @@ class Trainer:
         self.store = ImageStore([self.project.path(i) for i in ids], self.input_size, cfg.scaling, first,
                                 keys=ids, cache_dir=cache_dir_for(self.project.root), memory_mb=cfg.cache_memory_mb)
         first_builder = self.dist.is_main or not self.store.needs_disk()
+        stop = False
         if not first_builder:  # the disk cache is written by rank 0, then reused by the others
-            ddp.barrier(self.dist)
-        for done, total in self.store.build():
-            yield BatchProgress("cache", 0, done, total)
+            stop = ddp.any_rank(self.dist, False, self.device)  # waits for rank 0 (a barrier that hears its cancel)
+        if not stop:
+            notes: list[str] = []
+            for done, total in self.store.build(cancel=self.cancel, log=notes.append):
+                while notes:
+                    yield Log(notes.pop(0))
+                yield BatchProgress("cache", 0, done, total)
         if first_builder and self.store.needs_disk():
-            ddp.barrier(self.dist)
+            ddp.any_rank(self.dist, self.store.cancelled, self.device)
+        if self._cancelled(0, 1):  # before any epoch: no model folder, Finished(cancelled=True)
+            self.store.close()
+            yield Log("cancelled while decoding the images")
+            return
         yield Log(f"{len(ids)} images decoded at {self.input_size} px "
                   f"({self.store.location} cache{', %d reused' % self.store.reused if self.store.reused else ''})")
         for key, reason in self.store.problems.items():
@@ -660,6 +672,9 @@ class Trainer:
         t0 = time.perf_counter()
         if not self._ready:
             yield from self.setup()
+            if not self._ready:  # cancelled during setup
+                yield Finished(None, None, {}, True, False, 0, time.perf_counter() - t0, [])
+                return
         cfg = self.cfg
         sp = self.ids
         yield Started(len(sp["train"]), len(sp["val"]), len(sp["test"]), self.data.classes, str(self.device),

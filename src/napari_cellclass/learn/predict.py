@@ -196,7 +196,7 @@ def predict(model: TrainedModel | str | os.PathLike, images: Any, *, ids: Sequen
     store = ImageStore(items, trained.input_size, trained.normalisation.scaling, trained.in_chans, keys=keys,
                        cache_dir=cache_dir_for(project.root) if project is not None else None)
     total = len(items)
-    for done, _ in store.build():
+    for done, _ in store.build(cancel=cancel):
         if progress is not None:
             progress(done, 2 * total)
     good = np.flatnonzero(store.ok)
