@@ -26,8 +26,10 @@ def test_open_lists_images_recursively_in_natural_order(tmp_path):
             _png(tmp_path / name)
     p = Project.open(tmp_path)
     assert p.image_ids == ("a/x.tif.png", "b/img2.png", "b/img10.png", "top.jpg")
-    assert (tmp_path / "cellclass.json").exists()
+    assert not (tmp_path / "cellclass.json").exists()  # opening writes nothing
     assert Project.open(tmp_path).image_ids == p.image_ids  # stable
+    p.add_class("a")  # the first change writes the settings
+    assert (tmp_path / "cellclass.json").exists()
 
 
 def test_open_missing_folder_is_a_clear_error(tmp_path):
@@ -204,9 +206,12 @@ def test_read_only_folder_gives_clear_error_at_first_write(tiny_folder, monkeypa
     def deny(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("napari_cellclass.core.atomic.tempfile.mkstemp", deny)
+    monkeypatch.setattr("napari_cellclass.core.atomic._open_temp", deny)
     fresh = Project.open(tiny_folder / "b")  # a new project in a read-only folder still opens
-    assert len(fresh.image_ids) == 3 and any("writable" in x for x in fresh.problems)
+    assert len(fresh.image_ids) == 3 and not (tiny_folder / "b" / "cellclass.json").exists()
+    with pytest.raises(ProjectError, match="writable"):
+        fresh.add_class("x")
+    assert fresh.class_names == ()  # a failed write changes nothing in memory
     with pytest.raises(ProjectError) as info:
         p.assign(p.image_ids[0], "a")
     msg = str(info.value)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from .errors import ClassNameError
@@ -15,6 +16,7 @@ DEFAULT_PALETTE: tuple[str, ...] = (
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
 _FORBIDDEN = set('/\\:*?"<>|') | {"\x00"}
 MAX_NAME_LENGTH = 100
+_CONTROL = frozenset({"Cc", "Cs", "Zl", "Zp"})  # control characters, surrogates, line/paragraph breaks
 
 
 @dataclass(frozen=True)
@@ -35,10 +37,13 @@ def validate_name(name: object, existing: list[str] | tuple[str, ...] = ()) -> s
     clean = name.strip()
     if not clean:
         raise ClassNameError("class name is empty; type a name such as 'mitotic'")
-    bad = sorted(set(clean) & _FORBIDDEN) + (["control characters"] if any(ord(c) < 32 for c in clean) else [])
+    bad = [repr(c) for c in sorted(set(clean) & _FORBIDDEN)]
+    if any(unicodedata.category(c) in _CONTROL for c in clean if c != "\x00"):
+        bad.append("control characters or line breaks")
     if bad:
+        shown = clean if len(clean) <= MAX_NAME_LENGTH else clean[:MAX_NAME_LENGTH] + "..."
         raise ClassNameError(
-            f"class name {clean!r} contains {' '.join(map(str, bad))}; path separators and "
+            f"class name {shown!r} contains {' '.join(bad)}; path separators and "
             "these characters are not allowed in class names"
         )
     if clean in (".", ".."):

@@ -2,30 +2,40 @@
 
 This module is GUI-free (numpy + tifffile + Pillow): the napari widgets, the trainer, the
 command line and scripts all share it.
+
+``cellclass.json`` is written lazily (opening a folder writes nothing), read-modify-written
+under a lock file so that two writers keep each other's classes, and every class or settings
+change is saved before it is adopted in memory: a failed write changes nothing.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import shutil
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+import stat
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import TMP_PREFIX, atomic_write_bytes, atomic_write_text
+from .atomic import TMP_PREFIX, atomic_write_bytes, atomic_write_text, file_lock, resolve_target
 from .classes import ClassInfo, next_color, validate_color, validate_name
 from .errors import ClassNameError, ImageReadError, ProjectError, SidecarCorruptError
 from .images import ImageData, read_image
 from .scan import scan_images
-from .sidecars import LABEL_DIR, encode_sidecar, read_sidecar, sidecar_path
+from .sidecars import LABEL_DIR, encode_sidecar, read_sidecar, sidecar_path, sidecar_source
 
 CONFIG_NAME = "cellclass.json"
 CONFIG_FORMAT = "napari-cellclass/project"
 CONFIG_VERSION = 1
+LOCK_NAME = ".cellclass.lock"
+MAX_CONFIG_BYTES = 64 * 2 ** 20
 MAX_UNDO = 1000
 STALE_TEMP_SECONDS = 600
+_KNOWN_KEYS = ("format", "version", "multi_label", "classes", "settings", "pending_renames")
+_FIX = "fix the file by hand or rename it to start afresh"
 
 
 def _remove_stale_temp(entry: os.DirEntry) -> None:
@@ -39,10 +49,102 @@ def _remove_stale_temp(entry: os.DirEntry) -> None:
 
 @dataclass(frozen=True)
 class _UndoEntry:
-    """Everything needed to put some images' labels back exactly as they were."""
+    """Everything needed to put some images' labels back as they were.
+
+    Each item is ``(image id, classes, sidecar bytes or None, source)``: the exact old bytes
+    are restored when present; ``None`` with classes means "write a fresh sidecar" (after a
+    class rename the old bytes hold the old name), ``None`` without classes "delete it".
+    """
 
     description: str
-    before: tuple[tuple[str, tuple[str, ...], bytes | None], ...]  # (id, labels, sidecar bytes)
+    before: tuple[tuple[str, tuple[str, ...], bytes | None, str], ...]
+
+
+@dataclass
+class _Config:
+    """A checked ``cellclass.json`` (``raw`` keeps unknown keys for the next write)."""
+
+    raw: dict[str, Any]
+    classes: list[ClassInfo]
+    multi_label: bool
+    settings: dict[str, Any]
+    pending: dict[str, str]
+    problems: list[str] = field(default_factory=list)
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _parse_config(cfg: object, path: Path) -> _Config:
+    """Check a decoded ``cellclass.json``; one-line :class:`ProjectError` naming the file and the fix."""
+    if not isinstance(cfg, dict) or cfg.get("format") != CONFIG_FORMAT:
+        raise ProjectError(f"{path}: not a napari-cellclass project file; rename it or pick another folder")
+    version = cfg.get("version", CONFIG_VERSION)
+    if isinstance(version, bool) or not isinstance(version, (int, float)) or not math.isfinite(version) \
+            or version != int(version) or version < 1:
+        raise ProjectError(f"{path}: 'version' must be a whole number such as {CONFIG_VERSION} "
+                           f"(found {version!r}); {_FIX}")
+    if int(version) > CONFIG_VERSION:
+        raise ProjectError(f"{path}: written by a newer napari-cellclass; upgrade to open it")
+    multi = cfg.get("multi_label", False)
+    if not isinstance(multi, bool):
+        raise ProjectError(f"{path}: 'multi_label' must be true or false (found {_type_name(multi)}); {_FIX}")
+    settings = cfg.get("settings", {})
+    if not isinstance(settings, dict):
+        raise ProjectError(f"{path}: 'settings' must be an object {{...}} (found {_type_name(settings)}); {_FIX}")
+    entries = cfg.get("classes", [])
+    if not isinstance(entries, list):
+        raise ProjectError(f"{path}: 'classes' must be a list of {{\"name\", \"color\"}} objects "
+                           f"(found {_type_name(entries)}); {_FIX}")
+    out = _Config(cfg, [], multi, dict(settings), {})
+    seen: dict[str, str] = {}
+    for k, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "name" not in entry or "color" not in entry:
+            raise ProjectError(f"{path}: entry {k + 1} of 'classes' must be an object with \"name\" and "
+                               f"\"color\"; {_FIX}")
+        try:
+            name, color = validate_name(entry["name"]), validate_color(entry["color"])
+        except ClassNameError as exc:
+            raise ProjectError(f"{path}: invalid class list ({exc}); {_FIX}") from None
+        if name.casefold() in seen:
+            out.problems.append(f"{path.name}: duplicate class {entry['name']!r} merged into "
+                                f"{seen[name.casefold()]!r}")
+            continue
+        seen[name.casefold()] = name
+        out.classes.append(ClassInfo(name, color))
+    pending = cfg.get("pending_renames") or {}
+    if not isinstance(pending, dict):
+        raise ProjectError(f"{path}: 'pending_renames' must be an object {{old: new}} "
+                           f"(found {_type_name(pending)}); {_FIX}")
+    for old, new in pending.items():
+        try:
+            out.pending[validate_name(old)] = validate_name(new)
+        except ClassNameError as exc:
+            out.problems.append(f"{path.name}: pending rename {old!r} -> {new!r} ignored ({exc})")
+    return out
+
+
+def _read_config(path: Path) -> _Config | None:
+    """The checked settings file at ``path`` (None when there is none)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ProjectError(f"{path}: project settings are unreadable ({exc.strerror}); {_FIX}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ProjectError(f"{path}: project settings are not a regular file; rename it to start afresh")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise ProjectError(f"{path}: project settings are too large ({st.st_size} bytes); {_FIX}")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = " ".join(str(exc).split())
+        raise ProjectError(
+            f"{path}: project settings are unreadable ({reason}); fix or rename the file to start afresh"
+        ) from None
+    return _parse_config(cfg, path)
 
 
 class Project:
@@ -50,7 +152,8 @@ class Project:
 
     Open with :meth:`Project.open`. Image ids are POSIX paths relative to the folder,
     naturally sorted. Every label change is written to the image's ``.npz`` sidecar at once
-    (atomically) and can be undone with :meth:`undo`.
+    (atomically) and can be undone with :meth:`undo`. Undo steps stay valid when a class is
+    renamed (they restore the new name) or removed (they restore the images without it).
 
     Examples
     --------
@@ -76,6 +179,11 @@ class Project:
         self.problems: list[str] = []
         self._undo: list[_UndoEntry] = []
         self._listeners: list[Callable[[tuple[str, ...]], None]] = []
+        self._baseline: _Config | None = None  # cellclass.json as last read or written here
+        self._dirty = False  # memory holds classes or flags that cellclass.json does not have yet
+        self._pending: dict[str, str] = {}  # renames an earlier run did not finish
+        self._pending_clear: set[str] = set()  # keys of pending_renames to drop at the next write
+        self._stale_sidecars: set[str] = set()  # ids whose sidecar holds a name a pending rename maps
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -83,12 +191,15 @@ class Project:
              fsync: bool = True) -> Project:
         """Open the project in ``folder`` (listing images without reading pixels).
 
+        Opening writes nothing: ``cellclass.json`` is created at the first change (first
+        class, label or setting). Only an interrupted class rename is finished on open.
+
         Parameters
         ----------
         folder
-            The folder holding the images (searched recursively).
+            The folder holding the images (searched recursively; folder links not followed).
         create
-            Write ``cellclass.json`` if the folder has none yet.
+            Kept for compatibility; the settings file is always written lazily.
         multi_label
             For a new project: whether an image may belong to several classes.
         fsync
@@ -100,63 +211,130 @@ class Project:
         if not root.is_dir():
             raise ProjectError(f"{root}: not a folder; give the folder that holds the images")
         self = cls(root.resolve(), fsync=fsync)
-        cfg_path = self.config_path
-        if cfg_path.exists():
-            self._load_config(cfg_path)
+        cfg = _read_config(self.config_path)
+        if cfg is not None:
+            self._adopt(cfg)
+            self.problems.extend(cfg.problems)
+            self._pending = dict(cfg.pending)
+            self._pending_clear = set(cfg.raw.get("pending_renames") or {})
         else:
             self.multi_label = bool(multi_label)
-            if create:
-                try:
-                    self._save_config()
-                except ProjectError as exc:  # read-only folder: browsing works, writing will say why
-                    self.problems.append(str(exc))
-        self.image_ids = tuple(scan_images(self.root))
+            self._dirty = True
+        skipped: list[str] = []
+        self.image_ids = tuple(scan_images(self.root, skipped))
+        self.problems.extend(skipped)
         self._index = {iid: i for i, iid in enumerate(self.image_ids)}
         self._find_clashes()
         self._load_labels()
-        pending = self.settings.pop("_pending_renames", None)
-        if pending:
-            self._rewrite_sidecars(dict(pending))
-            self._save_config()
+        if self._pending:
+            self._finish_renames()
         return self
 
     @property
     def config_path(self) -> Path:
         return self.root / CONFIG_NAME
 
-    def _load_config(self, path: Path) -> None:
-        try:
-            cfg = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ProjectError(
-                f"{path}: project settings are unreadable ({exc}); fix or rename the file to start afresh"
-            ) from None
-        if not isinstance(cfg, dict) or cfg.get("format") != CONFIG_FORMAT:
-            raise ProjectError(f"{path}: not a napari-cellclass project file; rename it or pick another folder")
-        if int(cfg.get("version", 0)) > CONFIG_VERSION:
-            raise ProjectError(f"{path}: written by a newer napari-cellclass; upgrade to open it")
-        try:
-            self._classes = [ClassInfo(validate_name(c["name"]), validate_color(c["color"]))
-                             for c in cfg.get("classes", [])]
-        except (KeyError, TypeError, ClassNameError) as exc:
-            raise ProjectError(f"{path}: invalid class list ({exc}); fix the file by hand") from None
-        self.multi_label = bool(cfg.get("multi_label", False))
-        self.settings = dict(cfg.get("settings", {}))
-        if cfg.get("pending_renames"):
-            self.settings["_pending_renames"] = cfg["pending_renames"]
+    def _adopt(self, cfg: _Config) -> None:
+        """Take the class list, flag and settings of a checked settings file into memory."""
+        private = {k: v for k, v in self.settings.items() if k.startswith("_")}
+        self._classes = list(cfg.classes)
+        self.multi_label = cfg.multi_label
+        self.settings = {**cfg.settings, **private}
+        self._baseline = cfg
 
-    def _save_config(self, pending_renames: dict[str, str] | None = None) -> None:
-        cfg = {
+    def _finish_renames(self) -> None:
+        """Finish class renames a crash interrupted: rewrite the sidecars, then clear the note."""
+        try:
+            for iid in sorted(self._stale_sidecars):
+                self._write(iid, self._labels[iid], source=self._source_of(iid))
+            self._commit()
+        except ProjectError as exc:
+            self.problems.append(f"could not finish renaming {', '.join(map(repr, self._pending))}: {exc}")
+        else:
+            self._stale_sidecars.clear()
+
+    # ------------------------------------------------------------------ cellclass.json
+    def _commit(self, *, classes: Sequence[ClassInfo] | None = None, multi_label: bool | None = None,
+                settings: Mapping[str, Any] | None = None, pending_add: Mapping[str, str] | None = None,
+                pending_done: Iterable[str] = (), renamed: Mapping[str, str] | None = None) -> None:
+        """Save a new state to ``cellclass.json``, then adopt it in memory (never the other way round).
+
+        Under the project's lock file the file on disk is read again and merged: classes and
+        settings that another writer saved since this project last read or wrote it are kept.
+        ``renamed`` maps new names to old ones (to carry extra keys of a renamed class).
+        """
+        new_classes = list(self._classes if classes is None else classes)
+        new_multi = self.multi_label if multi_label is None else bool(multi_label)
+        new_settings = dict(self.settings if settings is None else settings)
+        done = set(pending_done) | self._pending_clear
+        with file_lock(self.root / LOCK_NAME):
+            disk = _read_config(self.config_path)
+            raw = self._merge(disk, new_classes, new_multi, new_settings, dict(pending_add or {}), done,
+                              dict(renamed or {}))
+            try:
+                text = json.dumps(raw, indent=2, ensure_ascii=False) + "\n"
+            except (TypeError, ValueError) as exc:
+                raise ProjectError(f"cannot write {self.config_path}: a setting cannot be stored ({exc}); "
+                                   "remove it with update_settings") from None
+            atomic_write_text(self.config_path, text, fsync=self.fsync)
+        merged = _parse_config(raw, self.config_path)
+        private = {k: v for k, v in new_settings.items() if k.startswith("_")}
+        self._classes = list(merged.classes)
+        self.multi_label = merged.multi_label
+        self.settings = {**merged.settings, **private}
+        self._baseline = merged
+        self._pending_clear = set()
+        self._dirty = False
+
+    def _merge(self, disk: _Config | None, classes: list[ClassInfo], multi: bool, settings: dict[str, Any],
+               pending_add: dict[str, str], pending_done: set[str], renamed: dict[str, str]) -> dict[str, Any]:
+        """The JSON object to write: this project's state merged with what is on disk now."""
+        base = self._baseline
+        base_classes = {c.name.casefold(): c for c in base.classes} if base else {}
+        ours = {c.name.casefold() for c in classes}
+        removed_by_us = set(base_classes) - ours
+        merged = list(classes)
+        if disk is not None:
+            on_disk = {c.name.casefold(): c for c in disk.classes}
+            for k, c in enumerate(merged):  # a colour the other writer changed and we did not
+                d, b = on_disk.get(c.name.casefold()), base_classes.get(c.name.casefold())
+                if d is not None and b is not None and b.color == c.color and d.color != c.color:
+                    merged[k] = ClassInfo(c.name, d.color)
+            # a class the other writer removed (known to both, gone from the file) stays removed
+            merged = [c for c in merged if c.name.casefold() in on_disk
+                      or c.name.casefold() not in base_classes]
+            merged += [d for cf, d in on_disk.items() if cf not in ours and cf not in removed_by_us]
+        public = {k: v for k, v in settings.items() if not k.startswith("_")}
+        if disk is None:
+            out_settings, out_multi = public, multi
+        else:
+            base_settings = base.settings if base else {}
+            gone = set(base_settings) - set(public)
+            out_settings = {k: v for k, v in disk.settings.items() if k not in gone}
+            out_settings.update({k: v for k, v in public.items()
+                                 if k not in base_settings or base_settings[k] != v or k not in disk.settings})
+            out_multi = multi if base is None or multi != base.multi_label else disk.multi_label
+        source = disk.raw if disk is not None else (base.raw if base is not None else {})
+        extras = {}
+        for entry in source.get("classes", []) if isinstance(source.get("classes"), list) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                extras[entry["name"].strip().casefold()] = {k: v for k, v in entry.items()
+                                                            if k not in ("name", "color")}
+        raw: dict[str, Any] = {
             "format": CONFIG_FORMAT,
             "version": CONFIG_VERSION,
-            "multi_label": self.multi_label,
-            "classes": [c.to_json() for c in self._classes],
-            "settings": {k: v for k, v in self.settings.items() if not k.startswith("_")},
+            "multi_label": out_multi,
+            "classes": [{"name": c.name, "color": c.color,
+                         **extras.get(renamed.get(c.name, c.name).casefold(), {})} for c in merged],
+            "settings": out_settings,
         }
-        if pending_renames:
-            cfg["pending_renames"] = pending_renames
-        atomic_write_text(self.config_path, json.dumps(cfg, indent=2, ensure_ascii=False) + "\n",
-                          fsync=self.fsync)
+        raw.update({k: v for k, v in source.items() if k not in _KNOWN_KEYS})
+        old_pending = source.get("pending_renames") if isinstance(source.get("pending_renames"), dict) else {}
+        pending = {k: v for k, v in old_pending.items() if k not in pending_done}
+        pending.update(pending_add)
+        if pending:
+            raw["pending_renames"] = pending
+        return raw
 
     def _find_clashes(self) -> None:
         seen: dict[tuple[str, str], str] = {}
@@ -179,13 +357,15 @@ class Project:
         for iid in self.image_ids:
             parent, _, name = iid.rpartition("/")
             by_dir.setdefault(parent, {})[os.path.splitext(name)[0]] = iid
-        known = set(self.class_names)
-        added = False
+        known = {c.name.casefold(): c.name for c in self._classes}
+        pending = {k.casefold(): v for k, v in self._pending.items()}
         for parent, stems in by_dir.items():
             label_dir = self.root / parent / LABEL_DIR
-            if not label_dir.is_dir():
+            try:
+                entries = list(os.scandir(label_dir))
+            except OSError:
                 continue
-            for entry in os.scandir(label_dir):
+            for entry in entries:
                 if entry.name.startswith(TMP_PREFIX):
                     _remove_stale_temp(entry)
                     continue
@@ -200,7 +380,7 @@ class Project:
                 if iid in self._clashes:
                     continue
                 try:
-                    classes = read_sidecar(path, full=False)["classes"]
+                    stored = read_sidecar(path, full=False)["classes"]
                 except SidecarCorruptError as exc:
                     try:
                         aside = self._move_aside(path)
@@ -214,23 +394,50 @@ class Project:
                     self._locked[iid] = str(exc).split(": ", 1)[-1]
                     self.problems.append(f"{exc}; kept, and '{iid}' cannot be relabelled until it can be read")
                     continue
-                for name in classes:
-                    if name not in known:
+                names, why = self._canonical(stored, known, pending)
+                if why:
+                    self._locked[iid] = why
+                    self.problems.append(f"{path}: label file {why}; kept, and '{iid}' cannot be relabelled "
+                                         "until the file is fixed or removed")
+                    continue
+                for name in names:
+                    if name.casefold() not in known:
                         self._classes.append(ClassInfo(name, next_color([c.color for c in self._classes])))
-                        known.add(name)
+                        known[name.casefold()] = name
+                        self._dirty = True
                         self.problems.append(f"class '{name}' found in {path.name} was added to the class list")
-                        added = True
-                if classes:
-                    self._labels[iid] = tuple(classes)
-        if added:
-            self._save_config()
+                if names:
+                    self._labels[iid] = names
+                if any(c.strip().casefold() in pending for c in stored):
+                    self._stale_sidecars.add(iid)
+
+    def _canonical(self, stored: Sequence[str], known: Mapping[str, str],
+                   pending: Mapping[str, str]) -> tuple[tuple[str, ...], str]:
+        """Class names of a sidecar checked like typed names and mapped onto the project's classes.
+
+        Returns ``(names, "")`` or ``((), why)`` when the file must be protected instead.
+        """
+        out: list[str] = []
+        for raw in stored:
+            try:
+                name = validate_name(raw)
+            except ClassNameError as exc:
+                return (), f"holds a class name that is not allowed ({exc})"
+            name = pending.get(name.casefold(), name)
+            name = known.get(name.casefold(), name)
+            if name not in out:
+                out.append(name)
+        if len(out) > 1 and not self.multi_label:
+            return (), (f"holds {len(out)} classes ({', '.join(out)}) but the project is single-label "
+                        "(switch it to multi-label to use them)")
+        return tuple(out), ""
 
     @staticmethod
     def _move_aside(path: Path) -> Path:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         aside = path.with_name(f"{path.name}.corrupt-{stamp}")
         n = 1
-        while aside.exists():
+        while os.path.lexists(aside):
             aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
             n += 1
         os.replace(path, aside)
@@ -295,46 +502,73 @@ class Project:
 
     def add_class(self, name: str, color: str | None = None) -> ClassInfo:
         """Add a class at the end of the list (a distinct palette colour by default)."""
-        clean = validate_name(name, self.class_names)
-        info = ClassInfo(clean, validate_color(color) if color is not None
-                         else next_color([c.color for c in self._classes]))
-        self._classes.append(info)
-        self._save_config()
+        return self.add_classes([name], [color])[0]
+
+    def add_classes(self, names: Sequence[str], colors: Sequence[str | None] | None = None) -> list[ClassInfo]:
+        """Add several classes with one write (all or none: every name is checked first)."""
+        colors = list(colors) if colors is not None else [None] * len(names)
+        if len(colors) != len(names):
+            raise ProjectError(f"{len(names)} class name(s) but {len(colors)} colour(s)")
+        new = list(self._classes)
+        added: list[ClassInfo] = []
+        for name, color in zip(names, colors):
+            clean = validate_name(name, [c.name for c in new])
+            info = ClassInfo(clean, validate_color(color) if color is not None
+                             else next_color([c.color for c in new]))
+            new.append(info)
+            added.append(info)
+        if not added:
+            return []
+        self._commit(classes=new)
         self._notify(())
-        return info
+        return added
 
     def set_class_color(self, name: str, color: str) -> None:
         """Change a class's display colour."""
         i = self._class_index(name)
-        self._classes[i] = ClassInfo(name, validate_color(color))
-        self._save_config()
+        new = list(self._classes)
+        new[i] = ClassInfo(name, validate_color(color))
+        self._commit(classes=new)
         self._notify(())
 
     def reorder_classes(self, names: Sequence[str]) -> None:
         """Put the classes in the given order (must name each class once)."""
         if sorted(names) != sorted(self.class_names):
             raise ClassNameError(f"new order {list(names)} must list each class once: {list(self.class_names)}")
-        self._classes = [self._classes[self._class_index(n)] for n in names]
-        self._save_config()
+        self._commit(classes=[self._classes[self._class_index(n)] for n in names])
         self._notify(())
 
     def rename_class(self, old: str, new: str) -> None:
-        """Rename a class; every sidecar holding it is rewritten (crash-safe)."""
+        """Rename a class; every sidecar holding it is rewritten (crash-safe, all or nothing).
+
+        Undo steps stay valid: they restore the new name.
+        """
         i = self._class_index(old)
         clean = validate_name(new, [n for n in self.class_names if n != old])
         if clean == old:
             return
-        self._classes[i] = ClassInfo(clean, self._classes[i].color)
-        self._save_config(pending_renames={old: clean})  # finished on next open if we crash
-        self._rewrite_sidecars({old: clean})
-        self._save_config()
-        self._undo.clear()  # undo steps hold the old name
+        classes = list(self._classes)
+        classes[i] = ClassInfo(clean, classes[i].color)
+        self._commit(classes=classes, pending_add={old: clean}, renamed={clean: old})  # finished on open
+        try:
+            self._rewrite_sidecars({old: clean})
+        except ProjectError as exc:
+            back = [ClassInfo(old, c.color) if c.name == clean else c for c in self._classes]
+            try:
+                self._commit(classes=back, pending_done={old}, renamed={old: clean})
+            except ProjectError:
+                raise ProjectError(f"{exc} (the rename is finished when the project is next opened)") from None
+            raise
+        self._commit(pending_done={old})
+        self._remap_undo({old: clean})
         self._notify(())
 
     def remove_class(self, name: str, *, force: bool = False) -> int:
         """Remove a class. Images labelled with it lose that label (needs ``force=True``).
 
-        Returns the number of images whose labels changed.
+        The undo history is kept: a step that would restore ``name`` restores the image
+        without it (see :meth:`remove_affects_history`). Returns the number of images whose
+        labels changed.
         """
         i = self._class_index(name)
         users = [iid for iid, cl in self._labels.items() if name in cl]
@@ -343,37 +577,94 @@ class Project:
                 f"class '{name}' labels {len(users)} image(s); pass force=True (or confirm) "
                 "to remove it and unlabel them"
             )
-        self._rewrite_sidecars({name: None})
-        del self._classes[i]
-        self._save_config()
-        self._undo.clear()  # undo steps may hold the removed class
+        before = list(self._classes)
+        self._commit(classes=before[:i] + before[i + 1:])
+        try:
+            self._rewrite_sidecars({name: None})
+        except ProjectError:
+            try:
+                self._commit(classes=before)
+            except ProjectError:
+                pass  # the class is found again in its sidecars on the next open
+            raise
+        self._remap_undo({name: None})
         self._notify(tuple(users))
         return len(users)
 
-    def _rewrite_sidecars(self, mapping: dict[str, str | None]) -> None:
-        """Rename (or, mapped to None, drop) class names in every sidecar that holds them."""
-        for iid, classes in list(self._labels.items()):
-            if not any(c in mapping for c in classes):
+    def remove_affects_history(self, name: str) -> bool:
+        """True when some undo step would restore ``name``: after :meth:`remove_class` those steps
+        restore the images without it (the history itself is kept)."""
+        return any(name in classes for e in self._undo for _, classes, _, _ in e.before)
+
+    def _source_of(self, iid: str) -> str:
+        try:
+            return sidecar_source(sidecar_path(self.root / iid).read_bytes())
+        except OSError:
+            return "human"
+
+    def _rewrite_sidecars(self, mapping: Mapping[str, str | None]) -> None:
+        """Rename (or, mapped to None, drop) class names in every sidecar that holds them.
+
+        All or nothing: when a write fails, the sidecars already rewritten are put back.
+        """
+        done: list[tuple[str, tuple[str, ...], bytes | None]] = []
+        try:
+            for iid, classes in list(self._labels.items()):
+                if not any(c in mapping for c in classes):
+                    continue
+                new: list[str] = []
+                for c in classes:
+                    m = mapping.get(c, c)
+                    if m is not None and m not in new:
+                        new.append(m)
+                try:
+                    raw = sidecar_path(self.root / iid).read_bytes()
+                except OSError:
+                    raw = None
+                self._write(iid, tuple(new), source=sidecar_source(raw) if raw else "human")
+                done.append((iid, classes, raw))
+        except ProjectError:
+            for iid, classes, raw in reversed(done):
+                try:
+                    self._write(iid, classes, source="human", raw=raw)
+                except ProjectError:
+                    self.problems.append(f"could not put back the label of '{iid}' ({', '.join(classes)})")
+            raise
+
+    def _remap_undo(self, mapping: Mapping[str, str | None]) -> None:
+        """Rename (or drop) classes inside the undo history so every step stays valid."""
+        for k, entry in enumerate(self._undo):
+            if not any(c in mapping for _, classes, _, _ in entry.before for c in classes):
                 continue
-            new: list[str] = []
-            for c in classes:
-                m = mapping.get(c, c)
-                if m is not None and m not in new:
-                    new.append(m)
-            self._write(iid, tuple(new), source="human")
+            items = []
+            for iid, classes, raw, source in entry.before:
+                if any(c in mapping for c in classes):
+                    new = tuple(dict.fromkeys(m for c in classes if (m := mapping.get(c, c)) is not None))
+                    items.append((iid, new, None, sidecar_source(raw) if raw else source))
+                else:
+                    items.append((iid, classes, raw, source))
+            self._undo[k] = _UndoEntry(entry.description, tuple(items))
 
     def set_multi_label(self, flag: bool) -> None:
         """Switch between single- and multi-label (to single only when no image has 2+ labels)."""
         if not flag and any(len(c) > 1 for c in self._labels.values()):
             raise ProjectError("some images carry several classes; clear the extra labels before "
                                "switching the project to single-label")
-        self.multi_label = bool(flag)
-        self._save_config()
+        self._commit(multi_label=bool(flag))
 
     def update_settings(self, **values: Any) -> None:
-        """Store settings (JSON-serialisable) in ``cellclass.json``."""
-        self.settings.update(values)
-        self._save_config()
+        """Store settings in ``cellclass.json`` (text, numbers, true/false, lists, objects).
+
+        A value JSON cannot store is refused at once and nothing changes.
+        """
+        for key, value in values.items():
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise ProjectError(f"setting {key!r} cannot be stored in {self.config_path} "
+                                   f"({' '.join(str(exc).split())}); use text, numbers, true/false, "
+                                   "lists or objects") from None
+        self._commit(settings={**self.settings, **values})
 
     # ------------------------------------------------------------------ labels (read)
     def labels(self, image_id: str) -> tuple[str, ...]:
@@ -441,13 +732,27 @@ class Project:
         Returns the ids whose labels actually changed.
         """
         ids = [image_ids] if isinstance(image_ids, str) else list(image_ids)
-        classes = tuple(dict.fromkeys(classes))
-        for c in classes:
-            self._class_index(c)
-        if len(classes) > 1 and not self.multi_label:
-            raise ProjectError(f"this is a single-label project; cannot give one image {len(classes)} classes "
-                               "(switch the project to multi-label first)")
-        return self._apply({i: classes for i in ids}, description, source)
+        return self.apply_labels({i: classes for i in ids}, description=description, source=source)
+
+    def apply_labels(self, changes: Mapping[str, Sequence[str]], *, description: str,
+                     source: str = "human") -> list[str]:
+        """Give each image its own exact class list, all as ONE undo step.
+
+        ``changes`` maps image ids to class names (an empty list unlabels). Everything is
+        checked (ids, class names, single-label, protected label files) before anything is
+        written. ``source`` is recorded in the sidecars (``human``, ``import``, ``prediction``).
+        Returns the ids whose labels actually changed, in the order given.
+        """
+        clean: dict[str, tuple[str, ...]] = {}
+        for iid, classes in changes.items():
+            cl = tuple(dict.fromkeys((classes,) if isinstance(classes, str) else classes))
+            for c in cl:
+                self._class_index(c)
+            if len(cl) > 1 and not self.multi_label:
+                raise ProjectError(f"this is a single-label project; cannot give one image {len(cl)} classes "
+                                   "(switch the project to multi-label first)")
+            clean[iid] = cl
+        return self._apply(clean, description, source)
 
     def assign(self, image_ids: str | Iterable[str], name: str, **kw: Any) -> list[str]:
         """Give images class ``name`` (single-label: replaces; multi-label: adds)."""
@@ -507,6 +812,8 @@ class Project:
         real = {i: c for i, c in changes.items() if self._labels.get(i, ()) != c}
         if not real:
             return []
+        if self._dirty:  # classes found in sidecars (or a new project's flag) are saved with the first label
+            self._commit()
         before = []
         for iid in real:
             sc = sidecar_path(self.root / iid)
@@ -514,7 +821,7 @@ class Project:
                 old_bytes = sc.read_bytes() if iid in self._labels else None
             except OSError:
                 old_bytes = None
-            before.append((iid, self._labels.get(iid, ()), old_bytes))
+            before.append((iid, self._labels.get(iid, ()), old_bytes, "human"))
         done: list[str] = []
         try:
             for iid, classes in real.items():
@@ -562,8 +869,8 @@ class Project:
         if not self._undo:
             return []
         entry = self._undo.pop()
-        for iid, classes, raw in entry.before:
-            self._write(iid, classes, source="human", raw=raw)
+        for iid, classes, raw, source in entry.before:
+            self._write(iid, classes, source=source, raw=raw)
         ids = tuple(b[0] for b in entry.before)
         self._notify(ids)
         return list(ids)

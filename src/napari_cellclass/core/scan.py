@@ -1,4 +1,9 @@
-"""Finding image files below a project folder, without reading pixels."""
+"""Finding image files below a project folder, without reading pixels.
+
+Folder symlinks are never followed (a link to ``/`` or a loop back up would list the same
+images many times or never end); they are reported instead. Only regular files (or links to
+regular files) count as images, so a FIFO named ``x.png`` cannot hang a read.
+"""
 from __future__ import annotations
 
 import os
@@ -10,6 +15,7 @@ from .sidecars import LABEL_DIR
 
 # folders that never hold project images
 SKIP_DIRS = frozenset({LABEL_DIR, "cellclass_models", "cellclass_cache", "__pycache__", "__MACOSX"})
+PROJECT_FILE = "cellclass.json"
 _NUM = re.compile(r"(\d+)")
 
 
@@ -19,13 +25,21 @@ def natural_key(text: str) -> tuple:
     return tuple((0, int(p), p) if p.isdigit() else (1, 0, p) for p in parts) + ((2, 0, text),)
 
 
-def scan_images(root: Path) -> list[str]:
+def _is_dir_link(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_symlink() and entry.is_dir(follow_symlinks=True)
+    except OSError:
+        return False
+
+
+def scan_images(root: Path, skipped: list[str] | None = None) -> list[str]:
     """Relative POSIX paths of all image files below ``root``, naturally sorted.
 
-    Hidden files and folders, label folders and model folders are skipped.
+    Hidden files and folders, label folders and model folders are skipped. Symlinked folders
+    are not followed; when ``skipped`` is given, one line per such folder is appended to it.
     """
     found: list[str] = []
-    stack = [(root, "")]
+    stack = [(Path(root), "")]
     while stack:
         folder, prefix = stack.pop()
         try:
@@ -37,13 +51,62 @@ def scan_images(root: Path) -> list[str]:
             if name.startswith("."):
                 continue
             try:
-                is_dir = e.is_dir()
+                is_dir = e.is_dir(follow_symlinks=False)
+                is_file = not is_dir and e.is_file(follow_symlinks=True)
             except OSError:
                 continue
             if is_dir:
                 if name not in SKIP_DIRS and not os.path.exists(os.path.join(e.path, "model.safetensors")):
                     stack.append((Path(e.path), f"{prefix}{name}/"))
-            elif os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
-                found.append(prefix + name)
+            elif is_file:
+                if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+                    found.append(prefix + name)
+            elif skipped is not None and name not in SKIP_DIRS and _is_dir_link(e):
+                skipped.append(f"skipped symlinked folder '{prefix}{name}' (links to folders are not "
+                               "followed; move or copy the images into the project to include them)")
     found.sort(key=natural_key)
     return found
+
+
+def looks_like_project(folder: str | os.PathLike, *, depth: int = 2, max_entries: int = 5000) -> bool:
+    """True when ``folder`` holds ``cellclass.json`` or image files within ``depth`` levels.
+
+    A cheap, bounded check for readers that must not claim every folder: at most
+    ``max_entries`` directory entries are looked at, hidden and cellclass folders are skipped
+    and symlinked folders are not followed.
+    """
+    root = Path(folder).expanduser()
+    try:
+        if not root.is_dir():
+            return False
+        if (root / PROJECT_FILE).is_file():
+            return True
+    except OSError:
+        return False
+    seen = 0
+    level = [root]
+    for _ in range(max(depth, 1)):
+        below: list[Path] = []
+        for d in level:
+            try:
+                it = os.scandir(d)
+            except OSError:
+                continue
+            with it:
+                for e in it:
+                    seen += 1
+                    if seen > max_entries:
+                        return False
+                    if e.name.startswith("."):
+                        continue
+                    try:
+                        if e.is_dir(follow_symlinks=False):
+                            if e.name not in SKIP_DIRS:
+                                below.append(Path(e.path))
+                        elif (os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
+                              and e.is_file(follow_symlinks=True)):
+                            return True
+                    except OSError:
+                        continue
+        level = below
+    return False

@@ -15,6 +15,7 @@ import datetime as _dt
 import io
 import os
 import re
+import stat
 import zipfile
 from pathlib import Path
 
@@ -57,30 +58,93 @@ def write_sidecar(path: Path, image_name: str, classes: tuple[str, ...], source:
 _NPY_HEADER = re.compile(
     r"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': False, 'shape': \((\d*),?\), \}"
 )
+# A sidecar holds a few short strings (a couple of kB). These bounds stop a hostile or foreign
+# file (a header that claims a huge array, a zip bomb) from making an open allocate gigabytes.
+MAX_SIDECAR_BYTES = 4 * 2 ** 20
+MAX_MEMBER_BYTES = 4 * 2 ** 20
 
 
 def _read_npy(raw: bytes) -> np.ndarray:
-    """Parse a small ``.npy`` (0-d or 1-d, no objects) quickly; anything else goes to numpy's reader."""
-    if raw[:6] == b"\x93NUMPY" and raw[6] == 1:
+    """Parse an ``.npy`` held in memory (no objects), never allocating more than ``raw`` holds."""
+    if raw[:6] == b"\x93NUMPY" and len(raw) > 10 and raw[6] == 1:
         hlen = int.from_bytes(raw[8:10], "little")
         m = _NPY_HEADER.match(raw[10:10 + hlen].decode("latin1"))
         if m and "O" not in m.group(1):
             dtype = np.dtype(m.group(1))
             n = int(m.group(2)) if m.group(2) else 1
+            _check_fits(n * dtype.itemsize, len(raw) - 10 - hlen)
             arr = np.frombuffer(raw, dtype=dtype, count=n, offset=10 + hlen)
             return arr if m.group(2) else arr.reshape(())
-    return np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
+    fh = io.BytesIO(raw)
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version in ((2, 0), (3, 0)):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:
+        raise ValueError(f"unsupported .npy version {version}")
+    if dtype.hasobject:
+        raise ValueError("holds Python objects (pickles are never loaded)")
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    _check_fits(count * dtype.itemsize, len(raw) - fh.tell())
+    arr = np.frombuffer(raw, dtype=dtype, count=count, offset=fh.tell())
+    return arr.reshape(shape, order="F" if fortran else "C")
 
 
-def _read_members(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Read some arrays of an ``.npz`` (no pickles) with one file read; a missing optional member is skipped."""
-    data = path.read_bytes()
+def _check_fits(claimed: int, held: int) -> None:
+    if claimed > held or claimed > MAX_MEMBER_BYTES:
+        raise ValueError(f"an array claims {claimed} bytes but the file holds {held}")
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The bytes of a regular file of at most :data:`MAX_SIDECAR_BYTES` (never blocks on a FIFO)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _NotRegular("not a regular file")
+        if st.st_size > MAX_SIDECAR_BYTES:
+            raise _TooLarge(f"too large for a label file ({st.st_size} bytes)")
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > MAX_SIDECAR_BYTES:
+                raise _TooLarge(f"too large for a label file (over {MAX_SIDECAR_BYTES} bytes)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+class _NotRegular(ValueError):
+    pass
+
+
+class _TooLarge(ValueError):
+    pass
+
+
+def _read_members(data: bytes, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Read some arrays of an ``.npz`` held in memory (no pickles, bounded sizes)."""
     out: dict[str, np.ndarray] = {}
     with zipfile.ZipFile(io.BytesIO(data)) as z:
-        members = set(z.namelist())
+        infos = {i.filename: i for i in z.infolist()}
         for name in names:
-            if f"{name}.npy" in members:
-                out[name] = _read_npy(z.read(f"{name}.npy"))
+            info = infos.get(f"{name}.npy")
+            if info is None:
+                continue
+            if info.file_size > MAX_MEMBER_BYTES:
+                raise _TooLarge(f"member {info.filename} is too large ({info.file_size} bytes unpacked)")
+            with z.open(info) as fh:
+                raw = fh.read(MAX_MEMBER_BYTES + 1)
+            if len(raw) > MAX_MEMBER_BYTES:
+                raise _TooLarge(f"member {info.filename} unpacks to more than it declares")
+            out[name] = _read_npy(raw)
     return out
 
 
@@ -88,17 +152,23 @@ def read_sidecar(path: str | os.PathLike, full: bool = True) -> dict[str, object
     """Read a sidecar; raise :class:`SidecarCorruptError` (damaged) or :class:`SidecarUnreadableError`.
 
     ``full=False`` reads only the version and the class names (fast path used when opening).
+    What a read may allocate is bounded: a FIFO, a device, a file over 4 MiB, an array
+    header claiming more than the file holds or a zip bomb is reported as corrupt.
     """
     path = Path(path)
     names = ("format_version", "classes", "image", "timestamp", "source") if full else ("format_version", "classes")
     try:
-        z = _read_members(path, names)
+        z = _read_members(_read_bounded(path), names)
         version = int(z["format_version"])
-        classes = tuple(str(c) for c in np.atleast_1d(z["classes"]))
+        cls_arr = np.atleast_1d(z["classes"])
+        if cls_arr.ndim != 1 or (cls_arr.size and cls_arr.dtype.kind not in "U"):
+            raise ValueError("'classes' is not a list of names")
+        classes = tuple(str(c) for c in cls_arr)
     except OSError as exc:
         raise SidecarUnreadableError(f"{path}: cannot read the label file ({exc.strerror or exc})") from None
-    except (ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as exc:
-        raise SidecarCorruptError(f"{path}: corrupt label sidecar ({exc})") from None
+    except (ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError, OverflowError,
+            NotImplementedError, RuntimeError, SyntaxError, MemoryError) as exc:
+        raise SidecarCorruptError(f"{path}: corrupt label sidecar ({' '.join(str(exc).split())})") from None
     if version > SIDECAR_VERSION:
         raise SidecarUnreadableError(
             f"{path}: label format version {version} is newer than this napari-cellclass "
@@ -108,3 +178,12 @@ def read_sidecar(path: str | os.PathLike, full: bool = True) -> dict[str, object
             "image": str(z["image"]) if "image" in z else "",
             "timestamp": str(z["timestamp"]) if "timestamp" in z else "",
             "source": str(z["source"]) if "source" in z else "human"}
+
+
+def sidecar_source(raw: bytes) -> str:
+    """The ``source`` recorded in a sidecar's bytes (``"human"`` when absent or unreadable)."""
+    try:
+        z = _read_members(raw, ("source",))
+        return str(z["source"]) if "source" in z else "human"
+    except (ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError):
+        return "human"
