@@ -81,3 +81,60 @@ def test_console_script_help_and_folders_import(tmp_path):
                                 "--json"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["counts"] == {"a": 1, "b": 1}
+
+
+@pytest.mark.parametrize("body, words", [
+    ('{"format": "napari-cellclass/project", "version": 1, "settings": [1, 2]}', "settings"),
+    ('{"format": "napari-cellclass/project", "version": null}', "version"),
+    ('{"format": "napari-cellclass/project", "version": 1e999}', "version"),
+    ('{"format": "napari-cellclass/project", "version": 1, "classes": 7}', "classes"),
+])
+def test_info_on_a_bad_settings_file_is_one_line(tmp_path, capsys, body, words):
+    (tmp_path / "cellclass.json").write_text(body)
+    code, out, err = run(capsys, "info", str(tmp_path))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and words in lines[0] and "cellclass.json" in lines[0]
+    assert "Traceback" not in err
+
+
+def test_info_does_not_write_into_the_folder(tmp_path, capsys):
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a.png")
+    code, _, _ = run(capsys, "info", str(tmp_path), "--json")
+    assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_export_writes_through_a_symlink_and_refuses_special_files(tmp_path, capsys):
+    import os
+
+    d = tmp_path / "s"
+    run(capsys, "sample", str(d), "--n", "6", "--json")
+    real = tmp_path / "real.csv"
+    real.write_text("old")
+    link = tmp_path / "link.csv"
+    link.symlink_to(real)
+    code, _, err = run(capsys, "export-labels", str(d), "--csv", str(link))
+    assert code == 0 and link.is_symlink() and real.read_text().startswith("image_id,class")
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    cfg = (d / "cellclass.json").read_bytes()
+    for target, words in ((fifo, "not a regular file"), (tmp_path, "not a regular file"),
+                          (d / "cellclass.json", "project"),
+                          (d / "images" / "cellclass_labels" / "x.csv", "project")):
+        code, _, err = run(capsys, "export-labels", str(d), "--csv", str(target))
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and words in lines[0], err
+    assert (d / "cellclass.json").read_bytes() == cfg and os.path.exists(fifo)
+
+
+def test_import_with_empty_cells_reports_them(tmp_path, capsys):
+    d = tmp_path / "s"
+    run(capsys, "sample", str(d), "--n", "6", "--json")
+    run(capsys, "export-labels", str(d), "--csv", str(tmp_path / "all.csv"))
+    labelled = [line.split(",")[0] for line in (tmp_path / "all.csv").read_text().splitlines()[1:3]]
+    csv = tmp_path / "l.csv"
+    csv.write_text("image_id,class\n" + "".join(f"{i},\n" for i in labelled))
+    _, before, _ = run(capsys, "info", str(d), "--json", "--quick")
+    code, out, _ = run(capsys, "import-labels", str(d), "--csv", str(csv))
+    assert code == 0 and "2 row(s) had an empty class" in out and "labelled 0 image(s)" in out
+    _, after, _ = run(capsys, "info", str(d), "--json", "--quick")
+    assert json.loads(after)["counts"] == json.loads(before)["counts"]

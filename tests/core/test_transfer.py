@@ -91,3 +91,104 @@ def test_folder_split_detected_from_paths(tmp_path):
     _pngs(tmp_path, ["train/a.png", "validation/b.png", "test/c.png", "other/d.png"])
     p = Project.open(tmp_path)
     assert p.predefined_split() == {"train/a.png": "train", "validation/b.png": "val", "test/c.png": "test"}
+
+
+# ------------------------------------------------------------------ bad input never loses labels
+def _labelled(tmp_path):
+    _pngs(tmp_path, ["a.png", "b.png", "c.png"])
+    p = Project.open(tmp_path)
+    p.add_class("x")
+    p.add_class("y")
+    p.assign(["a.png", "b.png"], "x")
+    return p
+
+
+def test_empty_class_cell_keeps_the_label_and_is_reported(tmp_path):
+    p = _labelled(tmp_path)
+    (tmp_path / "l.csv").write_text("image,class\na.png,\nb.png,  \nc.png,y\n")
+    rep = import_csv(p, tmp_path / "l.csv")
+    assert p.labels("a.png") == ("x",) and p.labels("b.png") == ("x",) and p.labels("c.png") == ("y",)
+    assert rep.labelled == 1 and rep.empty == ["a.png", "b.png"]
+    assert rep.as_dict()["empty_class"] == 2
+
+
+def test_duplicate_ids_with_conflicting_classes_refuse_the_import(tmp_path):
+    p = _labelled(tmp_path)
+    (tmp_path / "l.csv").write_text("image,class\nc.png,x\na.png,new\nc.png,y\nb.png,x\n")
+    with pytest.raises(ProjectError, match=r"c\.png.*lines 2 and 4") as info:
+        import_csv(p, tmp_path / "l.csv")
+    assert "\n" not in str(info.value)
+    assert p.class_names == ("x", "y") and p.labels("c.png") == ()
+    (tmp_path / "same.csv").write_text("image,class\nc.png,y\nc.png,y\n")  # agreeing repeats are fine
+    assert import_csv(p, tmp_path / "same.csv").labelled == 1
+
+
+def test_rejected_import_creates_no_class(tmp_path):
+    p = _labelled(tmp_path)
+    (tmp_path / "l.csv").write_text("image,class\nc.png,fresh\na.png,bad/name\n")
+    with pytest.raises(ProjectError, match="bad/name"):
+        import_csv(p, tmp_path / "l.csv")
+    assert p.class_names == ("x", "y") and Project.open(tmp_path).class_names == ("x", "y")
+    assert p.labels("a.png") == ("x",)
+
+
+def test_import_maps_names_case_insensitively(tmp_path):
+    p = _labelled(tmp_path)
+    (tmp_path / "l.csv").write_text("image,class\nc.png, X \n")
+    rep = import_csv(p, tmp_path / "l.csv")
+    assert rep.new_classes == [] and p.labels("c.png") == ("x",) and p.class_names == ("x", "y")
+
+
+def test_import_is_one_undo_step(tmp_path):
+    _pngs(tmp_path, ["a.png", "b.png", "c.png"])
+    p = Project.open(tmp_path)
+    (tmp_path / "l.csv").write_text("image,class\na.png,x\nb.png,y\nc.png,z\n")
+    import_csv(p, tmp_path / "l.csv")
+    p.undo()
+    assert p.labelled_ids() == [] and not p.can_undo
+
+
+def test_backslash_in_an_image_name_round_trips(tmp_path):
+    _pngs(tmp_path, ["we\\ird.png", "plain.png"])
+    p = Project.open(tmp_path)
+    p.add_class("x")
+    p.assign(["we\\ird.png", "plain.png"], "x")
+    export_csv(p, tmp_path / "out.csv")
+    p.clear(p.image_ids)
+    rep = import_csv(p, tmp_path / "out.csv")
+    assert rep.labelled == 2 and p.labels("we\\ird.png") == ("x",)
+
+
+def test_windows_style_paths_still_match(tmp_path):
+    _pngs(tmp_path, ["sub/a.png"])
+    p = Project.open(tmp_path)
+    (tmp_path / "l.csv").write_text("image,class\nsub\\a.png,x\n")
+    assert import_csv(p, tmp_path / "l.csv").labelled == 1
+
+
+def test_from_folders_with_a_bad_class_folder_copies_nothing(tmp_path):
+    src = tmp_path / "src"
+    _pngs(src, ["good/1.png", "bad\x01name/2.png"])
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    p = Project.open(proj)
+    with pytest.raises(ProjectError, match="class"):
+        import_folders(p, src)
+    assert list(proj.iterdir()) == [] and p.class_names == ()
+
+
+def test_export_refuses_project_files(tmp_path):
+    p = _labelled(tmp_path)
+    cfg = (tmp_path / "cellclass.json").read_bytes()
+    sc = tmp_path / "cellclass_labels" / "a.npz"
+    for target in (tmp_path / "cellclass.json", sc, tmp_path / "cellclass_labels" / "new.csv",
+                   tmp_path / "a.png"):
+        before = target.read_bytes() if target.exists() else None
+        with pytest.raises(ProjectError, match="project"):
+            export_csv(p, target)
+        assert (target.read_bytes() if target.exists() else None) == before
+    link = tmp_path / "out.csv"
+    link.symlink_to(tmp_path / "cellclass.json")
+    with pytest.raises(ProjectError, match="project"):
+        export_csv(p, link)
+    assert (tmp_path / "cellclass.json").read_bytes() == cfg

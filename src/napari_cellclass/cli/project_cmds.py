@@ -102,6 +102,9 @@ def cmd_import(args: argparse.Namespace) -> dict[str, Any]:
             lines.append("new classes: " + ", ".join(r["new_classes"]))
         if r["unmatched"]:
             lines.append(f"{r['unmatched']} row(s) matched no image, e.g. " + ", ".join(r["unmatched_examples"][:3]))
+        if r["empty_class"]:
+            lines.append(f"{r['empty_class']} row(s) had an empty class and were skipped (labels kept), e.g. "
+                         + ", ".join(r["empty_class_examples"][:3]))
         if r["split_counts"]:
             lines.append("predefined split: " + ", ".join(f"{k} {v}" for k, v in r["split_counts"].items()))
         lines.append("counts: " + ", ".join(f"{k} {v}" for k, v in r["counts"].items()))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import TMP_PREFIX, atomic_write_bytes, atomic_write_text, file_lock, resolve_target
+from .atomic import TMP_PREFIX, atomic_write_bytes, atomic_write_text, file_lock
 from .classes import ClassInfo, next_color, validate_color, validate_name
 from .errors import ClassNameError, ImageReadError, ProjectError, SidecarCorruptError
 from .images import ImageData, read_image
@@ -798,8 +798,9 @@ class Project:
         order = {n: k for k, n in enumerate(self.class_names)}
         return tuple(sorted(set(classes), key=lambda c: order.get(c, len(order))))
 
-    def _apply(self, changes: dict[str, tuple[str, ...]], description: str, source: str) -> list[str]:
-        for iid in changes:
+    def check_targets(self, image_ids: Iterable[str]) -> None:
+        """Raise :class:`ProjectError` unless every image exists and its label file may be written."""
+        for iid in image_ids:
             self._check_id(iid)
             if iid in self._clashes:
                 raise ProjectError(
@@ -809,6 +810,9 @@ class Project:
                 raise ProjectError(
                     f"the label file of '{iid}' {self._locked[iid]}; fix or move it, then reopen the project"
                 )
+
+    def _apply(self, changes: dict[str, tuple[str, ...]], description: str, source: str) -> list[str]:
+        self.check_targets(changes)
         real = {i: c for i, c in changes.items() if self._labels.get(i, ()) != c}
         if not real:
             return []
@@ -887,6 +891,35 @@ class Project:
         if self.split_path.exists():
             return {k: v for k, v in read_split_file(self.split_path).items() if k in self._index}
         return split_from_folders(self.image_ids)
+
+    def check_output_path(self, path: str | os.PathLike) -> None:
+        """Refuse (one line) an output file that would replace a file of this project.
+
+        The settings file, the lock file, the split and predictions files, an image and
+        anything inside a label folder (``cellclass_labels``), a model or cache folder are
+        refused, also when ``path`` is a link to them.
+        """
+        given = Path(path).expanduser()
+        real = Path(os.path.realpath(given))
+        what = None
+        own = {self.config_path: "the settings file", self.root / LOCK_NAME: "the lock file",
+               self.split_path: "the split file", self.root / "cellclass_predictions.csv": "the predictions file"}
+        if real in own:
+            what = own[real]
+        elif LABEL_DIR in real.parts:
+            what = "inside a label folder"
+        else:
+            try:
+                rel = real.relative_to(self.root)
+            except ValueError:
+                rel = None
+            if rel is not None and rel.parts and rel.parts[0] in ("cellclass_models", "cellclass_cache"):
+                what = f"inside {rel.parts[0]}"
+            elif rel is not None and rel.as_posix() in self._index:
+                what = "an image"
+        if what is not None:
+            raise ProjectError(f"{given}: this is {what} of the project {self.root}; "
+                               "choose another file to write")
 
     def copy_image_in(self, src: Path, dest_id: str) -> str:
         """Copy an external image into the project (never overwriting) and register it."""

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .atomic import atomic_write_text
-from .errors import ProjectError
-from .images import is_image_file
+from .classes import validate_name
+from .errors import ClassNameError, ProjectError
 from .project import Project
-from .scan import SKIP_DIRS, natural_key
+from .scan import SKIP_DIRS, scan_images
 from .splits import normalise_split_name, write_split_file
 
 _ID_COLS = ("image_id", "image id", "image", "id", "file", "filename", "file name", "path", "name")
@@ -23,7 +23,7 @@ MULTI_SEPARATORS = (";", "|")
 
 @dataclass
 class ImportReport:
-    """What an import did: counts, new classes, rows that matched no image."""
+    """What an import did: counts, new classes, rows that matched no image or gave no class."""
 
     labelled: int = 0
     unchanged: int = 0
@@ -31,16 +31,21 @@ class ImportReport:
     unmatched: list[str] = field(default_factory=list)
     split_counts: dict[str, int] = field(default_factory=dict)
     copied: int = 0
+    empty: list[str] = field(default_factory=list)  # rows with an empty class cell (left as they were)
 
     def as_dict(self) -> dict:
         return {"labelled": self.labelled, "unchanged": self.unchanged, "new_classes": self.new_classes,
                 "unmatched": len(self.unmatched), "unmatched_examples": self.unmatched[:10],
+                "empty_class": len(self.empty), "empty_class_examples": self.empty[:10],
                 "split_counts": self.split_counts, "copied_images": self.copied}
 
 
 def _matcher(project: Project) -> Callable[[str], str | None]:
-    """Map a CSV image reference (id, file name, stem or bare number) to an image id."""
-    by_id = {i: i for i in project.image_ids}
+    """Map a CSV image reference (id, file name, stem or bare number) to an image id.
+
+    The exact id is tried first (a backslash may be part of a file name); only then are
+    backslashes read as Windows path separators.
+    """
     by_name: dict[str, list[str]] = {}
     by_stem: dict[str, list[str]] = {}
     by_num: dict[int, list[str]] = {}
@@ -52,9 +57,8 @@ def _matcher(project: Project) -> Callable[[str], str | None]:
         if stem.isdigit():
             by_num.setdefault(int(stem), []).append(iid)
 
-    def match(ref: str) -> str | None:
-        ref = ref.strip().replace("\\", "/")
-        if ref in by_id:
+    def lookup(ref: str) -> str | None:
+        if ref in project:
             return ref
         for table, key in ((by_name, ref.rsplit("/", 1)[-1].casefold()),
                            (by_stem, os.path.splitext(ref.rsplit("/", 1)[-1])[0].casefold()),
@@ -68,6 +72,13 @@ def _matcher(project: Project) -> Callable[[str], str | None]:
                     "use the image ids (relative paths) in the CSV"
                 )
         return None
+
+    def match(ref: str) -> str | None:
+        ref = ref.strip()
+        found = lookup(ref)
+        if found is None and "\\" in ref:
+            found = lookup(ref.replace("\\", "/"))
+        return found
 
     return match
 
@@ -91,8 +102,11 @@ def import_csv(project: Project, csv_path: str | os.PathLike, *, create_classes:
     """Label images from a CSV of ``image id, category[, split]`` (HEp-2 style; header optional).
 
     Multi-label projects accept several classes per cell separated by ``;`` or ``|``. A split
-    column (train/val/test) is saved as the project's predefined split. The whole import is
-    one undo step per class.
+    column (train/val/test) is saved as the project's predefined split. Class names match the
+    project's classes case-insensitively. A row with an empty class cell changes nothing and
+    is reported (``ImportReport.empty``). An image listed twice with different classes refuses
+    the whole import (one line naming both lines). All checks come first: a refused import
+    changes nothing; an accepted one is one undo step.
     """
     path = Path(csv_path)
     try:
@@ -105,7 +119,10 @@ def import_csv(project: Project, csv_path: str | os.PathLike, *, create_classes:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
-    rows = [r for r in csv.reader(io.StringIO(text), dialect) if any(x.strip() for x in r)]
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text), dialect) if any(x.strip() for x in r)]
+    except csv.Error as exc:
+        raise ProjectError(f"{path}: not a readable CSV ({exc}); save it as comma-separated text") from None
     if not rows:
         raise ProjectError(f"{path}: the CSV is empty; expected rows of 'image id, category'")
     cols = _columns(rows[0])
@@ -117,7 +134,9 @@ def import_csv(project: Project, csv_path: str | os.PathLike, *, create_classes:
     match = _matcher(project)
     report = ImportReport()
     wanted: dict[str, tuple[str, ...]] = {}
+    where: dict[str, int] = {}
     split: dict[str, str] = {}
+    conflicts: list[str] = []
     for k, row in enumerate(rows, start=2 if cols else 1):
         if len(row) <= max(id_col, class_col):
             raise ProjectError(f"{path}: line {k} has {len(row)} column(s); expected 'image id, category'")
@@ -133,36 +152,84 @@ def import_csv(project: Project, csv_path: str | os.PathLike, *, create_classes:
                     names = [x.strip() for x in cell.split(sep)]
                     break
         names = [n for n in names if n]
+        if not names:
+            report.empty.append(row[id_col].strip())
+            continue
+        if iid in wanted:
+            if {n.casefold() for n in wanted[iid]} != {n.casefold() for n in names}:
+                conflicts.append(f"image '{iid}' has different classes on lines {where[iid]} and {k} "
+                                 f"({';'.join(wanted[iid])!r} vs {';'.join(names)!r})")
+            continue
         wanted[iid] = tuple(names)
+        where[iid] = k
         if split_col is not None and split_col < len(row):
             s = normalise_split_name(row[split_col])
             if s:
                 split[iid] = s
-    _apply_import(project, wanted, split, report, create_classes, str(path))
+    if conflicts:
+        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+        raise ProjectError(f"{path}: {conflicts[0]}{more}; nothing was imported, list each image once")
+    _apply_import(project, wanted, split, report, create_classes, str(path),
+                  {iid: f"line {k}" for iid, k in where.items()})
     return report
 
 
-def _apply_import(project: Project, wanted: dict[str, tuple[str, ...]], split: dict[str, str],
-                  report: ImportReport, create_classes: bool, origin: str) -> None:
-    """Create missing classes, write the labels (one undo step per class) and the predefined split."""
-    for names in wanted.values():
+def _resolve_names(project: Project, wanted: dict[str, tuple[str, ...]], create_classes: bool, origin: str,
+                   where: dict[str, str]) -> tuple[dict[str, tuple[str, ...]], list[str]]:
+    """Map names onto the project's classes (case-insensitive); check new ones. Changes nothing."""
+    known = {n.casefold(): n for n in project.class_names}
+    new: list[str] = []
+    out: dict[str, tuple[str, ...]] = {}
+    for iid, names in wanted.items():
+        mapped: list[str] = []
         for n in names:
-            if n not in project.class_names:
+            key = n.strip().casefold()
+            if key not in known:
                 if not create_classes:
                     raise ProjectError(f"{origin}: class {n!r} is not in the project; add it first")
-                project.add_class(n)
-                report.new_classes.append(n)
+                try:
+                    clean = validate_name(n)
+                except ClassNameError as exc:
+                    raise ProjectError(f"{origin}: {where.get(iid, iid)}: {exc}; nothing was imported") from None
+                known[key] = clean
+                new.append(clean)
+            if known[key] not in mapped:
+                mapped.append(known[key])
+        if len(mapped) > 1 and not project.multi_label:
+            raise ProjectError(f"{origin}: {where.get(iid, iid)} gives '{iid}' {len(mapped)} classes but the "
+                               "project is single-label; nothing was imported")
+        out[iid] = tuple(mapped)
+    return out, new
+
+
+def _apply_import(project: Project, wanted: dict[str, tuple[str, ...]], split: dict[str, str],
+                  report: ImportReport, create_classes: bool, origin: str,
+                  where: dict[str, str] | None = None) -> None:
+    """Check everything, create missing classes (one write), label (one undo step), save the split."""
+    wanted, new = _resolve_names(project, wanted, create_classes, origin, where or {})
+    changes = {}
+    for iid, names in wanted.items():
+        if project.labels(iid) == names:
+            report.unchanged += 1
+        else:
+            changes[iid] = names
+    project.check_targets(changes)
+    if new:
+        project.add_classes(new)
+        report.new_classes.extend(new)
     before = project.fsync
     project.fsync = False  # one sync at the end instead of one per file
     try:
-        by_labels: dict[tuple[str, ...], list[str]] = {}
-        for iid, names in wanted.items():
-            if project.labels(iid) == names:
-                report.unchanged += 1
-            else:
-                by_labels.setdefault(names, []).append(iid)
-        for names, ids in by_labels.items():
-            report.labelled += len(project.set_labels(ids, names, description="import", source="import"))
+        report.labelled += len(project.apply_labels(changes, description=f"import {Path(origin).name}",
+                                                     source="import"))
+    except ProjectError:
+        unused = [n for n in new if not project.ids_with_class(n)]
+        for n in unused:  # a failed import leaves no class behind
+            try:
+                project.remove_class(n)
+            except ProjectError:
+                break
+        raise
     finally:
         project.fsync = before
         if hasattr(os, "sync"):
@@ -178,7 +245,8 @@ def import_folders(project: Project, root: str | os.PathLike) -> ImportReport:
 
     ``root/train|val|test/<class>/<image>`` is understood too and becomes the predefined split.
     When ``root`` lies inside the project, its images are labelled in place; otherwise they are
-    copied into ``<project>/<root name>/...`` (never overwriting) and labelled there.
+    copied into ``<project>/<root name>/...`` (never overwriting) and labelled there. Every
+    class folder name is checked before anything is copied (all or nothing).
     """
     src = Path(root).expanduser().resolve()
     if not src.is_dir():
@@ -189,42 +257,64 @@ def import_folders(project: Project, root: str | os.PathLike) -> ImportReport:
     except ValueError:
         rel_root, inside = src.name, False
     found: list[tuple[Path, str, str | None]] = []  # (file, class, split)
-    for top in sorted(p for p in src.iterdir() if p.is_dir() and p.name not in SKIP_DIRS
+    for top in sorted(p for p in src.iterdir() if p.is_dir() and not p.is_symlink() and p.name not in SKIP_DIRS
                       and not p.name.startswith(".")):
         split_name = normalise_split_name(top.name)
-        class_dirs = ([d for d in sorted(top.iterdir()) if d.is_dir() and not d.name.startswith(".")]
-                      if split_name else [top])
+        class_dirs = ([d for d in sorted(top.iterdir()) if d.is_dir() and not d.is_symlink()
+                       and not d.name.startswith(".")] if split_name else [top])
         for cdir in class_dirs:
-            for f in sorted(cdir.rglob("*"), key=lambda p: natural_key(str(p))):
-                if f.is_file() and is_image_file(f) and not any(
-                        part in SKIP_DIRS or part.startswith(".") for part in f.relative_to(cdir).parts):
-                    found.append((f, cdir.name, split_name))
+            try:
+                validate_name(cdir.name)
+            except ClassNameError as exc:
+                raise ProjectError(f"{cdir}: the folder name is not a usable class name ({exc}); rename the "
+                                   "folder (nothing was imported)") from None
+            rel_files = scan_images(cdir)
+            for rel in rel_files:
+                found.append((cdir / rel, cdir.name, split_name))
     if not found:
         raise ProjectError(f"{src}: no images in class subfolders; expected {src}/<class>/<image>")
     report = ImportReport()
     if not inside:
-        for f, _, _ in found:
-            dest = f"{rel_root}/{f.relative_to(src).as_posix()}"
-            if not (project.root / dest).exists():
-                project.copy_image_in(f, dest)
-                report.copied += 1
+        copied: list[Path] = []
+        try:
+            for f, _, _ in found:
+                dest = f"{rel_root}/{f.relative_to(src).as_posix()}"
+                if not (project.root / dest).exists():
+                    project.copy_image_in(f, dest)
+                    copied.append(project.root / dest)
+        except (OSError, ProjectError) as exc:
+            for c in copied:  # all or nothing
+                try:
+                    c.unlink()
+                except OSError:
+                    pass
+            if isinstance(exc, ProjectError):
+                raise
+            raise ProjectError(f"cannot copy {f} into {project.root}: {exc.strerror or exc}; "
+                               "free some space or make the folder writable (nothing was imported)") from None
+        report.copied = len(copied)
         project.rescan()
     wanted: dict[str, tuple[str, ...]] = {}
     split: dict[str, str] = {}
     for f, cls, split_name in found:
         iid = f"{rel_root}/{f.relative_to(src).as_posix()}" if rel_root != "." else f.relative_to(src).as_posix()
-        if iid not in project.image_ids:
+        if iid not in project:
             report.unmatched.append(iid)
             continue
         wanted[iid] = (cls,)
         if split_name:
             split[iid] = split_name
-    _apply_import(project, wanted, split, report, True, str(src))
+    _apply_import(project, wanted, split, report, True, str(src), {i: f"folder of '{i}'" for i in wanted})
     return report
 
 
 def export_csv(project: Project, csv_path: str | os.PathLike, *, include_unlabelled: bool = False) -> int:
-    """Write ``image_id,class[,split]`` rows (multi-label classes joined by ``;``); returns rows written."""
+    """Write ``image_id,class[,split]`` rows (multi-label classes joined by ``;``); returns rows written.
+
+    A symlink is written through; a FIFO, device or folder, and the project's own files
+    (settings, label files, images) are refused with one line.
+    """
+    project.check_output_path(csv_path)
     split = project.predefined_split()
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
