@@ -5,36 +5,49 @@ name and version, backbone, classes, channels, input size, normalisation, the wh
 TrainConfig, the exact train/val/test image lists, metrics history, best epoch, package
 versions). ``checkpoint/last.safetensors`` + ``checkpoint/last.json`` hold the state of the
 last finished epoch (weights, optimizer tensors, schedule, history) for resuming.
+
+Both pairs are written by :func:`_save_pair`: weights to a pending file (fsynced), then the
+JSON naming their ``weights_id`` (fsynced, atomic), then the pending file replaces the weights
+file; readers pick the weights whose id the JSON names, so a kill at any point leaves the old
+or the new complete state. Non-finite weights are never written.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import math
 import os
 import platform
-import tempfile
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
 
-from ..core.atomic import atomic_write_text
-from ..core.errors import ModelFolderError
+from ..core.atomic import atomic_write_text, atomic_write_with
+from ..core.errors import CellclassError, ModelFolderError
 from .data import Normalisation
 
 from ..core.model_folder import (  # noqa: F401 - re-exported: the torch-free half of the model folder
     CONFIG_NAME,
     MODEL_FORMAT,
     MODEL_FORMAT_VERSION,
+    PENDING_WEIGHTS_NAME,
+    WEIGHTS_ID,
     WEIGHTS_NAME,
     read_model_config,
+    read_safetensors_metadata,
+    weights_path,
 )
 
 STATE_DIR = "checkpoint"
 STATE_WEIGHTS = "last.safetensors"
+STATE_PENDING = "last.pending.safetensors"
 STATE_JSON = "last.json"
 _PACKAGES = ("napari-cellclass", "torch", "torchvision", "timm", "numpy", "safetensors", "tifffile")
 
@@ -54,21 +67,143 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-# ---------------------------------------------------------------------------- safetensors I/O
-def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> None:
-    """Atomic safetensors write (temp file + os.replace); tensors are copied to contiguous CPU memory."""
-    from safetensors.torch import save_file
+# ---------------------------------------------------------------------------- checks
+def non_finite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of floating-point tensors holding NaN or infinity."""
+    return [k for k, v in tensors.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+
+def _refuse_non_finite(where: Path, tensors: dict[str, torch.Tensor]) -> None:
+    bad = non_finite_tensors(tensors)
+    if bad:
+        raise ModelFolderError(f"{where}: not saved, {len(bad)} tensor(s) hold non-finite values (NaN or "
+                               f"infinity, e.g. {bad[0]}): the training diverged; train again with a lower "
+                               "learning rate")
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (_dt.date, _dt.time)):
+        return obj.isoformat()
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def to_json_text(data: dict[str, Any], indent: int | None = None) -> str:
+    """Strict JSON (no NaN/infinity: written as null) for model folders; TypeError for other objects."""
+    return json.dumps(_finite_or_none(data), indent=indent, ensure_ascii=False, default=_json_default,
+                      allow_nan=False) + "\n"
+
+
+def _finite_or_none(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------------------- safetensors I/O
+def _save_error(folder: Path, exc: BaseException) -> ModelFolderError:
+    """One line for a failed write (full disk, no permission, ...)."""
+    msg = " ".join(str(exc).split())
+    low = msg.lower()
+    if isinstance(exc, OSError):
+        reason = exc.strerror or type(exc).__name__
+    else:
+        reason = msg
+    if "no space" in low or "storagefull" in low or "code: 28" in low or getattr(exc, "errno", None) == 28:
+        return ModelFolderError(f"{folder}: cannot save the model (no space left on device); free some disk space "
+                                "and train again (or resume)")
+    if isinstance(exc, PermissionError) or "permission denied" in low or "read-only" in low:
+        return ModelFolderError(f"{folder}: cannot save the model (permission denied); choose a writable --out "
+                                "folder")
+    return ModelFolderError(f"{folder}: cannot save the model ({reason}); check the folder and disk")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make renames in ``folder`` durable (where the platform allows it)."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _tensor_writer(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Callable[[IO], None]:
+    from safetensors.torch import save
+
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=".cellclass-tmp-", suffix=".safetensors", dir=path.parent)
-    os.close(fd)
+
+    def write(fh: IO) -> None:
+        fh.write(save(clean, metadata=meta))
+
+    return write
+
+
+def _save_pair(folder: Path, weights: str, pending: str, tensors: dict[str, torch.Tensor],
+               tensor_meta: dict[str, str], json_name: str, data: dict[str, Any], *, indent: int | None) -> str:
+    """Write weights + JSON so that readers see the old or the new pair; returns the new weights id.
+
+    1. the weights go to ``pending`` (fsynced); 2. the JSON naming their id replaces the old one
+    (fsynced); 3. ``pending`` replaces ``weights``. A leftover of a killed save is completed
+    (when the JSON names it) or removed first. Errors are one-line :class:`ModelFolderError`.
+    """
+    from safetensors import SafetensorError
+
+    folder = Path(folder)
+    _refuse_non_finite(folder / weights, tensors)
+    wid = uuid.uuid4().hex
     try:
-        save_file(clean, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        text = to_json_text({**data, WEIGHTS_ID: wid}, indent)
+    except (TypeError, ValueError) as exc:
+        raise ModelFolderError(f"{folder / json_name}: cannot be saved ({exc}); use plain values (text, numbers, "
+                               "lists) in the settings") from None
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _finish_pending(folder, weights, pending, json_name)
+        atomic_write_with(folder / pending, _tensor_writer(tensors, {**tensor_meta, WEIGHTS_ID: wid}), fsync=True)
+        try:
+            atomic_write_text(folder / json_name, text, fsync=True)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(folder / pending)  # not named by any JSON: the old pair stays as it was
+            raise
+        os.replace(folder / pending, folder / weights)
+        _fsync_dir(folder)
+    except (OSError, CellclassError, SafetensorError, RuntimeError, MemoryError) as exc:
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: a folder we made and could not fill
+        if isinstance(exc, ModelFolderError):
+            raise
+        raise _save_error(folder, exc) from None
+    return wid
+
+
+def _finish_pending(folder: Path, weights: str, pending: str, json_name: str) -> None:
+    """Complete (JSON names the pending weights) or drop (it does not) what a killed save left."""
+    path = folder / pending
+    if not path.exists():
+        return
+    try:
+        named = json.loads((folder / json_name).read_text(encoding="utf-8")).get(WEIGHTS_ID)
+        mine = read_safetensors_metadata(path).get(WEIGHTS_ID)
+    except (OSError, ValueError, AttributeError, ModelFolderError):
+        named = mine = None
+    if named is not None and named == mine:
+        os.replace(path, folder / weights)
+    else:
+        path.unlink()
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -83,31 +218,56 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
                                "copy it again") from None
 
 
+def save_model_folder(folder: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> str:
+    """Write ``model.safetensors`` and ``config.json`` as one step (see :func:`_save_pair`); returns the weights id."""
+    data = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, **meta,
+            "package_versions": package_versions(), "saved": now_iso()}
+    return _save_pair(Path(folder), WEIGHTS_NAME, PENDING_WEIGHTS_NAME, model.state_dict(),
+                      {"format": MODEL_FORMAT}, CONFIG_NAME, data, indent=1)
+
+
 def save_weights(folder: Path, model: nn.Module) -> Path:
-    """Write the model's state dict to ``folder/model.safetensors``."""
-    path = Path(folder) / WEIGHTS_NAME
-    _write_safetensors(path, model.state_dict(), {"format": MODEL_FORMAT})
+    """Write only ``folder/model.safetensors`` (a folder without ``config.json``; non-finite weights refused).
+
+    A complete model folder is written with :func:`save_model_folder`.
+    """
+    folder = Path(folder)
+    path = folder / WEIGHTS_NAME
+    state = model.state_dict()
+    _refuse_non_finite(path, state)
+    from safetensors import SafetensorError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_with(path, _tensor_writer(state, {"format": MODEL_FORMAT}), fsync=True)
+    except (OSError, CellclassError, SafetensorError, RuntimeError) as exc:
+        raise _save_error(folder, exc) from None
     return path
 
 
 def write_model_config(folder: Path, meta: dict[str, Any]) -> Path:
-    """Write ``config.json`` (adds the format name, version, versions and a timestamp)."""
+    """Rewrite ``config.json`` of a saved model (same weights: their ``weights_id`` is kept).
+
+    Adds the format name, version, package versions and a timestamp.
+    """
+    folder = Path(folder)
+    path = folder / CONFIG_NAME
     data = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, **meta,
             "package_versions": package_versions(), "saved": now_iso()}
-    path = Path(folder) / CONFIG_NAME
-    atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False, default=_json_default) + "\n",
-                      fsync=False)
+    if WEIGHTS_ID not in data and path.exists():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            old = json.loads(path.read_text(encoding="utf-8")).get(WEIGHTS_ID)
+            if old is not None:
+                data[WEIGHTS_ID] = old
+    try:
+        text = to_json_text(data, 1)
+    except (TypeError, ValueError) as exc:
+        raise ModelFolderError(f"{path}: cannot be saved ({exc}); use plain values in the settings") from None
+    try:
+        atomic_write_text(path, text, fsync=True)
+    except (OSError, CellclassError) as exc:
+        raise _save_error(folder, exc) from None
     return path
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
 # ---------------------------------------------------------------------------- reading a folder
@@ -207,12 +367,22 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
     ------
     ModelFolderError
         For a missing folder or file, a folder from another tool, an older or newer format,
-        or weights that do not match the description (altered shapes).
+        a damaged ``config.json``, weights that do not match the description (altered shapes,
+        another save's weights) or hold NaN/infinity.
     """
     folder = Path(folder).expanduser().resolve()
     cfg = read_model_config(folder)
-    model = build_from_config(cfg)
-    load_state_checked(model, _read_safetensors(folder / WEIGHTS_NAME), folder / WEIGHTS_NAME)
+    try:
+        model = build_from_config(cfg)
+    except CellclassError as exc:  # a backbone or head this version does not know
+        raise ModelFolderError(f"{folder / CONFIG_NAME}: {exc}") from None
+    path = weights_path(folder, cfg)
+    state = _read_safetensors(path)
+    bad = non_finite_tensors(state)
+    if bad:
+        raise ModelFolderError(f"{path}: {len(bad)} tensor(s) hold non-finite values (NaN or infinity, e.g. "
+                               f"{bad[0]}): the training diverged; retrain with a lower learning rate")
+    load_state_checked(model, state, path)
     model.eval().to(device)
     return TrainedModel(model, folder, cfg)
 
@@ -233,31 +403,45 @@ def _split_optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.
 
 def save_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                         state: dict[str, Any]) -> Path:
-    """Write ``checkpoint/last.safetensors`` (model + optimizer tensors) and ``last.json``."""
+    """Write ``checkpoint/last.safetensors`` (model + optimizer tensors) and ``last.json`` as one step."""
     d = Path(folder) / STATE_DIR
     opt_tensors, opt_json = _split_optimizer_state(optimizer)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update(opt_tensors)
-    _write_safetensors(d / STATE_WEIGHTS, tensors, {"format": MODEL_FORMAT + "/state"})
     data = {"format": MODEL_FORMAT + "/state", "format_version": MODEL_FORMAT_VERSION,
             "optimizer": opt_json, **state, "saved": now_iso()}
-    atomic_write_text(d / STATE_JSON, json.dumps(data, default=_json_default) + "\n", fsync=False)
+    _save_pair(d, STATE_WEIGHTS, STATE_PENDING, tensors, {"format": MODEL_FORMAT + "/state"}, STATE_JSON, data,
+               indent=None)
     return d
 
 
 def read_training_state(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The resume state of a model folder (JSON part, tensors)."""
+    """The resume state of a model folder (JSON part, and the tensors saved with it)."""
     d = Path(folder) / STATE_DIR
     path = d / STATE_JSON
-    if not path.exists() or not (d / STATE_WEIGHTS).exists():
+    if not path.exists() or not ((d / STATE_WEIGHTS).exists() or (d / STATE_PENDING).exists()):
         raise ModelFolderError(f"{folder}: nothing to resume (no {STATE_DIR}/{STATE_JSON}); train without resume")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelFolderError(f"{path}: unreadable ({exc}); train without resume") from None
-    if data.get("format") != MODEL_FORMAT + "/state" or data.get("format_version") != MODEL_FORMAT_VERSION:
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ModelFolderError(f"{path}: unreadable ({' '.join(str(exc).split())}); train without resume") from None
+    if (not isinstance(data, dict) or data.get("format") != MODEL_FORMAT + "/state"
+            or data.get("format_version") != MODEL_FORMAT_VERSION):
         raise ModelFolderError(f"{path}: not a resumable napari-cellclass state of this version; train without resume")
-    return data, _read_safetensors(d / STATE_WEIGHTS)
+    wanted = data.get(WEIGHTS_ID)
+    chosen = d / STATE_WEIGHTS
+    if wanted is not None:
+        ids = {p: read_safetensors_metadata(p).get(WEIGHTS_ID) for p in (d / STATE_WEIGHTS, d / STATE_PENDING)
+               if p.exists()}
+        match = [p for p, found in ids.items() if found == wanted]
+        if match:
+            chosen = match[0]
+        elif ids.get(chosen, "") is not None:  # another save's weights (a file without an id: shapes checked)
+            raise ModelFolderError(f"{d}: {STATE_WEIGHTS} does not belong to {STATE_JSON} (altered or mixed); "
+                                   "train without resume")
+    elif not chosen.exists():
+        raise ModelFolderError(f"{folder}: nothing to resume (no {STATE_DIR}/{STATE_WEIGHTS}); train without resume")
+    return data, _read_safetensors(chosen)
 
 
 def restore_training_state(model: nn.Module, optimizer: torch.optim.Optimizer, data: dict[str, Any],

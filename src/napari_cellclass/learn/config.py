@@ -6,6 +6,7 @@ minute); on a GPU raise ``input_size``, ``batch_size`` and pick a bigger backbon
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import json
 import math
 import os
@@ -173,6 +174,7 @@ class TrainConfig:
             raise ConfigError(f"channels_last={self.channels_last!r} is not allowed; use true, false or null")
         if not isinstance(self.extra, dict):
             raise ConfigError("extra must be a mapping")
+        self.extra = _plain(self.extra, "extra")
         return self
 
     # ------------------------------------------------------------------ derived values
@@ -257,6 +259,28 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes)
+
+
+def _plain(value: Any, where: str) -> Any:
+    """``value`` as plain JSON data (dates and times become ISO-8601 text); ConfigError otherwise.
+
+    The settings are saved in the model's ``config.json``: a value JSON cannot hold would
+    otherwise only fail after the first epoch.
+    """
+    if isinstance(value, (_dt.date, _dt.time)):  # YAML reads 2020-01-01 as a date
+        return value.isoformat()
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}={value!r} cannot be saved with the model; use a finite number or text")
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise ConfigError(f"{where}={value!r} cannot be saved with the model ({type(value).__name__}); "
+                      "use text, numbers, lists or mappings")
 
 
 def _int(cfg: TrainConfig, name: str, lo: int, hi: int) -> None:

@@ -1,0 +1,192 @@
+"""Model folders are written so that a reader (load_model, --resume) sees the old complete state or
+the new one, never a mix; a full disk is one line and leaves the previous state; settings that
+cannot be saved are refused before training."""
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import json
+import os
+
+import pytest
+import torch
+
+from napari_cellclass.core.errors import ConfigError, ModelFolderError, TrainingError
+from napari_cellclass.learn import EpochEnd, load_model, run_training, train
+from napari_cellclass.learn import checkpoint as ckpt
+from napari_cellclass.learn.config import TrainConfig
+from napari_cellclass.learn.models import build_model
+
+META = {"backbone": "mobilenetv3_small_050", "in_chans": 1, "input_size": 32, "multi_label": False,
+        "normalisation": {"scaling": "dtype", "mean": [0.5], "std": [0.25], "source": "dataset"},
+        "train_config": {"head": "pool", "dropout": 0.2}}
+
+
+def _model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model, _ = build_model("mobilenetv3_small_050", 2, in_chans=1)
+    return model
+
+
+def _meta(epoch: int) -> dict:
+    return {**META, "classes": ["a", "b"], "best_epoch": epoch}
+
+
+def _same(model: torch.nn.Module, other: torch.nn.Module) -> bool:
+    a, b = model.state_dict(), other.state_dict()
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _Kill(BaseException):
+    """Stands for SIGKILL: nothing after it runs (not even except-Exception handlers)."""
+
+
+def _kill_at(monkeypatch, n: int) -> None:
+    """Let ``n`` calls of os.replace happen, then "kill" the process at the next one."""
+    real = os.replace
+    calls = {"n": 0}
+
+    def replace(src, dst):
+        if calls["n"] >= n:
+            raise _Kill
+        calls["n"] += 1
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+@pytest.mark.parametrize("survive", [0, 1, 2, 3])
+def test_a_kill_between_the_writes_leaves_the_old_or_the_new_model(tmp_path, monkeypatch, survive):
+    folder = tmp_path / "m"
+    old, new = _model(1), _model(2)
+    ckpt.save_model_folder(folder, old, _meta(1))
+    with monkeypatch.context() as mp:
+        _kill_at(mp, survive)
+        try:
+            ckpt.save_model_folder(folder, new, _meta(2))
+        except _Kill:
+            pass
+    loaded = load_model(folder)
+    epoch = loaded.config["best_epoch"]
+    assert _same(loaded.model, old if epoch == 1 else new), f"weights do not belong to epoch {epoch}"
+    # the next save completes or drops what the killed one left
+    ckpt.save_model_folder(folder, _model(3), _meta(3))
+    loaded = load_model(folder)
+    assert loaded.config["best_epoch"] == 3 and _same(loaded.model, _model(3))
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_mixed_weights_and_config_are_refused(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    ckpt.save_model_folder(a, _model(1), _meta(1))
+    ckpt.save_model_folder(b, _model(2), _meta(2))
+    (a / "model.safetensors").write_bytes((b / "model.safetensors").read_bytes())
+    with pytest.raises(ModelFolderError, match="do not belong to config.json"):
+        load_model(a)
+
+
+def _optimizer(model):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.eval()  # running statistics untouched; the weights take one step
+    model(torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))).sum().backward()
+    opt.step()
+    return opt
+
+
+@pytest.mark.parametrize("survive", [0, 1, 2, 3])
+def test_a_kill_between_the_state_writes_never_resumes_on_the_wrong_weights(tmp_path, monkeypatch, survive):
+    folder = tmp_path / "m"
+    old, new = _model(1), _model(2)
+    ckpt.save_training_state(folder, old, _optimizer(old), {"epoch": 1})
+    with monkeypatch.context() as mp:
+        _kill_at(mp, survive)
+        try:
+            ckpt.save_training_state(folder, new, _optimizer(new), {"epoch": 2})
+        except _Kill:
+            pass
+    data, tensors = ckpt.read_training_state(folder)
+    expected = old if data["epoch"] == 1 else new
+    for k, v in expected.state_dict().items():
+        assert torch.equal(tensors["model." + k], v), f"state of epoch {data['epoch']} has other weights"
+
+
+def _enospc(*_a, **_k):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_on_a_new_folder_is_one_line_and_leaves_nothing(tiny_sample, fast_config, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.setattr(os, "fsync", _enospc)
+    with pytest.raises(ModelFolderError, match="free some disk space") as info:
+        train(tiny_sample, fast_config(epochs=1), tmp_path / "m")
+    assert str(tmp_path / "m") in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_full_disk_keeps_the_previous_model(tmp_path, monkeypatch):
+    folder = tmp_path / "m"
+    old = _model(1)
+    ckpt.save_model_folder(folder, old, _meta(1))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    monkeypatch.setattr(os, "fsync", _enospc)
+    with pytest.raises(ModelFolderError, match="free some disk space"):
+        ckpt.save_model_folder(folder, _model(2), _meta(2))
+    with pytest.raises(ModelFolderError, match="free some disk space"):
+        ckpt.save_training_state(folder, old, _optimizer(old), {"epoch": 2})
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    assert _same(load_model(folder).model, _model(1))
+
+
+def test_safetensors_error_is_one_line(tmp_path, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def broken(*_a, **_k):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                              'message: "No space left on device" })')
+
+    monkeypatch.setattr(safetensors.torch, "save", broken)
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with pytest.raises(ModelFolderError, match="free some disk space") as info:
+        ckpt.save_model_folder(tmp_path / "m", _model(1), _meta(1))
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "m" / "model.safetensors").exists()
+
+
+def test_dates_in_extra_become_iso_strings_and_unsavable_values_are_refused(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("extra: {when: 2020-01-01, at: 2020-01-01 10:00:00, tags: [a, b]}\n")
+    cfg = TrainConfig.from_file(path)
+    assert cfg.extra["when"] == "2020-01-01" and cfg.extra["at"].startswith("2020-01-01T10:00")
+    json.dumps(cfg.to_dict())
+    with pytest.raises(ConfigError, match=r"extra\.thing"):
+        TrainConfig(extra={"thing": object()})
+    with pytest.raises(ConfigError, match="extra"):
+        TrainConfig(extra={"x": float("nan")})
+    assert TrainConfig(extra={"d": dt.date(2021, 2, 3)}).extra == {"d": "2021-02-03"}
+
+
+def test_settings_that_cannot_be_saved_fail_before_the_first_epoch(tiny_sample, fast_config, tmp_path,
+                                                                 monkeypatch):
+    from napari_cellclass.learn.engine import Trainer
+
+    original = Trainer._meta
+    monkeypatch.setattr(Trainer, "_meta", lambda self: {**original(self), "odd": object()})
+    seen = []
+    with pytest.raises(TrainingError, match="cannot be saved"):
+        for ev in run_training(tiny_sample, fast_config(epochs=1), tmp_path / "m"):
+            seen.append(ev)
+    assert not any(isinstance(e, EpochEnd) for e in seen)
+    assert not (tmp_path / "m").exists()
+
+
+def test_yaml_dates_train_end_to_end(tiny_sample, tmp_path, capsys):
+    from napari_cellclass.cli import main
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("extra: {when: 2020-01-01}\nepochs: 1\nbackbone: mobilenetv3_small_050\ninput_size: 32\n"
+                   "batch_size: 8\ndevice: cpu\n")
+    code = main(["train", str(tiny_sample.root), "--config", str(cfg), "--out", str(tmp_path / "m"), "--json"])
+    assert code == 0, capsys.readouterr().err
+    assert load_model(tmp_path / "m").config["train_config"]["extra"] == {"when": "2020-01-01"}
