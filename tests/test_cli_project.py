@@ -91,7 +91,7 @@ def test_console_script_help_and_folders_import(tmp_path):
 ])
 def test_info_on_a_bad_settings_file_is_one_line(tmp_path, capsys, body, words):
     (tmp_path / "cellclass.json").write_text(body)
-    code, out, err = run(capsys, "info", str(tmp_path))
+    code, _, err = run(capsys, "info", str(tmp_path))
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and words in lines[0] and "cellclass.json" in lines[0]
     assert "Traceback" not in err

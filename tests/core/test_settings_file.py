@@ -164,7 +164,7 @@ def test_failed_write_leaves_memory_and_files_unchanged(tmp_path, monkeypatch, a
 
 
 def test_rename_failing_midway_is_rolled_back(tmp_path, monkeypatch):
-    import napari_cellclass.core.atomic as atomic
+    from napari_cellclass.core import atomic
 
     _pngs(tmp_path)
     p = Project.open(tmp_path)
@@ -205,3 +205,11 @@ def test_update_settings_refuses_values_json_cannot_store(tmp_path):
 
 def test_errors_are_cellclass_errors():
     assert issubclass(ClassNameError, CellclassError)
+
+
+def test_rescan_keeps_an_unsaved_multi_label_flag(tmp_path):
+    _pngs(tmp_path)
+    p = Project.open(tmp_path, multi_label=True)
+    p.rescan()
+    p.add_class("a")
+    assert p.multi_label and json.loads((tmp_path / "cellclass.json").read_text())["multi_label"] is True

@@ -11,7 +11,19 @@ from .sidecars import read_sidecar, sidecar_path
 from .splits import Split, stratified_split
 
 __all__ = [
-    "DEFAULT_PALETTE", "ClassInfo", "CellclassError", "ClassNameError", "ImageReadError", "ProjectError",
-    "IMAGE_SUFFIXES", "ImageData", "read_image", "Project", "looks_like_project", "read_sidecar", "sidecar_path", "Split",
+    "DEFAULT_PALETTE",
+    "IMAGE_SUFFIXES",
+    "CellclassError",
+    "ClassInfo",
+    "ClassNameError",
+    "ImageData",
+    "ImageReadError",
+    "Project",
+    "ProjectError",
+    "Split",
+    "looks_like_project",
+    "read_image",
+    "read_sidecar",
+    "sidecar_path",
     "stratified_split",
 ]

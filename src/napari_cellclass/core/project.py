@@ -250,8 +250,10 @@ class Project:
             self._commit()
         except ProjectError as exc:
             self.problems.append(f"could not finish renaming {', '.join(map(repr, self._pending))}: {exc}")
+            self._pending_clear -= set(self._pending)  # keep the note until the sidecars are rewritten
         else:
             self._stale_sidecars.clear()
+            self._pending.clear()
 
     # ------------------------------------------------------------------ cellclass.json
     def _commit(self, *, classes: Sequence[ClassInfo] | None = None, multi_label: bool | None = None,
@@ -312,14 +314,14 @@ class Project:
             gone = set(base_settings) - set(public)
             out_settings = {k: v for k, v in disk.settings.items() if k not in gone}
             out_settings.update({k: v for k, v in public.items()
-                                 if k not in base_settings or base_settings[k] != v or k not in disk.settings})
+                                 if k not in base_settings or base_settings[k] != v})
             out_multi = multi if base is None or multi != base.multi_label else disk.multi_label
         source = disk.raw if disk is not None else (base.raw if base is not None else {})
         extras = {}
         for entry in source.get("classes", []) if isinstance(source.get("classes"), list) else []:
             if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-                extras[entry["name"].strip().casefold()] = {k: v for k, v in entry.items()
-                                                            if k not in ("name", "color")}
+                extras.setdefault(entry["name"].strip().casefold(),
+                                  {k: v for k, v in entry.items() if k not in ("name", "color")})
         raw: dict[str, Any] = {
             "format": CONFIG_FORMAT,
             "version": CONFIG_VERSION,
@@ -932,7 +934,7 @@ class Project:
 
     def rescan(self) -> None:
         """List the folder again (after files were added or removed); labels are reloaded."""
-        fresh = Project.open(self.root, fsync=self.fsync)
+        fresh = Project.open(self.root, fsync=self.fsync, multi_label=self.multi_label)
         undo, listeners = self._undo, self._listeners
         self.__dict__.update(fresh.__dict__)
         self._undo, self._listeners = undo, listeners
