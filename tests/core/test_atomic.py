@@ -78,3 +78,22 @@ def test_replace_keeps_the_existing_mode(tmp_path):
     finally:
         os.umask(old)
     assert f.read_text() == "new" and stat.S_IMODE(os.stat(f).st_mode) == 0o664
+
+
+def test_lock_falls_back_when_locking_is_not_available(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from napari_cellclass.core.atomic import file_lock
+
+    with file_lock(tmp_path / ".lock") as held:
+        assert held
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with file_lock(tmp_path / ".lock") as held:
+        assert not held
+    with file_lock(tmp_path / "missing-folder" / ".lock") as held:
+        assert not held

@@ -242,3 +242,25 @@ def test_looks_like_project(tmp_path):
     (other / "cellclass.json").write_text("{}")
     assert looks_like_project(other)
     assert not looks_like_project(tmp_path / "notes.txt") and not looks_like_project(tmp_path / "nope")
+
+
+def test_label_link_out_of_the_project_is_not_written_through(tmp_path):
+    proj = tmp_path / "proj"
+    _project(proj)
+    outside = tmp_path / "outside.npz"
+    write_sidecar(outside, "img2.png", ("negative control",))
+    precious = outside.read_bytes()
+    (proj / "cellclass_labels" / "img2.npz").symlink_to(outside)
+    q = Project.open(proj)
+    assert q.labels("img2.png") == ("negative control",)
+    with pytest.raises(ProjectError, match="outside the project"):
+        q.assign("img2.png", "positive control")
+    assert outside.read_bytes() == precious and q.labels("img2.png") == ("negative control",)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_settings_file_that_is_a_fifo_is_refused_without_hanging(tmp_path):
+    _png(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "cellclass.json")
+    with pytest.raises(ProjectError, match="not a regular file"):
+        Project.open(tmp_path)

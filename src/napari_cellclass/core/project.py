@@ -846,6 +846,7 @@ class Project:
         """Write (or delete, when ``classes`` is empty) the sidecar of ``iid``; update memory."""
         path = self.root / iid
         sc = sidecar_path(path)
+        self._check_inside(sc)
         if classes:
             data = raw if raw is not None else encode_sidecar(path.name, classes, source)
             atomic_write_bytes(sc, data, fsync=self.fsync)
@@ -858,6 +859,13 @@ class Project:
             except OSError as exc:
                 raise ProjectError(f"cannot remove {sc}: {exc.strerror}; make the folder writable") from None
             self._labels.pop(iid, None)
+
+    def _check_inside(self, sc: Path) -> None:
+        """Never write or delete a label file through a link that leads out of the project."""
+        real = os.path.realpath(sc)
+        if os.path.commonpath([real, str(self.root)]) != str(self.root):
+            raise ProjectError(f"{sc} is a link to {real}, outside the project; replace the link with "
+                               "a regular file to label this image")
 
     def clear_history(self) -> None:
         """Forget all undo steps (e.g. after a scripted bulk import)."""
