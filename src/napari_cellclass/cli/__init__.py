@@ -1,6 +1,7 @@
 """The ``napari-cellclass`` command line: one subcommand per job, ``--json`` on each.
 
-Exit codes: 0 success, 2 bad input (one human line on stderr, no traceback), 130 interrupted.
+Exit codes: 0 success, 2 bad input (one human line on stderr, no traceback) or a result that
+could not be saved (a handler's result with ``"ok": false``), 130 interrupted.
 """
 from __future__ import annotations
 
@@ -70,10 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.handler(args)
-        return 0
+        result = args.handler(args)
+        return 2 if isinstance(result, dict) and result.get("ok") is False else 0
     except CellclassError as exc:
-        _fail(args, str(exc))
+        _fail(args, str(exc), getattr(exc, "details", None))
         return 2
     except KeyboardInterrupt:
         _fail(args, "interrupted")
@@ -85,11 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _fail(args: argparse.Namespace, message: str) -> None:
+def _fail(args: argparse.Namespace, message: str, details: dict[str, Any] | None = None) -> None:
+    """One error line on stderr; with ``--json`` also ``{"ok": false, "error": ..., **details}`` on stdout."""
     line = " ".join(message.split())
     print(f"{PROG}: error: {line}", file=sys.stderr)
     if getattr(args, "json", False):
-        print(json.dumps({"ok": False, "error": line}))
+        extra = details if isinstance(details, dict) else {}
+        print(json.dumps({**extra, "ok": False, "error": line}, ensure_ascii=False, default=str))
 
 
 def stderr_progress(label: str) -> Callable[[int, int], None]:

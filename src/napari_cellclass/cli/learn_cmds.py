@@ -194,9 +194,16 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     result = predict(args.model, args.folder, all_images=args.all, tta=args.tta, batch_size=args.batch_size,
                      device=args.device, csv=args.csv, progress=stderr_progress("predicting"))
     out = {"ok": True, **result.to_dict(), "csv": args.csv, "tta": args.tta}
+    if result.stored_in:
+        out["stored_in"] = result.stored_in
     target = Path(args.folder)
-    if target.is_dir() and (target / "cellclass.json").exists():
-        out["stored_in"] = str(target / "cellclass_predictions.csv")
+    in_project = target.is_dir() and (target / "cellclass.json").exists()
+    if in_project and len(result) and not result.stored_in and not args.csv:
+        # nothing could be saved: the results still go to stdout, the exit code says it failed
+        out["ok"] = False
+        out["error"] = " ".join(result.warnings[0].split()) if result.warnings else "the predictions were not saved"
+    for w in result.warnings if out["ok"] else result.warnings[1:]:
+        _err(f"warning: {' '.join(w.split())}")
     if args.truth:
         truth = read_truth(args.truth)
         pairs = [(truth[i], p) for i, p in zip(result.ids, result.top_class) if i in truth]
@@ -224,6 +231,10 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
         return "\n".join(lines)
 
     emit(args, out, human)
+    if not out["ok"]:
+        from . import PROG
+
+        _err(f"{PROG}: error: {out['error']}")
     return out
 
 

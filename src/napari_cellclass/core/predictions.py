@@ -11,7 +11,9 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import io
+import math
 import os
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,50 +88,139 @@ def to_csv_text(predictions: Iterable[Prediction]) -> str:
     return buf.getvalue()
 
 
-def read_predictions_csv(path: str | os.PathLike) -> dict[str, Prediction]:
-    """``{image_id: Prediction}`` from a predictions CSV (empty when the file does not exist)."""
+def meets_confidence(prediction: Prediction, min_confidence: float, max_confidence: float = 1.0) -> bool:
+    """True when the prediction's confidence lies in ``[min_confidence, max_confidence]``.
+
+    A NaN or infinite confidence (a broken model) never passes, whatever the bounds.
+    """
+    c = prediction.confidence
+    return isinstance(c, (int, float)) and math.isfinite(c) and min_confidence <= c <= max_confidence
+
+
+def filter_by_confidence(predictions: Iterable[Prediction] | Mapping[str, Prediction], min_confidence: float = 0.0,
+                         max_confidence: float = 1.0) -> list[Prediction]:
+    """The predictions whose confidence lies in the range (NaN never does), in their order."""
+    items = predictions.values() if isinstance(predictions, Mapping) else predictions
+    return [p for p in items if meets_confidence(p, min_confidence, max_confidence)]
+
+
+def _finite(value: str | None, what: str) -> float:
+    x = float(value)  # ValueError for text
+    if not math.isfinite(x):
+        raise ValueError(f"{what} {value!r} is not a finite number")
+    if not 0.0 <= x <= 1.0:
+        raise ValueError(f"{what} {value!r} is not a probability")
+    return x
+
+
+def read_predictions_csv(path: str | os.PathLike, problems: list[str] | None = None) -> dict[str, Prediction]:
+    """``{image_id: Prediction}`` from a predictions CSV (empty when the file does not exist).
+
+    A UTF-8 byte-order mark is accepted. A row with a bad value (text or NaN where a
+    probability belongs, a missing id) is skipped; each skipped row is described in
+    ``problems`` when a list is given. A file that is not a predictions table at all raises
+    :class:`ProjectError`.
+    """
     path = Path(path)
     if not path.exists():
         return {}
     out: dict[str, Prediction] = {}
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             fields = reader.fieldnames or []
             if "image_id" not in fields or "predicted" not in fields:
                 raise ProjectError(f"{path}: not a predictions file (needs image_id and predicted columns)")
             classes = [f[len(PROB_PREFIX):] for f in fields if f.startswith(PROB_PREFIX)]
             for row in reader:
-                probs = {c: float(row[PROB_PREFIX + c]) for c in classes if row.get(PROB_PREFIX + c) not in (None, "")}
-                pred = tuple(c for c in (row.get("predicted") or "").split(";") if c)
-                out[row["image_id"]] = Prediction(row["image_id"], pred, float(row.get("confidence") or 0.0),
-                                                  probs, row.get("model", ""), row.get("timestamp", ""))
-    except (OSError, UnicodeDecodeError, csv.Error, ValueError, KeyError) as exc:
-        raise ProjectError(f"{path}: cannot read the predictions ({exc}); delete the file to start afresh") from None
+                iid = (row.get("image_id") or "").strip()
+                try:
+                    if not iid:
+                        raise ValueError("no image id")
+                    probs = {c: _finite(row[PROB_PREFIX + c], f"p:{c}") for c in classes
+                             if row.get(PROB_PREFIX + c) not in (None, "")}
+                    pred = tuple(c for c in (row.get("predicted") or "").split(";") if c)
+                    conf = _finite(row.get("confidence") or "0", "confidence")
+                except (ValueError, TypeError) as exc:
+                    if problems is not None:
+                        problems.append(f"{path}: line {reader.line_num} ({iid or 'no id'}) skipped: {exc}")
+                    continue
+                out[iid] = Prediction(iid, pred, conf, probs, row.get("model") or "", row.get("timestamp") or "")
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ProjectError(f"{path}: cannot read the predictions ({' '.join(str(exc).split())}); delete the file "
+                           "to start afresh") from None
     return out
 
 
-def read_predictions(root: str | os.PathLike) -> dict[str, Prediction]:
-    """The stored predictions of a project (``{image_id: Prediction}``)."""
-    return read_predictions_csv(predictions_path(root))
+def read_predictions(root: str | os.PathLike, problems: list[str] | None = None) -> dict[str, Prediction]:
+    """The stored predictions of a project (``{image_id: Prediction}``; bad rows skipped, see
+    :func:`read_predictions_csv`)."""
+    return read_predictions_csv(predictions_path(root), problems)
 
 
-def write_predictions(root: str | os.PathLike, predictions: Iterable[Prediction], *, replace: bool = False) -> Path:
+def _check_finite(predictions: Iterable[Prediction]) -> list[Prediction]:
+    items = list(predictions)
+    for p in items:
+        values = [p.confidence, *p.probabilities.values()]
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            raise ProjectError(f"{p.image_id}: refusing to store non-finite (NaN or infinite) predictions; the model "
+                               "is broken, retrain it with a lower learning rate")
+    return items
+
+
+def _move_aside(path: Path, copy: bool = False) -> Path:
+    """Rename (or copy) a damaged predictions file to ``cellclass_predictions.damaged-<time>.csv``."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    dest = path.with_name(f"{path.stem}.damaged-{stamp}{path.suffix}")
+    n = 2
+    while dest.exists():
+        dest = path.with_name(f"{path.stem}.damaged-{stamp}-{n}{path.suffix}")
+        n += 1
+    try:
+        if copy:
+            shutil.copy2(path, dest)
+        else:
+            os.replace(path, dest)
+    except OSError as exc:
+        raise ProjectError(f"{path}: damaged and cannot be moved aside ({exc.strerror or exc}); delete or fix "
+                           "the file") from None
+    return dest
+
+
+def write_predictions(root: str | os.PathLike, predictions: Iterable[Prediction], *, replace: bool = False,
+                      problems: list[str] | None = None) -> Path:
     """Store predictions in ``<project>/cellclass_predictions.csv`` (atomic; labels untouched).
 
-    Rows of other images are kept unless ``replace`` is True.
+    Rows of other images are kept unless ``replace`` is True. A stored file that cannot be
+    read, or has bad rows, never blocks the write: it is moved aside (kept as
+    ``cellclass_predictions.damaged-<time>.csv``) and what was readable is merged; both are
+    described in ``problems`` when a list is given. NaN or infinite values are refused.
     """
     path = predictions_path(root)
-    merged: dict[str, Prediction] = {} if replace else read_predictions_csv(path)
-    for p in predictions:
+    new = _check_finite(predictions)
+    notes: list[str] = []
+    merged: dict[str, Prediction] = {}
+    if not replace:
+        try:
+            merged = read_predictions_csv(path, notes)
+        except ProjectError as exc:
+            notes.append(str(exc))
+            merged = {}
+            notes.append(f"{path}: moved aside to {_move_aside(path).name}; a new file is written")
+        else:
+            if notes:
+                notes.append(f"{path}: the original was kept as {_move_aside(path, copy=True).name}")
+    for p in new:
         merged[p.image_id] = p
     atomic_write_text(path, to_csv_text(merged.values()), fsync=False)
+    if problems is not None:
+        problems.extend(notes)
     return path
 
 
 def export_predictions_csv(path: str | os.PathLike, predictions: Iterable[Prediction] | Mapping[str, Prediction]) -> Path:
-    """Write predictions to any CSV file (atomic)."""
-    items = predictions.values() if isinstance(predictions, Mapping) else predictions
+    """Write predictions to any CSV file (atomic; NaN or infinite values are refused)."""
+    items = _check_finite(predictions.values() if isinstance(predictions, Mapping) else predictions)
     path = Path(path).expanduser()
     atomic_write_text(path, to_csv_text(items), fsync=False)
     return path

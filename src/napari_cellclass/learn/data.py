@@ -55,6 +55,8 @@ LOCK_WARN_SECONDS = 10.0  # say why a build waits once another process held the 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PERCENTILES = (0.5, 99.8)
+_MEMORY_REASON = ("not enough memory to decode and resize this image; downscale or crop it (or free memory, "
+                  "e.g. close other programs)")
 
 
 # ---------------------------------------------------------------------------- per-image steps
@@ -126,7 +128,10 @@ class CacheLock:
         """True: locked; False: held by someone else; None: this file system cannot lock."""
         if fcntl is None and msvcrt is None:
             return None
-        fh = open(self.path, "a+b")  # noqa: SIM115 - kept open while locked
+        try:
+            fh = open(self.path, "a+b")  # noqa: SIM115 - kept open while locked
+        except OSError:  # a read-only cache folder: no shared cache
+            return None
         try:
             if fcntl is not None:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -318,17 +323,30 @@ class ImageStore:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _probe_channels(self) -> int | None:
-        """Find the channel count (first readable image) unless given."""
+        """Find the channel count (first readable image) unless given; None (each image's reason in
+        ``problems``) when no image can be read."""
         if self.in_chans is not None:
             return self.in_chans
+        reasons: dict[str, str] = {}
         for i, src in enumerate(self.sources):
             try:
                 pix = self._read(src)
-            except ImageReadError:
+            except ImageReadError as exc:
+                reasons[src.key] = self._reason(src, exc)
+                continue
+            except MemoryError:
+                reasons[src.key] = _MEMORY_REASON
                 continue
             self.in_chans = int(pix.shape[0]) if pix.ndim == 3 else 1
             return self.in_chans
+        self.problems.update(reasons)
         return None
+
+    @staticmethod
+    def _reason(src: _Source, exc: Exception) -> str:
+        """The message of a read error without the path (the key names the image)."""
+        text = str(exc)
+        return text.split(": ", 1)[-1] if src.path is not None and text.startswith(str(src.path)) else text
 
     @staticmethod
     def _read(src: _Source) -> np.ndarray:
@@ -342,7 +360,9 @@ class ImageStore:
         try:
             pix = self._read(src)
         except ImageReadError as exc:
-            return str(exc).split(": ", 1)[-1] if src.path is not None and str(exc).startswith(str(src.path)) else str(exc)
+            return self._reason(src, exc)
+        except MemoryError:
+            return _MEMORY_REASON
         chans = int(pix.shape[0]) if pix.ndim == 3 else 1
         if chans != self.in_chans:
             name = src.path if src.path is not None else src.key
@@ -353,6 +373,9 @@ class ImageStore:
             return prepare_pixels(pix, self.size, self.scaling)
         except (ValueError, ImageReadError) as exc:
             return f"cannot prepare the pixels ({exc})"
+        except MemoryError:
+            shape = " x ".join(str(n) for n in np.shape(pix))
+            return f"{_MEMORY_REASON} ({shape} pixels)"
 
     # -------------------------------------------------------------- disk cache
     @property
@@ -367,9 +390,16 @@ class ImageStore:
         lock gets a private temporary cache instead.
         """
         tag = f"v{CACHE_VERSION}-s{self.size}-c{self.in_chans}-{self.scaling}"
-        if self.cache_dir is not None:
+        usable = self.cache_dir is not None
+        if usable:
             self._disk_dir = Path(self.cache_dir) / tag
-            self._disk_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self._disk_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                self._say(log, f"{self._disk_dir}: cannot create the image cache ({exc.strerror or exc}); "
+                               "using a private temporary cache for this run")
+                usable = False
+        if usable:
             lock = CacheLock(self._disk_dir / "lock")
             t0 = time.monotonic()
             warned = False

@@ -95,6 +95,7 @@ class RunData:
     multi_label: bool
     split: Split
     labels: dict[str, tuple[str, ...]]
+    notes: tuple[str, ...] = ()  # warnings about the data (e.g. a class left out)
 
     def targets(self, ids: Sequence[str]) -> np.ndarray:
         """Class indices ``(N,)`` or, multi-label, a multi-hot ``(N, K)`` float32 array."""
@@ -135,10 +136,14 @@ def make_split(project: Project, cfg: TrainConfig) -> Split:
 
 
 def run_data(project: Project, cfg: TrainConfig, saved_split: dict[str, list[str]] | None = None) -> RunData:
-    """Classes, split and labels of a project for training."""
-    classes = tuple(project.class_names)
-    if len(classes) < (1 if project.multi_label else 2):
-        raise TrainingError(f"{project.root}: training needs at least two classes (has {len(classes)})")
+    """Classes, split and labels of a project for training.
+
+    A class without any labelled image is left out of the model (an output that was never
+    trained would be misleading), with a note naming it; a class whose images all landed in
+    the validation or test split gets a note too.
+    """
+    if len(project.class_names) < (1 if project.multi_label else 2):
+        raise TrainingError(f"{project.root}: training needs at least two classes (has {len(project.class_names)})")
     if saved_split is not None:
         labelled = set(project.labelled_ids())
         split = Split(*(tuple(i for i in saved_split.get(n, []) if i in labelled) for n in ("train", "val", "test")),
@@ -152,12 +157,23 @@ def run_data(project: Project, cfg: TrainConfig, saved_split: dict[str, list[str
         raise TrainingError(f"{project.root}: no validation images after the split; label at least two images "
                             "per class or lower train_percent")
     labels = {i: project.labels(i) for i in (*split.train, *split.val, *split.test)}
+    used = {c for cs in labels.values() for c in cs}
+    in_train = {c for i in split.train for c in labels[i]}
+    notes = []
+    for c in project.class_names:
+        if c not in used:
+            notes.append(f"class '{c}' has no labelled images; the model is trained without it (label images of "
+                         f"'{c}' and train again to include it, or remove the class)")
+        elif c not in in_train:
+            notes.append(f"class '{c}' has no images in the training split (only in validation/test); the model "
+                         f"cannot learn it: label more images of '{c}'")
+    classes = tuple(c for c in project.class_names if c in used)
     if not project.multi_label:
         present = {labels[i][0] for i in split.train}
         if len(present) < 2:
             raise TrainingError(f"{project.root}: the training images cover only {sorted(present)}; "
                                 "label images of at least two classes")
-    return RunData(project, classes, project.multi_label, split, labels)
+    return RunData(project, classes, project.multi_label, split, labels, tuple(notes))
 
 
 def default_out_dir(project: Project, backbone: str) -> Path:
@@ -175,6 +191,27 @@ def default_out_dir(project: Project, backbone: str) -> Path:
 # ---------------------------------------------------------------------------- the trainer
 class _Cancelled(Exception):
     """Raised inside an epoch when the cancel token is set."""
+
+
+class _Diverged(Exception):
+    """Raised inside an epoch when the training loss becomes NaN or infinite."""
+
+
+@contextlib.contextmanager
+def _batch_norm_eval_for_one(model: nn.Module, batch: int) -> Iterator[None]:
+    """For a batch of one image, run training-mode batch-norm layers in eval mode (their running
+    statistics): a batch of one has no spread per channel after global pooling."""
+    if batch != 1:
+        yield
+        return
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for m in bns:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.train()
 
 
 class Trainer:
@@ -234,6 +271,12 @@ class Trainer:
                                     "or choose another --out (or delete the folder)")
             raise TrainingError(f"{self.out_dir}: folder exists and is not a model folder; choose another --out")
         self.data = run_data(self.project, cfg, resume_state["split"] if resume_state else None)
+        saved_classes = resume_state.get("classes") if resume_state else None
+        if saved_classes is not None and list(saved_classes) != list(self.data.classes):
+            raise TrainingError(f"{self.out_dir}: cannot resume, the classes changed since the checkpoint "
+                                f"({', '.join(saved_classes)} -> {', '.join(self.data.classes)}); train a new model")
+        for note in self.data.notes:
+            yield WarningEvent(note)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
         sp = self.data.split
@@ -327,6 +370,11 @@ class Trainer:
         if resume_state:
             self._restore(resume_state)
             yield Log(f"resumed after epoch {self.start_epoch - 1} from {self.out_dir / ckpt.STATE_DIR}")
+        try:  # what config.json will hold must be writable before an epoch is spent on it
+            ckpt.to_json_text(self._meta())
+        except (TypeError, ValueError) as exc:
+            raise TrainingError(f"the settings cannot be saved in {ckpt.CONFIG_NAME} ({exc}); use plain values "
+                                "(text, numbers, lists) in the settings") from None
         self._ready = True
 
     def _channels(self, ids: Sequence[str]) -> int:
@@ -388,7 +436,7 @@ class Trainer:
             order = rng.permutation(n)
         bs = cfg.batch_size
         batches = [order[i:i + bs] for i in range(0, n, bs)]
-        if len(batches) > 1 and len(batches[-1]) < 2:  # batch norm cannot train on one image
+        if bs > 1 and len(batches) > 1 and len(batches[-1]) < 2:  # a lone last image: batch norm learns nothing
             batches.pop()
         return batches
 
@@ -459,11 +507,11 @@ class Trainer:
         x = self.augment(x, gen)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.precision):
+        with _batch_norm_eval_for_one(self.model, x.shape[0]), autocast(self.device, self.precision):
             logits = self.net(x)
         loss = self.criterion(logits.float(), y)
         if not torch.isfinite(loss):
-            raise TrainingError(f"the loss became {float(loss)}; lower the learning rate (lr={self.cfg.lr})")
+            raise _Diverged(f"training loss {float(loss)}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
@@ -490,16 +538,17 @@ class Trainer:
         rows = self.index["train"]
         rng = np.random.default_rng([self.cfg.seed, epoch, 1])
         pick = np.sort(rng.permutation(len(rows))[:limit])
+        bs = max(2, self.cfg.batch_size * 2)
+        batches = [rows[pick[i:i + bs]] for i in range(0, len(pick), bs)]
+        batches = [b for b in batches if len(b) >= 2]  # one image has no batch statistics
+        if not batches:
+            return
+        batches = batches[self.dist.rank::self.dist.world_size]  # the statistics are combined below
         saved = [m.momentum for m in bns]
         for m in bns:
             m.reset_running_stats()
             m.momentum = None  # cumulative average over the pass
         self.model.train()
-        bs = max(2, self.cfg.batch_size * 2)
-        batches = [rows[pick[i:i + bs]] for i in range(0, len(pick), bs)]
-        if len(batches) > 1 and len(batches[-1]) < 2:
-            batches.pop()
-        batches = batches[self.dist.rank::self.dist.world_size]  # the statistics are combined below
         with torch.no_grad():
             for x in self.batcher.iterate(batches, self.cfg.num_workers):
                 x = self.augment.normalise(x)
@@ -619,9 +668,7 @@ class Trainer:
     def _save_best(self) -> Path:
         if not self.dist.is_main:  # rank 0 writes the model folder
             return self.out_dir
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.save_weights(self.out_dir, self.model)
-        ckpt.write_model_config(self.out_dir, self._meta())
+        ckpt.save_model_folder(self.out_dir, self.model, self._meta())
         return self.out_dir
 
     def _save_state(self, epoch: int) -> Path:
@@ -631,20 +678,24 @@ class Trainer:
                  "best_value": self.best_value, "best_epoch": self.best_epoch, "best_metrics": self.best_metrics,
                  "bad_epochs": self.bad_epochs, "split": self.ids, "normalisation": self.norm.to_json(),
                  "in_chans": self.in_chans, "channel_names": self.channel_names,
-                 "train_config": self.cfg.to_dict()}
+                 "classes": list(self.data.classes), "train_config": self.cfg.to_dict()}
         return ckpt.save_training_state(self.out_dir, self.model, self.optimizer, state)
 
     def _restore(self, state: dict[str, Any]) -> None:
-        ckpt.restore_training_state(self.model, self.optimizer, state, self._resume_tensors, self.out_dir)
-        for g in self.optimizer.param_groups:  # the new settings' learning rate wins
-            g["base_lr"] = self.cfg.lr
-        self.schedule.load_state_dict(state["schedule"])
-        self.history = list(state["history"])
-        self.best_value = state["best_value"]
-        self.best_epoch = state["best_epoch"]
-        self.best_metrics = state["best_metrics"]
-        self.bad_epochs = int(state["bad_epochs"])
-        self.start_epoch = int(state["epoch"]) + 1
+        try:
+            ckpt.restore_training_state(self.model, self.optimizer, state, self._resume_tensors, self.out_dir)
+            for g in self.optimizer.param_groups:  # the new settings' learning rate wins
+                g["base_lr"] = self.cfg.lr
+            self.schedule.load_state_dict(state["schedule"])
+            self.history = list(state["history"])
+            self.best_value = state["best_value"]
+            self.best_epoch = state["best_epoch"]
+            self.best_metrics = state["best_metrics"]
+            self.bad_epochs = int(state["bad_epochs"])
+            self.start_epoch = int(state["epoch"]) + 1
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ModelFolderError(f"{self.out_dir / ckpt.STATE_DIR / ckpt.STATE_JSON}: damaged resume state "
+                                   f"({type(exc).__name__}: {exc}); train without resume") from None
         del self._resume_tensors
 
     def _improved(self, value: float, loss: float) -> bool:
@@ -681,6 +732,7 @@ class Trainer:
                       self.precision, self.input_size, self.in_chans, cfg.epochs, self.start_epoch,
                       self.steps_per_epoch, self.data.split.source)
         cancelled = stopped = False
+        diverged: str | None = None
         epoch = self.start_epoch - 1
         for epoch in range(self.start_epoch, cfg.epochs + 1):
             te = time.perf_counter()
@@ -694,11 +746,16 @@ class Trainer:
                 cancelled = True
                 epoch -= 1
                 break
+            except _Diverged as exc:
+                diverged = str(exc)
+                break
             seconds = time.perf_counter() - te
             value = float(val_m[self.monitor])
             lr = self.schedule.lr
-            self.schedule.step_epoch(value)
-            best = self._improved(value, float(val_m["loss"]))
+            diverged = self._non_finite(train_m, val_m, value)
+            best = diverged is None and self._improved(value, float(val_m["loss"]))
+            if diverged is None:
+                self.schedule.step_epoch(value)
             if best:
                 self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
                 self.best_metrics = dict(val_m)
@@ -708,6 +765,8 @@ class Trainer:
                                  "train": dict(scalar_metrics(train_m)), "val": dict(scalar_metrics(val_m))})
             yield EpochEnd(epoch, cfg.epochs, dict(train_m), dict(val_m), lr, best, self.monitor, seconds,
                            len(sp["train"]) / max(seconds, 1e-9))
+            if diverged is not None:  # never saved: neither as the best model nor as the resume state
+                break
             if best:
                 path = self._save_best()
                 yield CheckpointSaved(str(path), epoch, "best", self.monitor, value)
@@ -716,13 +775,33 @@ class Trainer:
                 stopped = True
                 yield Log(f"early stopping: no better {self.monitor} for {self.bad_epochs} epochs")
                 break
+        if diverged is not None:
+            lower = f"lr={cfg.lr:g}, e.g. lr={cfg.lr / 10:g}"
+            if self.best_epoch is None:
+                raise TrainingError(f"training diverged in epoch {epoch} ({diverged}) before any epoch gave a finite "
+                                    f"model; nothing was saved; train again with a lower learning rate ({lower})")
+            stopped = True
+            yield WarningEvent(f"training diverged in epoch {epoch} ({diverged}); stopped and kept the model of "
+                               f"epoch {self.best_epoch}; to go further, train with a lower learning rate ({lower})")
         model_dir = None
         if self.best_epoch is not None:
             if self.dist.is_main:
-                ckpt.write_model_config(self.out_dir, {**self._meta(), "cancelled": cancelled, "stopped_early": stopped})
+                ckpt.write_model_config(self.out_dir, {**self._meta(), "cancelled": cancelled, "stopped_early": stopped,
+                                                       **({"diverged_epoch": epoch} if diverged else {})})
             model_dir = str(self.out_dir)
         yield Finished(model_dir, self.best_epoch, dict(self.best_metrics), cancelled, stopped,
                        max(0, epoch - self.start_epoch + 1), time.perf_counter() - t0, list(self.history))
+
+    def _non_finite(self, train_m: dict[str, Any], val_m: dict[str, Any], value: float) -> str | None:
+        """What went non-finite in an epoch (NaN/infinite losses, monitored value or weights), or None."""
+        for what, v in (("training loss", train_m.get("loss")), ("validation loss", val_m.get("loss")),
+                        (f"validation {self.monitor}", value)):
+            if v is not None and not math.isfinite(float(v)):
+                return f"{what} {float(v)}"
+        bad = ckpt.non_finite_tensors(self.model.state_dict())
+        if bad:
+            return f"{len(bad)} weight tensor(s) hold NaN or infinity"
+        return None
 
 
 def run_training(data: Project | str | os.PathLike, config: TrainConfig | None = None,

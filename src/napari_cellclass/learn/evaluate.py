@@ -18,6 +18,34 @@ from .metrics import compute_metrics
 from .predict import as_trained_model, infer
 
 SPLITS = ("auto", "test", "val", "train", "all")
+_UNKNOWN = "is not one of the model's classes"
+
+
+class NothingToEvaluateError(CellclassError):
+    """No image of the split could be evaluated; ``details['skipped']`` lists each one and why."""
+
+    def __init__(self, message: str, skipped: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.details = {"skipped": [{"image_id": k, "reason": v} for k, v in (skipped or {}).items()]}
+
+
+def _nothing_usable(trained: TrainedModel, project: Project, used: str, skipped: dict[str, str]
+                    ) -> NothingToEvaluateError:
+    """One line that says why no image could be evaluated: unknown classes (named) and unreadable images."""
+    unknown = sorted({c for iid in skipped for c in project.labels(iid) if c not in trained.classes})
+    foreign = [i for i, r in skipped.items() if _UNKNOWN in r]
+    unreadable = [i for i in skipped if i not in set(foreign)]
+    parts = []
+    if foreign:
+        parts.append(f"{len(foreign)} labelled with classes the model does not know ({', '.join(unknown)}; the "
+                     f"model knows {', '.join(trained.classes)}), e.g. {', '.join(foreign[:3])}")
+    if unreadable:
+        first = unreadable[0]
+        parts.append(f"{len(unreadable)} cannot be read, e.g. {first}: {skipped[first]}")
+    fix = ("evaluate a model trained on these classes (or label the images with the model's classes)" if foreign
+           else "fix or replace the images")
+    return NothingToEvaluateError(f"none of the {len(skipped)} labelled images of the '{used}' split can be "
+                                  f"evaluated with {trained.name}: {'; '.join(parts)}; {fix}", skipped)
 
 
 def evaluation_ids(trained: TrainedModel, project: Project, split: str) -> tuple[str, list[str]]:
@@ -70,9 +98,11 @@ def evaluate_arrays(trained: TrainedModel, project: Project, *, split: str = "au
     for iid in ids:
         unknown = [c for c in project.labels(iid) if c not in index]
         if unknown:
-            skipped[iid] = f"class {unknown[0]!r} is not one of the model's classes"
+            skipped[iid] = f"class {unknown[0]!r} {_UNKNOWN}"
         else:
             keep.append(iid)
+    if not keep:
+        raise _nothing_usable(trained, project, used, skipped)
     store = ImageStore([project.path(i) for i in keep], trained.input_size, trained.normalisation.scaling,
                        trained.in_chans, keys=keep, cache_dir=cache_dir_for(project.root))
     try:
@@ -83,8 +113,7 @@ def evaluate_arrays(trained: TrainedModel, project: Project, *, split: str = "au
         good = np.flatnonzero(store.ok)
         ids_ok = [keep[i] for i in good]
         if not ids_ok:
-            raise CellclassError(f"none of the {len(ids)} images of the '{used}' split could be used; "
-                                 "see the skipped list")
+            raise _nothing_usable(trained, project, used, skipped)
         probs = infer(trained, store, good, device=resolve_device(device), batch_size=batch_size, tta=tta,
                       progress=(lambda d, t: progress(len(keep) + d, 2 * len(keep))) if progress else None,
                       cancel=cancel)

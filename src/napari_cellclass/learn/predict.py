@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.errors import CellclassError
-from ..core.predictions import Prediction, export_predictions_csv, now_iso, write_predictions
+from ..core.errors import CellclassError, ConfigError, ModelError
+from ..core.predictions import Prediction, export_predictions_csv, now_iso, predictions_path, write_predictions
 from ..core.project import CONFIG_NAME, Project
 from ..core.scan import scan_images
 from .checkpoint import TrainedModel, load_model
@@ -41,6 +41,11 @@ class PredictionResult:
         Softmax (single-label) or sigmoid (multi-label) outputs.
     skipped : dict
         ``{id: reason}`` for images that could not be read.
+    stored_in : str or None
+        The project's predictions file, when the results were stored there.
+    warnings : list of str
+        What did not stop the prediction (the project file could not be written, bad rows in
+        it were skipped, ...).
     """
 
     ids: list[str]
@@ -51,6 +56,8 @@ class PredictionResult:
     model_name: str = ""
     timestamp: str = ""
     skipped: dict[str, str] = field(default_factory=dict)
+    stored_in: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -94,7 +101,8 @@ class PredictionResult:
                                  "confidence": float(self.confidence[i]),
                                  "probabilities": {c: float(p) for c, p in zip(self.classes, self.probabilities[i])}}
                                 for i, iid in enumerate(self.ids)],
-                "skipped": [{"image_id": k, "reason": v} for k, v in self.skipped.items()]}
+                "skipped": [{"image_id": k, "reason": v} for k, v in self.skipped.items()],
+                "warnings": list(self.warnings)}
 
 
 def as_trained_model(model: TrainedModel | str | os.PathLike) -> TrainedModel:
@@ -126,10 +134,24 @@ def _inputs(images: Any, ids: Sequence[str] | None, include_labelled: bool
     return items, keys, None
 
 
+def check_batch_size(batch_size: Any) -> int:
+    """``batch_size`` as a whole number >= 1; :class:`ConfigError` otherwise."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r} is not allowed; use a whole number >= 1 (e.g. --batch-size 32)")
+    return int(batch_size)
+
+
 def infer(trained: TrainedModel, store: ImageStore, index: np.ndarray, *, device: torch.device,
           batch_size: int = 128, tta: bool = False, progress: Progress | None = None,
           cancel: CancelToken | None = None) -> np.ndarray:
-    """Probabilities ``(len(index), K)`` for rows of a built store."""
+    """Probabilities ``(len(index), K)`` for rows of a built store.
+
+    Raises
+    ------
+    ModelError
+        When the model gives NaN or infinite outputs (a diverged model): nothing is returned.
+    """
+    batch_size = check_batch_size(batch_size)
     model = trained.model.to(device).eval()
     precision = resolve_precision(trained.config.get("train_config", {}).get("precision", "auto"), device)
     channels_last = device.type == "cuda"
@@ -156,7 +178,14 @@ def infer(trained: TrainedModel, store: ImageStore, index: np.ndarray, *, device
                     logits = model(v).float()
                 p = torch.sigmoid(logits) if multi else torch.softmax(logits, dim=1)
                 acc = p if acc is None else acc + p
-            out.append((acc / len(views)).cpu().numpy())
+            probs = (acc / len(views)).cpu().numpy()
+            bad = ~np.isfinite(probs).all(axis=1)
+            if bad.any():
+                first = store.keys[int(index[start + int(np.flatnonzero(bad)[0])])]
+                raise ModelError(f"{trained.path}: the model gives non-finite outputs (NaN or infinity) for "
+                                 f"{int(bad.sum())} image(s), e.g. {first}; it is unusable, nothing was stored: "
+                                 "retrain it with a lower learning rate")
+            out.append(probs)
             if progress is not None:
                 progress(min(start + batch_size, n), n)
     return np.concatenate(out) if out else np.zeros((0, len(trained.classes)), np.float32)
@@ -180,8 +209,10 @@ def predict(model: TrainedModel | str | os.PathLike, images: Any, *, ids: Sequen
         Average the predictions of the four flips.
     write
         For a project: store the results in ``cellclass_predictions.csv`` (labels untouched).
+        When that file cannot be written (a read-only project) the results are still returned,
+        with the reason in ``warnings`` and ``stored_in`` None.
     csv
-        Also write the results to this CSV file.
+        Also write the results to this CSV file (written first).
     progress
         ``progress(done, total)`` during decoding and prediction.
 
@@ -189,27 +220,43 @@ def predict(model: TrainedModel | str | os.PathLike, images: Any, *, ids: Sequen
     ------
     ChannelMismatchError
         An image with another channel count than the model's (the message names it).
+    ConfigError
+        ``batch_size`` below 1.
+    ModelError
+        The model gives NaN or infinite outputs (nothing is stored).
     """
     trained = as_trained_model(model)
+    batch_size = check_batch_size(batch_size)
     items, keys, project = _inputs(images, ids, all_images)
     dev = resolve_device(device)
     store = ImageStore(items, trained.input_size, trained.normalisation.scaling, trained.in_chans, keys=keys,
                        cache_dir=cache_dir_for(project.root) if project is not None else None)
     total = len(items)
-    for done, _ in store.build(cancel=cancel):
-        if progress is not None:
-            progress(done, 2 * total)
-    good = np.flatnonzero(store.ok)
-    shift = (lambda d, t: progress(total + d, 2 * total)) if progress is not None else None  # noqa: E731
-    probs = infer(trained, store, good, device=dev, batch_size=batch_size, tta=tta, progress=shift, cancel=cancel)
+    try:
+        for done, _ in store.build(cancel=cancel):
+            if progress is not None:
+                progress(done, 2 * total)
+        good = np.flatnonzero(store.ok)
+        shift = (lambda d, t: progress(total + d, 2 * total)) if progress is not None else None  # noqa: E731
+        probs = infer(trained, store, good, device=dev, batch_size=batch_size, tta=tta, progress=shift,
+                      cancel=cancel)
+    finally:
+        store.close()
     good = good[:len(probs)]
     result = PredictionResult([keys[i] for i in good], trained.classes, probs, trained.multi_label,
                               trained.threshold, trained.name, now_iso(), dict(store.problems))
-    store.close()
-    if project is not None and write and len(result):
-        write_predictions(project.root, result.records())
-    if csv is not None:
+    if csv is not None:  # first: a project that cannot be written never costs the results
         result.to_csv(csv)
+    if project is not None and write and len(result):
+        notes: list[str] = []
+        try:
+            write_predictions(project.root, result.records(), problems=notes)
+        except CellclassError as exc:
+            note = f"{exc} (the predictions were not stored in the project"
+            result.warnings.append(note + (f"; they are in {csv})" if csv is not None else ")"))
+        else:
+            result.stored_in = str(predictions_path(project.root))
+        result.warnings.extend(notes)
     if progress is not None:
         progress(2 * total, 2 * total)
     return result
