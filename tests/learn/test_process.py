@@ -89,3 +89,33 @@ def test_rebuilt_errors():
     assert type(_error_from_child("builtins", "MemoryError", "", "tb")) is MemoryError
     other = _error_from_child("somewhere.else", "Odd", "boom", "tb")  # never imported
     assert type(other) is RuntimeError and "boom" in str(other)
+
+
+def test_a_script_without_a_main_guard_trains_in_a_child(tmp_path):
+    """A plain script (no ``if __name__ == "__main__":``) is not run again by the training process."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from napari_cellclass.core.sample import make_sample_project
+
+    project = make_sample_project(tmp_path / "p", n=12, seed=4, size=48, labelled_fraction=1.0)
+    script = tmp_path / "train_script.py"
+    runs = tmp_path / "runs.txt"
+    script.write_text(textwrap.dedent(f"""
+        from napari_cellclass.learn import Finished, TrainConfig
+        from napari_cellclass.learn.process import run_training_in_process
+
+        with open({str(runs)!r}, "a") as fh:
+            fh.write("run\\n")
+        cfg = TrainConfig(backbone="mobilenetv3_small_050", input_size=32, batch_size=8, epochs=1, device="cpu")
+        for ev in run_training_in_process({str(project.root)!r}, cfg, {str(tmp_path / "m")!r}, num_threads=1):
+            if isinstance(ev, Finished):
+                print("finished", ev.model_dir)
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"finished {tmp_path / 'm'}" in proc.stdout
+    assert runs.read_text() == "run\n"  # the script's top level ran once, in the parent only
+    assert load_model(tmp_path / "m").classes == project.class_names

@@ -17,6 +17,9 @@ same typed events as :func:`~napari_cellclass.learn.run_training`::
   the same message; the child's traceback is attached as its ``__cause__``.
 - The child ends with the iteration: closing the iterator early, or the caller exiting,
   terminates it; a child whose parent died exits by itself.
+- The child does not import the caller's main script (``spawn`` normally runs it again as
+  ``__mp_main__``): everything it needs lives in this package, so a plain script or a napari
+  script without ``if __name__ == "__main__":`` trains too, and its top level runs once.
 """
 from __future__ import annotations
 
@@ -49,6 +52,34 @@ POLL_SECONDS = 0.05
 GRACE_SECONDS = 10.0
 
 _CHILDREN: weakref.WeakSet[BaseProcess] = weakref.WeakSet()
+#: The name of the training process; only processes of this name start without the caller's main.
+CHILD_NAME = "cellclass-training"
+
+
+def _use_clean_main() -> None:
+    """Make spawned processes named :data:`CHILD_NAME` start without importing the caller's ``__main__``.
+
+    ``multiprocessing`` tells a spawned child to run the parent's main script (or module) again
+    so that objects defined there can be unpickled. The training child needs none (its target
+    and arguments are this package's own), and running the script again is what breaks a
+    script without a ``__main__`` guard (it would start training again inside the child). The
+    preparation data of our child alone is filtered; other processes are untouched. Idempotent.
+    """
+    from multiprocessing import spawn
+
+    original = spawn.get_preparation_data
+    if getattr(original, "_cellclass_clean_main", False):
+        return
+
+    def get_preparation_data(name: str) -> dict[str, Any]:
+        data = original(name)
+        if name == CHILD_NAME:
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+
+    get_preparation_data._cellclass_clean_main = True  # type: ignore[attr-defined]
+    spawn.get_preparation_data = get_preparation_data
 
 
 class ChildCancelToken(CancelToken):
@@ -163,11 +194,12 @@ def run_training_in_process(project_folder: str | os.PathLike, config: TrainConf
         The child's error (same subclass and message), or :class:`TrainingProcessError` when the
         child died without a word.
     """
+    _use_clean_main()
     ctx = mp.get_context("spawn")
     events = ctx.Queue()
     stop = ctx.Event()
     out = str(out_dir) if out_dir is not None else None
-    child = ctx.Process(target=_child_main, name="cellclass-training",
+    child = ctx.Process(target=_child_main, name=CHILD_NAME,
                         args=(str(Path(project_folder)), config, out, events, stop, num_threads, resume, nice))
     child.start()
     _CHILDREN.add(child)
