@@ -8,6 +8,7 @@ notifications.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     import napari
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
 
 #: Hotkeys (napari key names) and the widget methods they call.
 HOTKEYS: dict[str, str] = {
@@ -73,6 +75,11 @@ def _reports_errors(method: F) -> F:
             show_error(str(exc))
         except OSError as exc:
             show_error(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+        except Exception as exc:  # noqa: BLE001 - a notification, never a raw traceback in the viewer
+            log.exception("napari-cellclass: %s failed", method.__name__)
+            text = " ".join(str(exc).split())
+            show_error(f"napari-cellclass: unexpected {type(exc).__name__}{': ' + text if text else ''} "
+                       "(nothing was lost; details in the log, please report it)")
         return None
 
     return wrapper  # type: ignore[return-value]
@@ -176,6 +183,38 @@ def _recycle(layers: list[Layer], data: Any, kwargs: dict[str, Any]) -> None:
         layer.name = names[min(k, len(names) - 1)]
 
 
+def _page_layout(natural: dict[str, int], mode: str | int) -> tuple[dict[str, str | int], int]:
+    """How each image of a page is drawn (its layer key) and the grid stride.
+
+    One grid cell per image: the channel layers of a composite share a cell (grid stride); a
+    page mixing channel counts shows multi-channel images blended into one RGB layer.
+    """
+    counts = set(natural.values())
+    if mode == BLEND or (mode == COMPOSITE and len(counts) > 1):
+        return {i: (BLEND if natural[i] > 1 else COMPOSITE) for i in natural}, 1
+    if mode != COMPOSITE:
+        return {i: mode for i in natural}, 1
+    if not counts:
+        return {}, 1
+    return {i: COMPOSITE for i in natural}, counts.pop()
+
+
+def _bring_to_front(layers: Any, order: Sequence[Layer]) -> None:
+    """Put ``order`` at the start of the layer list, in that order; other layers follow.
+
+    One move per misplaced layer, each from a valid index (napari's ``move_multiple`` needs
+    ascending source indices, which a recycled page does not have).
+    """
+    if list(layers)[: len(order)] == list(order):
+        return
+    with layers.events.reordered.blocker():
+        for k, layer in enumerate(order):
+            src = layers.index(layer)
+            if src != k:
+                layers.move(src, k)
+    layers.events.reordered(value=layers)
+
+
 class LabellingWidget(Container):
     """Label a project's images with hotkeys; each image's class is a coloured border.
 
@@ -207,6 +246,7 @@ class LabellingWidget(Container):
             lambda c: _qt_pick_color(self.native, c))
         self._shown: dict[str, _Shown] = {}
         self._rendering = False
+        self._reload = False
         self._adopt_scheduled = False
         self._bound: dict[str, tuple[Callable, Any]] = {}  # key -> (our func, previous binding)
         self._max_channels = 1
@@ -338,11 +378,36 @@ class LabellingWidget(Container):
         self.open_project(folder)
 
     def open_project(self, project: Project | str | Path) -> None:
-        """Open a project (or folder) and show its first page."""
+        """Open a project (or folder) and show its first page.
+
+        Opening the folder that is already open lists it again (new or changed files show)
+        and redraws the page, keeping the undo history.
+        """
         if not isinstance(project, Project):
-            project = Project.open(project)
+            if self.shows_folder(project):
+                assert self.project is not None and self.pager is not None
+                self.project.rescan()
+                self._render_page(reload=True)
+                return
+            project = Project.open(Path(project).expanduser())
         self._set_project(project)
         self._render_page()
+
+    def shows_folder(self, folder: str | Path) -> bool:
+        """True when ``folder`` is the project this widget has open."""
+        root = Path(folder).expanduser()
+        return self.project is not None and root.is_dir() and root.resolve() == self.project.root
+
+    def raise_dock(self) -> None:
+        """Show this widget's dock (and its tab) in front."""
+        from qtpy.QtWidgets import QDockWidget
+
+        dock = self.native.parent()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parent()
+        if dock is not None:
+            dock.show()
+            dock.raise_()
 
     def _set_project(self, project: Project) -> None:
         if self.project is not None:
@@ -440,16 +505,31 @@ class LabellingWidget(Container):
             return
         self._render_page()
 
-    def _render_page(self, select: str | None = None) -> None:
-        """Show the pager's page: reuse layers already shown, read the others."""
+    def _render_page(self, select: str | None = None, reload: bool = False) -> None:
+        """Show the pager's page: reuse layers already shown, read the others.
+
+        All or nothing: when recycling fails half-way, every page layer is removed and the page
+        is drawn again with new layers, so a cell never shows channels of two images.
+        """
+        if reload:  # read every image of the page again (their layers are reused)
+            self._reload = True
+        try:
+            self._draw_page(select, recycle=True)
+        except Exception:  # noqa: BLE001 - retried from scratch below; a second failure is reported
+            log.warning("napari-cellclass: page redraw failed; drawing it afresh", exc_info=True)
+            self._remove_page_layers(list(self._shown))
+            self._draw_page(select, recycle=False)
+
+    def _draw_page(self, select: str | None, recycle: bool) -> None:
         assert self.project is not None and self.pager is not None
         ids = self.pager.page_ids or self.pager.first_page()
         mode = self._display_mode()
         images: dict[str, ImageData] = {}
         natural: dict[str, int] = {}
+        reload, self._reload = self._reload, False
         for iid in ids:
             shown = self._shown.get(iid)
-            if shown is not None:  # already shown: its channel count is known
+            if shown is not None and not reload:  # already shown: its channel count is known
                 natural[iid] = shown.natural
                 continue
             try:
@@ -460,39 +540,34 @@ class LabellingWidget(Container):
             images[iid] = img
             natural[iid] = natural_layer_count(img)
             self._max_channels = max(self._max_channels, img.n_channels)
-        # one grid cell per image: the channel layers of a composite share a cell (grid stride);
-        # a page mixing channel counts shows multi-channel images blended into one RGB layer
-        counts = {natural[i] for i in natural}
-        if mode == BLEND or (mode == COMPOSITE and len(counts) > 1):
-            key_of = {i: (BLEND if natural[i] > 1 else COMPOSITE) for i in natural}
-            stride = 1
-        elif mode != COMPOSITE:
-            key_of = {i: mode for i in natural}
-            stride = 1
-        elif not counts:
-            key_of, stride = {}, 1
-        else:
-            key_of = {i: COMPOSITE for i in natural}
-            stride = counts.pop()
+        key_of, stride = _page_layout(natural, mode)
         self._rendering = True
         grid = self.viewer.canvas.grid
         try:
             # layers of images leaving the page are recycled (new data, name, metadata) for
             # images arriving: adding and removing layers is what makes napari slow
-            stale = [i for i in self._shown if i not in key_of or self._shown[i].key != key_of[i]]
+            stale = [i for i in self._shown if i not in key_of or self._shown[i].key != key_of[i]
+                     or i in images]
             pool = [self._shown.pop(i) for i in stale]
-            self._fill_page(ids, key_of, natural, images, pool)
+            if not recycle:
+                for shown in pool:
+                    self._remove_layers(shown.layers)
+                pool = []
+            try:
+                self._fill_page(ids, key_of, natural, images, pool)
+            except BaseException:
+                for shown in pool:  # half-recycled layers: nobody owns them any more
+                    self._remove_layers(shown.layers)
+                raise
             order = [lyr for i in ids if i in self._shown for lyr in self._shown[i].layers]
-            current = list(self.viewer.layers)
-            if current[: len(order)] != order:
-                self.viewer.layers.move_multiple([current.index(lyr) for lyr in order], 0)
-            relayout = not grid.enabled or grid.stride != stride
+            cells_before = grid.actual_shape(list(self.viewer.layers)) if grid.enabled else None
+            _bring_to_front(self.viewer.layers, order)
             grid.stride = stride
             grid.shape = (-1, -1)
             grid.spacing = GRID_SPACING
             grid.enabled = True
-            if relayout:
-                self.viewer.reset_view()
+            if cells_before != grid.actual_shape(list(self.viewer.layers)):
+                self.viewer.reset_view()  # the grid has another shape: fit it in the canvas
         finally:
             self._rendering = False
         for iid in self._shown:
@@ -521,8 +596,8 @@ class LabellingWidget(Container):
             if reuse is None:
                 fresh.append((iid, data, kwargs))
                 continue
-            pool.remove(reuse)
             _recycle(reuse.layers, data, kwargs)
+            pool.remove(reuse)
             self._shown[iid] = _Shown(key_of[iid], reuse.layers, natural[iid])
         if not fresh and not pool:
             return

@@ -1,20 +1,26 @@
-"""npe2 reader: open a project folder as image layers (one page of images)."""
+"""npe2 reader: open a project folder (in a viewer: in the labelling dock, one page of images)."""
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..core.images import is_image_file
-from ..core.project import CONFIG_NAME, Project
+from ..core.errors import CellclassError
+from ..core.project import Project
+from ..core.scan import looks_like_project
 from .layers import PAGE_SIZE, project_layer_data
 
-LayerData = tuple[Any, dict[str, Any], str]
+LayerData = tuple[Any, ...]
+#: npe2's "read, nothing to add" answer: the labelling dock shows the images itself.
+NO_LAYERS: list[LayerData] = [(None,)]
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
-    """Return a reader for a project folder (a folder holding ``cellclass.json`` or images)."""
+    """Return a reader for a project folder (one holding ``cellclass.json`` or images).
+
+    Any other folder (a home folder, ``/tmp``) is left to other readers, and nothing is
+    written into it.
+    """
     if isinstance(path, list):
         if len(path) != 1:
             return None
@@ -22,30 +28,49 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
     p = Path(path)
     if not p.is_dir():
         return None
-    if (p / CONFIG_NAME).exists() or any(is_image_file(e.name) or e.is_dir() for e in os.scandir(p)):
-        return read_project
-    return None
+    return read_project if looks_like_project(p) else None
 
 
 def read_project(path: str | list[str]) -> list[LayerData]:
-    """Layers for the first page of a project's images.
+    """Open a project folder.
 
-    In a napari window the labelling widget is docked too: it takes these layers over (grid,
-    borders, hotkeys), so ``viewer.open(folder, plugin="napari-cellclass")`` or dropping the
-    folder on the window is enough to start labelling.
+    In a napari window the labelling dock opens it (or, when it already shows this project,
+    simply comes to the front) and draws the first page itself: grid, borders, hotkeys. So
+    ``viewer.open(folder, plugin="napari-cellclass")``, File > Open Folder and dropping the
+    folder on the window all start labelling. Without a window (a script reading through npe2)
+    the first page is returned as layer data.
     """
     folder = path[0] if isinstance(path, list) else path
-    project = Project.open(folder)
-    layers = project_layer_data(project, project.image_ids[:PAGE_SIZE])
-    _dock_labelling_widget()
-    return layers
+    viewer = _current_viewer()
+    if viewer is None:
+        project = Project.open(folder, create=False)
+        return project_layer_data(project, project.image_ids[:PAGE_SIZE])
+    widget = labelling_widget(viewer)
+    if widget.shows_folder(folder):  # already open: the dock comes to the front, nothing more
+        viewer.status = f"{Path(folder).name} is already open in the Labelling dock"
+        return NO_LAYERS
+    try:
+        widget.open_project(folder)
+    except CellclassError as exc:
+        from napari.utils.notifications import show_error
+
+        show_error(str(exc))
+    return NO_LAYERS
 
 
-def _dock_labelling_widget() -> None:
-    """Open the labelling dock widget in the current napari window (once)."""
+def _current_viewer() -> Any | None:
     import napari
 
-    viewer = napari.current_viewer()
-    if viewer is None:
-        return  # no napari window (a script reading through npe2): layers only
-    viewer.window.add_plugin_dock_widget("napari-cellclass", "Labelling")
+    return napari.current_viewer()
+
+
+def labelling_widget(viewer: Any) -> Any:
+    """The labelling widget docked in ``viewer`` (docked now when there is none), in front."""
+    from .viewer_link import find_labelling_widget
+
+    widget = find_labelling_widget(viewer)
+    if widget is None:
+        _dock, widget = viewer.window.add_plugin_dock_widget("napari-cellclass", "Labelling")
+        widget = getattr(widget, "_magic_widget", widget)
+    widget.raise_dock()
+    return widget

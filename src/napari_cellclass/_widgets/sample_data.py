@@ -8,7 +8,7 @@ from typing import Any
 from ..core.project import CONFIG_NAME, Project
 from ..core.sample import make_sample_project
 from .layers import PAGE_SIZE, project_layer_data
-from .reader import _dock_labelling_widget
+from .reader import _current_viewer, labelling_widget
 
 
 def sample_folder() -> Path:
@@ -27,6 +27,10 @@ def u2os_sample() -> list[tuple[Any, dict[str, Any], str]]:
         project = Project.open(folder)
     else:
         project = make_sample_project(folder)
-    layers = project_layer_data(project, project.image_ids[:PAGE_SIZE])
-    _dock_labelling_widget()
-    return layers
+    viewer = _current_viewer()
+    if viewer is not None:
+        # napari inserts these layers one by one: with the grid on, each insert re-lays out
+        # the whole grid; the labelling dock takes them over and turns the grid back on
+        viewer.canvas.grid.enabled = False
+        labelling_widget(viewer)
+    return project_layer_data(project, project.image_ids[:PAGE_SIZE])
