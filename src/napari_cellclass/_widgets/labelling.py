@@ -32,6 +32,7 @@ from ..core.errors import CellclassError, ImageReadError
 from ..core.images import ImageData
 from ..core.project import Project
 from .borders import apply_border, prepare_border
+from .hotkeys import HOTKEY_HELP, HOTKEYS, Hotkeys  # noqa: F401 - HOTKEYS re-exported
 from .labelling_model import (
     SPECIAL_FILTERS,
     LabellingSession,
@@ -47,20 +48,6 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
 
-#: Hotkeys (napari key names) and the widget methods they call.
-HOTKEYS: dict[str, str] = {
-    "F1": "label_selected",
-    "F2": "label_and_next",
-    "Control-Z": "undo",
-    "F3": "previous_class",
-    "F4": "next_class",
-    "PageDown": "next_page",
-    "PageUp": "previous_page",
-}
-HOTKEY_HELP = (
-    "F1 label selected image(s) (multi-label: toggle) · F2 label and go to next · "
-    "Ctrl+Z undo · F3/F4 previous/next class · PageUp/PageDown page"
-)
 GRID_SPACING = 0.06
 
 
@@ -248,7 +235,7 @@ class LabellingWidget(Container):
         self._rendering = False
         self._reload = False
         self._adopt_scheduled = False
-        self._bound: dict[str, tuple[Callable, Any]] = {}  # key -> (our func, previous binding)
+        self._hotkeys = Hotkeys(self.viewer, self)
         self._max_channels = 1
         self._build()
         viewer.layers.events.inserted.connect(self._on_layer_inserted)
@@ -333,31 +320,12 @@ class LabellingWidget(Container):
 
     # ================================================================== hotkeys
     def bind_hotkeys(self) -> None:
-        """Bind the hotkeys on the viewer (remembering what they replace)."""
-        if self._bound:
-            return
-        for key, method in HOTKEYS.items():
-            func = self._hotkey(method)
-            previous = self.viewer.bind_key(key, func, overwrite=True)
-            self._bound[key] = (func, previous)
+        """Bind the hotkeys (remembering what they replace); they work wherever focus is."""
+        self._hotkeys.bind()
 
     def unbind_hotkeys(self) -> None:
         """Remove our hotkeys and restore whatever was bound before."""
-        from napari.utils.key_bindings import coerce_keybinding
-
-        for key, (func, previous) in list(self._bound.items()):
-            current = self.viewer.keymap.get(coerce_keybinding(key))
-            if current is func:
-                self.viewer.bind_key(key, previous, overwrite=True)
-            del self._bound[key]
-
-    def _hotkey(self, method: str) -> Callable[[Any], None]:
-        def handler(_viewer: Any) -> None:
-            getattr(self, method)()
-
-        handler.__name__ = f"cellclass_{method}"
-        handler.__doc__ = f"napari-cellclass: {method.replace('_', ' ')}"
-        return handler
+        self._hotkeys.unbind()
 
     def close(self) -> None:
         """Unbind the hotkeys and stop listening to the viewer and the project."""
