@@ -158,3 +158,29 @@ def test_nan_never_passes_a_confidence_filter(tmp_path):
     with pytest.raises(CellclassError, match="non-finite"):
         write_predictions(tmp_path, [nan])
     assert np.isfinite([p.confidence for p in read_predictions_csv(path).values()]).all()
+
+
+def test_an_infinite_training_loss_stops_the_run(tiny_sample, fast_config, tmp_path, monkeypatch):
+    from napari_cellclass.learn import losses
+
+    real = losses.build_loss
+
+    def exploding(*a, **k):
+        base = real(*a, **k)
+
+        class Boom(torch.nn.Module):
+            def forward(self, logits, y):
+                out = base(logits, y)
+                return out * float("inf") if armed and not torch.is_inference_mode_enabled() else out
+
+        return Boom()
+
+    armed = False
+    monkeypatch.setattr("napari_cellclass.learn.engine.build_loss", exploding)
+    events = []
+    for ev in run_training(tiny_sample, fast_config(epochs=3), tmp_path / "m"):
+        events.append(ev)
+        armed = armed or isinstance(ev, EpochEnd)  # the training loss explodes from epoch 2 on
+    warning = next(e for e in events if isinstance(e, WarningEvent) and "diverged" in e.message)
+    assert "training loss inf" in warning.message and "epoch 2" in warning.message
+    assert events[-1].best_epoch == 1 and _all_finite(tmp_path / "m")

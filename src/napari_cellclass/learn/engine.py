@@ -193,8 +193,16 @@ class _Cancelled(Exception):
     """Raised inside an epoch when the cancel token is set."""
 
 
-class _Diverged(Exception):
-    """Raised inside an epoch when the training loss becomes NaN or infinite."""
+class _Diverged(TrainingError):
+    """Raised inside an epoch when the training loss becomes NaN or infinite (``what`` says which).
+
+    :meth:`Trainer.events` turns it into a stop (or one error line when no epoch was good);
+    callers of :meth:`Trainer.train_one_epoch` see it as a :class:`TrainingError`.
+    """
+
+    def __init__(self, what: str, lr: float) -> None:
+        super().__init__(f"training diverged ({what}); train with a lower learning rate (lr={lr:g})")
+        self.what = what
 
 
 @contextlib.contextmanager
@@ -511,7 +519,7 @@ class Trainer:
             logits = self.net(x)
         loss = self.criterion(logits.float(), y)
         if not torch.isfinite(loss):
-            raise _Diverged(f"training loss {float(loss)}")
+            raise _Diverged(f"training loss {float(loss.detach())}", self.cfg.lr)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
@@ -747,7 +755,7 @@ class Trainer:
                 epoch -= 1
                 break
             except _Diverged as exc:
-                diverged = str(exc)
+                diverged = exc.what
                 break
             seconds = time.perf_counter() - te
             value = float(val_m[self.monitor])
