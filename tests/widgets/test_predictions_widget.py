@@ -33,7 +33,7 @@ def test_predict_accept_and_filter(qtbot, make_napari_viewer, trained):
     labelling = LabellingWidget(viewer, project)
     labelling.page_size.value = 24
     viewer.window.add_dock_widget(labelling, name="Labelling")
-    panel = PredictionsWidget(viewer)
+    panel = PredictionsWidget(viewer, confirm=lambda q: True)
     viewer.window.add_dock_widget(panel, name="Predictions")
     active_models.set(project, model)
     unlabelled = project.unlabelled_ids()

@@ -32,6 +32,7 @@ from ..core.errors import CellclassError, ImageReadError
 from ..core.images import ImageData
 from ..core.project import Project
 from .borders import apply_border, prepare_border
+from .dialogs import ask_color, ask_yes_no
 from .hotkeys import HOTKEY_HELP, HOTKEYS, Hotkeys  # noqa: F401 - HOTKEYS re-exported
 from .labelling_model import (
     SPECIAL_FILTERS,
@@ -70,21 +71,6 @@ def _reports_errors(method: F) -> F:
         return None
 
     return wrapper  # type: ignore[return-value]
-
-
-def _qt_confirm(parent: Any, question: str) -> bool:
-    from qtpy.QtWidgets import QMessageBox
-
-    answer = QMessageBox.question(parent, "napari-cellclass", question)
-    return answer == QMessageBox.StandardButton.Yes
-
-
-def _qt_pick_color(parent: Any, current: str) -> str | None:
-    from qtpy.QtGui import QColor
-    from qtpy.QtWidgets import QColorDialog
-
-    color = QColorDialog.getColor(QColor(current), parent, "Class colour")
-    return color.name() if color.isValid() else None
 
 
 class _quiet:
@@ -228,9 +214,9 @@ class LabellingWidget(Container):
         self.project: Project | None = None
         self.pager: Pager | None = None
         self.session: LabellingSession | None = None
-        self.confirm: Callable[[str], bool] = confirm or (lambda q: _qt_confirm(self.native, q))
+        self.confirm: Callable[[str], bool] = confirm or (lambda q: ask_yes_no(self.native, q))
         self.pick_color: Callable[[str], str | None] = pick_color or (
-            lambda c: _qt_pick_color(self.native, c))
+            lambda c: ask_color(self.native, c))
         self._shown: dict[str, _Shown] = {}
         self._rendering = False
         self._reload = False

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from ..core.errors import CellclassError
 from ..core.predictions import Prediction
 from ..core.project import Project
+from .dialogs import ask_yes_no
 from .training_model import (
     PREDICT_SCOPES,
     SORT_CHOICES,
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
     from napari.qt.threading import GeneratorWorker
 
 ACCEPT_KEY = "F5"
+#: Accepting more predictions than this at once asks first.
+CONFIRM_ABOVE = 5
 ALL_CLASSES = "all classes"
 TABLE_COLUMNS = ["predicted", "confidence", "label"]
 
@@ -56,9 +60,11 @@ TABLE_COLUMNS = ["predicted", "confidence", "label"]
 class PredictionsWidget(Container):
     """Predict with the active model and turn good predictions into labels."""
 
-    def __init__(self, viewer: napari.viewer.Viewer, project: Project | str | Path | None = None) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer, project: Project | str | Path | None = None, *,
+                 confirm: Callable[[str], bool] | None = None) -> None:
         super().__init__(labels=False)
         self.viewer = real_viewer(viewer)
+        self.confirm: Callable[[str], bool] = confirm or (lambda q: ask_yes_no(self.native, q))
         self._project = shared_project(project, self.viewer) if project is not None else None
         self.layers = PredictionLayers(self.viewer)
         self.predictions: dict[str, Prediction] = {}
@@ -260,6 +266,13 @@ class PredictionsWidget(Container):
             return []
         threshold = float(self.threshold.value if min_confidence is None else min_confidence)
         ids = acceptable(project, self.predictions, threshold, only_unlabelled=True)
+        if not ids:
+            show_info(f"no unlabelled image has a prediction with confidence ≥ {threshold:.2f}")
+            return []
+        if len(ids) > CONFIRM_ABOVE and not self.confirm(
+                f"Label {len(ids)} unlabelled image(s) with their predicted class (confidence ≥ "
+                f"{threshold:.2f})? One Ctrl+Z in the Labelling dock undoes it."):
+            return []
         try:
             changed = self.accept(ids)
         except CellclassError as exc:

@@ -568,7 +568,7 @@ def acceptable(project: Project, predictions: Mapping[str, Prediction], min_conf
     """Ids whose prediction can become a label: confident enough and (by default) unlabelled."""
     out = []
     for iid, p in predictions.items():
-        if iid not in project.image_ids or not p.classes or p.confidence < min_confidence:
+        if iid not in project or not p.classes or not p.confidence >= min_confidence:  # NaN: never
             continue
         if only_unlabelled and project.labels(iid):
             continue
@@ -579,9 +579,12 @@ def acceptable(project: Project, predictions: Mapping[str, Prediction], min_conf
 
 
 def accept_predictions(project: Project, predictions: Mapping[str, Prediction], ids: Sequence[str]) -> list[str]:
-    """Make the predictions of unlabelled ``ids`` their labels (sidecars written, source
-    ``prediction``); images that already carry a human label keep it. Returns the changed ids."""
-    groups: dict[tuple[str, ...], list[str]] = {}
+    """Make the predictions of unlabelled ``ids`` their labels, as one undo step (sidecars
+    written, source ``prediction``); images that already carry a human label keep it.
+
+    Returns the changed ids.
+    """
+    changes: dict[str, tuple[str, ...]] = {}
     for iid in ids:
         p = predictions.get(iid)
         if p is None or not p.classes or project.labels(iid):
@@ -590,11 +593,10 @@ def accept_predictions(project: Project, predictions: Mapping[str, Prediction], 
         if unknown:
             raise CellclassError(f"{iid}: predicted class {unknown[0]!r} is not a class of the project; "
                                  "add it in the labelling widget first")
-        groups.setdefault(tuple(p.classes), []).append(iid)
-    changed: list[str] = []
-    for classes, group in groups.items():
-        changed += project.set_labels(group, classes, description="accept predictions", source="prediction")
-    return changed
+        changes[iid] = tuple(p.classes)
+    if not changes:
+        return []
+    return project.apply_labels(changes, description="accept predictions", source="prediction")
 
 
 SORT_CHOICES = ("confidence (low first)", "confidence (high first)", "predicted class", "image")
@@ -607,7 +609,7 @@ def filter_predictions(predictions: Mapping[str, Prediction], *, predicted: str 
     """Predictions of one class (``None``: all) in a confidence range, sorted by ``order``."""
     rows = [p for p in predictions.values()
             if (predicted is None or predicted in p.classes)
-            and min_confidence <= p.confidence <= max_confidence
+            and min_confidence <= p.confidence <= max_confidence  # False for NaN
             and (not only_unlabelled or project is None or not project.labels(p.image_id))]
     if order == SORT_CHOICES[0]:
         rows.sort(key=lambda p: (p.confidence, p.image_id))

@@ -1,0 +1,21 @@
+"""Small Qt dialogs the docks share (injected as callables so tests can answer them)."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def ask_yes_no(parent: Any, question: str) -> bool:
+    """Ask a yes/no question in a modal message box; True for yes."""
+    from qtpy.QtWidgets import QMessageBox
+
+    answer = QMessageBox.question(parent, "napari-cellclass", question)
+    return answer == QMessageBox.StandardButton.Yes
+
+
+def ask_color(parent: Any, current: str) -> str | None:
+    """A colour dialog starting at ``current``; the chosen ``#rrggbb`` or None when cancelled."""
+    from qtpy.QtGui import QColor
+    from qtpy.QtWidgets import QColorDialog
+
+    color = QColorDialog.getColor(QColor(current), parent, "Class colour")
+    return color.name() if color.isValid() else None
