@@ -43,6 +43,7 @@ from .training_model import (
     TrainingSession,
     backbone_choices,
     check_model_folder,
+    choose_active_model,
     config_from_values,
     copy_model_folder,
     import_learning_libraries,
@@ -359,8 +360,18 @@ class TrainingWidget(Container):
             self.status.value = f"done in {event.seconds:.0f} s; {text}"
         # the status line tells; a notification toast would stall the viewer (~100 ms on software GL)
         log.info("training %s: %s", "stopped" if event.cancelled else "done", text)
-        if self.project is not None:
-            active_models.set(self.session.project, where)
+        project = self.session.project
+        try:
+            choice = choose_active_model(where, active_models.get(project))
+        except CellclassError as exc:
+            show_error(f"cannot use the new model: {exc}")
+            return
+        if choice.keep_active:
+            self.status.value = f"{self.status.value}. Not made active: {choice.reason}"
+            show_warning(f"The new model in {where} was not made active: {choice.reason}. "
+                         "Load it in 'model folder' to use it anyway.")
+            return
+        active_models.set(project, where)
 
     def _on_worker_finished(self) -> None:
         if self.session is not None:

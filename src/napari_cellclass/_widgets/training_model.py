@@ -436,6 +436,56 @@ def _leave_a_core_for_the_viewer(device: str) -> int | None:
 
 
 # ---------------------------------------------------------------------------- model folders
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model should be active after a run: the new one, or the one already active.
+
+    ``reason`` says why in one line (shown in the Training dock).
+    """
+
+    keep_active: bool
+    reason: str
+
+
+def choose_active_model(new_dir: str | os.PathLike, active_dir: str | os.PathLike | None) -> ModelChoice:
+    """Compare a finished run's model with the active one on their monitored validation metric.
+
+    The new model becomes active unless the active model monitored the same metric and did
+    strictly better (a second run stopped early must not silently replace a better model).
+    """
+    new_cfg = read_model_config(new_dir)
+    new = _monitored(new_cfg)
+    if active_dir is None or Path(active_dir) == Path(new_dir):
+        return ModelChoice(False, "")
+    try:
+        old = _monitored(read_model_config(active_dir))
+    except ModelFolderError:
+        return ModelChoice(False, "")
+    if new is None or old is None or new[0] != old[0] or new[1] != old[1]:
+        return ModelChoice(False, "")
+    metric, mode, new_value = new
+    old_value = old[2]
+    worse = new_value < old_value if mode == "max" else new_value > old_value
+    if not worse:
+        return ModelChoice(False, "")
+    return ModelChoice(True, f"its best validation {metric} {new_value:.3f} is worse than "
+                             f"{old_value:.3f} of the active model {Path(active_dir).name}, which stays active")
+
+
+def _monitored(cfg: Mapping[str, Any]) -> tuple[str, str, float] | None:
+    """``(metric, mode, best value)`` recorded in a model's config.json, when it is finite."""
+    monitor = cfg.get("monitor") or {}
+    metric, mode = monitor.get("metric"), monitor.get("mode", "max")
+    value = (cfg.get("best_metrics") or {}).get(metric) if isinstance(metric, str) else None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not np.isfinite(value) or mode not in ("max", "min"):
+        return None
+    return metric, mode, value
+
+
 def check_model_folder(folder: str | os.PathLike) -> Path:
     """A model folder path after checking its ``config.json`` and weights file (torch-free)."""
     folder = Path(folder).expanduser().resolve()
