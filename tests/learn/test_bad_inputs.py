@@ -11,7 +11,11 @@ import pytest
 
 from napari_cellclass.cli import main
 from napari_cellclass.core.errors import CellclassError, ModelFolderError
-from napari_cellclass.core.predictions import PREDICTIONS_NAME, read_predictions, read_predictions_csv
+from napari_cellclass.core.predictions import (
+    PREDICTIONS_NAME,
+    read_predictions,
+    read_predictions_csv,
+)
 from napari_cellclass.learn import load_model, predict, train
 
 

@@ -12,8 +12,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from napari_cellclass.core.errors import CellclassError, ModelFolderError, TrainingError
-from napari_cellclass.core.predictions import (Prediction, filter_by_confidence, meets_confidence,
-                                               read_predictions_csv, write_predictions)
+from napari_cellclass.core.predictions import (
+    Prediction,
+    filter_by_confidence,
+    meets_confidence,
+    read_predictions_csv,
+    write_predictions,
+)
 from napari_cellclass.learn import EpochEnd, WarningEvent, load_model, predict, run_training, train
 from napari_cellclass.learn import checkpoint as ckpt
 from napari_cellclass.learn.engine import Trainer

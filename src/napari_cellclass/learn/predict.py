@@ -16,7 +16,13 @@ import numpy as np
 import torch
 
 from ..core.errors import CellclassError, ConfigError, ModelError
-from ..core.predictions import Prediction, export_predictions_csv, now_iso, predictions_path, write_predictions
+from ..core.predictions import (
+    Prediction,
+    export_predictions_csv,
+    now_iso,
+    predictions_path,
+    write_predictions,
+)
 from ..core.project import CONFIG_NAME, Project
 from ..core.scan import scan_images
 from .checkpoint import TrainedModel, load_model
