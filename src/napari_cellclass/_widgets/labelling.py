@@ -784,7 +784,10 @@ class LabellingWidget(Container):
             return
         name = self.class_choice.value
         n = project.counts().get(name, 0)
-        if n and not self.confirm(f"Class '{name}' labels {n} image(s). Remove it and unlabel them?"):
+        question = f"Class '{name}' labels {n} image(s). Remove it and unlabel them? This cannot be undone."
+        if project.remove_affects_history(name):
+            question += f" Earlier undo steps will restore their images without '{name}'."
+        if n and not self.confirm(question):
             return
         project.remove_class(name, force=True)
 
