@@ -32,6 +32,7 @@ from ..core.errors import CellclassError, ImageReadError
 from ..core.images import ImageData
 from ..core.project import Project
 from .borders import apply_border, prepare_border
+from .compact import compact_dock
 from .dialogs import ask_color, ask_yes_no
 from .hotkeys import HOTKEY_HELP, HOTKEYS, Hotkeys  # noqa: F401 - HOTKEYS re-exported
 from .labelling_model import (
@@ -42,6 +43,7 @@ from .labelling_model import (
     image_border_specs,
 )
 from .layers import BLEND, COMPOSITE, METADATA_KEY, PAGE_SIZE, layer_data_from_image, layer_metadata, natural_layer_count
+from .session import session_for
 
 if TYPE_CHECKING:
     import napari
@@ -278,6 +280,7 @@ class LabellingWidget(Container):
             row(self.label_button, self.label_next_button, self.undo_button, self.clear_button),
             self.help,
         ])
+        compact_dock(self)  # rows scroll in a short dock; the window never outgrows the screen
         self.open_button.changed.connect(self._on_open_clicked)
         self.multi_label.changed.connect(self._on_multi_label)
         self.class_choice.changed.connect(self._on_class_choice)
@@ -368,6 +371,7 @@ class LabellingWidget(Container):
             self.project.remove_listener(self._on_project_changed)
             self._remove_page_layers(list(self._shown))
         self.project = project
+        session_for(self.viewer).set_project(project)
         self.pager = Pager(project, int(self.page_size.value))
         self.session = LabellingSession(project)
         project.add_listener(self._on_project_changed)
@@ -591,10 +595,10 @@ class LabellingWidget(Container):
         """
         if self.project is None or self.pager is None:
             return
-        ids = tuple(i for i in image_ids if i in self.project.image_ids)
+        ids = tuple(i for i in image_ids if i in self.project)
         if not ids:
             return
-        self.pager.page_ids = ids
+        self.pager.show_list(ids, title or "chosen images")
         self._render_page()
         if title:
             self.viewer.status = f"{title}: {len(ids)} images"
@@ -887,8 +891,7 @@ class LabellingWidget(Container):
     def _refresh_page_label(self) -> None:
         if self.pager is None:
             return
-        page, n_pages, n = self.pager.page_info()
-        self.page_label.value = f"page {page} / {n_pages} ({n} images)"
+        self.page_label.value = self.pager.page_text()
         with _quiet(self.channels):
             value = self.channels.value
             self.channels.reset_choices()

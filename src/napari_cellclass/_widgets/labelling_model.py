@@ -102,9 +102,32 @@ class Pager:
         self.project = project
         self.page_size = max(1, int(page_size))
         self.image_filter = image_filter
-        self.page_ids: tuple[str, ...] = ()
+        self._page_ids: tuple[str, ...] = ()
+        self.list_title = ""  # set while the page shows a chosen list (e.g. a confusion cell)
         self._order: dict[str, int] = {}
         self._order_of: tuple[str, ...] | None = None
+
+    @property
+    def page_ids(self) -> tuple[str, ...]:
+        """The ids of the page shown (fixed until the page turns)."""
+        return self._page_ids
+
+    @page_ids.setter
+    def page_ids(self, ids: tuple[str, ...]) -> None:
+        self._page_ids = tuple(ids)
+        self.list_title = ""
+
+    def show_list(self, ids: tuple[str, ...], title: str) -> None:
+        """Show a chosen list of images as the page; the next page continues in project order."""
+        self.page_ids = ids
+        self.list_title = title
+
+    def page_text(self) -> str:
+        """What the page label says: the page number, or the list being shown."""
+        if self.list_title:
+            return f"{self.list_title}: {len(self.page_ids)} images (next page: project order)"
+        page, n_pages, n = self.page_info()
+        return f"page {page} / {n_pages} ({n} images)"
 
     # ------------------------------------------------------------------ helpers
     def _position(self, image_id: str) -> int:
@@ -198,7 +221,7 @@ class Pager:
         """``(page number from 1, number of pages, images under the filter)``."""
         ids = self.filtered_ids()
         n_pages = max(1, -(-len(ids) // self.page_size))
-        page = min(n_pages, self._start_index(ids) // self.page_size + 1)
+        page = min(n_pages, int(self._start_index(ids) / self.page_size + 0.5) + 1)  # nearest page
         return page, n_pages, len(ids)
 
     def next_image(self, image_id: str) -> tuple[str | None, bool]:

@@ -31,11 +31,12 @@ from magicgui.widgets import (
 )
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QCompleter
 
 from ..core.errors import CellclassError
 from ..core.project import Project
+from .compact import compact_dock
 from .plots import TrainingPlots
 from .training_model import (
     Failed,
@@ -50,6 +51,7 @@ from .training_model import (
     settings_spec,
     values_from_config,
 )
+from .session import session_for
 from .viewer_link import active_models, current_project, real_viewer, shared_project
 
 if TYPE_CHECKING:
@@ -64,6 +66,8 @@ log = logging.getLogger(__name__)
 CPU_HINT = "CPU: small backbone, 96 px, batch 32 · on a GPU raise input size, batch and backbone"
 #: Seconds between two progress-bar updates at most (the bar repaints the activity dock).
 PROGRESS_INTERVAL = 0.1
+#: Milliseconds a burst of label changes waits before the project summary is recounted.
+REFRESH_DELAY_MS = 150
 
 
 class TrainingWidget(Container):
@@ -90,6 +94,14 @@ class TrainingWidget(Container):
         self.settings: dict[str, Widget] = {}
         self._build()
         active_models.changed.connect(self._on_active_model)
+        # label counts follow the labelling at most a few times a second (one refresh per burst)
+        self._refresh_timer = QTimer()
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(REFRESH_DELAY_MS)
+        self._refresh_timer.timeout.connect(self._refresh_state)
+        self.shared = session_for(self.viewer)
+        self.shared.project_changed.connect(self._on_shared_change)
+        self.shared.labels_changed.connect(self._on_shared_change)
         self._refresh_state()
 
     # ================================================================== building
@@ -137,6 +149,7 @@ class TrainingWidget(Container):
             self.active_label, Container(widgets=[self.model_folder], labels=True),
             row(self.load_model_button, self.save_model_button),
         ])
+        compact_dock(self)  # rows scroll in a short dock; the window never outgrows the screen
         self.train_button.changed.connect(lambda _v: self.train())
         self.stop_button.changed.connect(lambda _v: self.stop())
         self.save_settings_button.changed.connect(lambda _v: self._on_save_settings())
@@ -421,6 +434,10 @@ class TrainingWidget(Container):
         except (CellclassError, OSError) as exc:
             show_error(f"cannot save the model: {exc}")
 
+    def _on_shared_change(self, *_args: Any) -> None:
+        if not self._closed:
+            self._refresh_timer.start()
+
     def _on_active_model(self, root: str, folder: Path | None) -> None:
         project = self.project
         if project is not None and str(project.root) == root:
@@ -455,6 +472,9 @@ class TrainingWidget(Container):
         if worker is not None:  # the worker drains the stream and ends the process; nothing is shown
             worker.yielded.disconnect(self._on_event)
         active_models.changed.disconnect(self._on_active_model)
+        self.shared.project_changed.disconnect(self._on_shared_change)
+        self.shared.labels_changed.disconnect(self._on_shared_change)
+        self._refresh_timer.stop()
         super().close()
 
 

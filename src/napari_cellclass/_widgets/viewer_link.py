@@ -75,7 +75,12 @@ def shared_project(folder: str | os.PathLike | Project, viewer: Any = None) -> P
 
 
 def current_project(viewer: napari.viewer.Viewer) -> Project | None:
-    """The project the viewer shows: the labelling widget's, else the one of the image layers."""
+    """The project the viewer shows: the session's, else the one of the image layers."""
+    from .session import session_for
+
+    project = session_for(viewer).project
+    if project is not None:
+        return shared_project(project)
     lw = find_labelling_widget(viewer)
     if lw is not None and lw.project is not None:
         return shared_project(lw.project)
@@ -238,10 +243,7 @@ def show_images(viewer: napari.viewer.Viewer, project: Project, ids: Sequence[st
     lw = find_labelling_widget(viewer)
     if lw is not None and hasattr(lw, "show_images") and lw.project is not None \
             and str(lw.project.root) == str(project.root):
-        # in project order: the labelling widget reorders layers with napari's move_multiple,
-        # which misplaces (or fails on) sources that are not in ascending order
-        pos = {iid: k for k, iid in enumerate(project.image_ids)}
-        ordered = sorted(ids, key=lambda i: pos.get(i, len(pos)))
+        ordered = [i for i in ids if i in project]
         lw.show_images(ordered, title)
         return ordered
     for layer in [lyr for lyr in viewer.layers if (cellclass_meta(lyr) or {}).get(REVIEW_KEY)]:
