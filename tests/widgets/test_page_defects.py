@@ -97,3 +97,27 @@ def test_opening_another_project_switches_without_inserting_into_the_grid(open_w
     viewer.open(str(other.root), plugin="napari-cellclass")
     assert w.project.root == other.root
     assert cells(viewer) == [{i} for i in other.image_ids[:4]]
+
+
+def test_extra_layer_gets_its_own_cell_and_the_grid_is_refitted(open_widget, qtbot):
+    import numpy as np
+
+    viewer, w, project = open_widget(n=12, channels=2, page_size=4)
+    ids = project.image_ids
+    qtbot.wait(20)
+    zoom = viewer.camera.zoom
+    extra = viewer.add_image(np.ones((24, 24), np.float32), name="extra", colormap="red",
+                             contrast_limits=(0, 1))
+    qtbot.wait(20)
+    assert viewer.camera.zoom != zoom  # 5 cells instead of 4: the view fits the new grid
+    w.next_page()
+    qtbot.wait(20)
+    assert cells(viewer) == [{i} for i in ids[4:8]] + [{"extra"}]
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    red = (shot[..., 0] > 200) & (shot[..., 1] < 60) & (shot[..., 2] < 60)
+    rows, cols = np.nonzero(red)
+    h, wd = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    assert red.sum() > 100
+    assert abs(h - wd) <= 3 and red.sum() > 0.95 * h * wd  # the whole square image, not a clipped part
+    viewer.layers.remove(extra)
+    assert cells(viewer) == [{i} for i in ids[4:8]]

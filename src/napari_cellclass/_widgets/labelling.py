@@ -222,6 +222,7 @@ class LabellingWidget(Container):
         self._shown: dict[str, _Shown] = {}
         self._rendering = False
         self._reload = False
+        self._grid_shape: tuple[int, int] | None = None
         self._adopt_scheduled = False
         self._hotkeys = Hotkeys(self.viewer, self)
         self._max_channels = 1
@@ -400,6 +401,7 @@ class LabellingWidget(Container):
                 QTimer.singleShot(0, self._adopt_layers)
         elif isinstance(layer, Image):
             self._draw_scripted(layer)
+        self._fit_grid()
 
     def _on_layer_removed(self, event: Any) -> None:
         if self._rendering:
@@ -410,6 +412,24 @@ class LabellingWidget(Container):
                 shown.layers.remove(layer)
                 if not shown.layers:
                     del self._shown[iid]
+        self._fit_grid()
+
+    def _fit_grid(self, force: bool = False) -> None:
+        """Fit the grid in the canvas again when its shape changed (a layer came or went)."""
+        if self.project is None:
+            return
+        grid = self.viewer.canvas.grid
+        shape = grid.actual_shape(list(self.viewer.layers)) if grid.enabled else None
+        if force or shape != self._grid_shape:
+            self._grid_shape = shape
+            if shape is not None:
+                self.viewer.reset_view()
+                # once more when Qt has laid the window out (a new dock shrinks the canvas)
+                QTimer.singleShot(0, self._reset_view_later)
+
+    def _reset_view_later(self) -> None:
+        if self.project is not None and self.viewer.canvas.grid.enabled:
+            self.viewer.reset_view()
 
     @_reports_errors
     def _adopt_layers(self) -> None:
@@ -518,14 +538,12 @@ class LabellingWidget(Container):
                     self._remove_layers(shown.layers)
                 raise
             order = [lyr for i in ids if i in self._shown for lyr in self._shown[i].layers]
-            cells_before = grid.actual_shape(list(self.viewer.layers)) if grid.enabled else None
             _bring_to_front(self.viewer.layers, order)
             grid.stride = stride
             grid.shape = (-1, -1)
             grid.spacing = GRID_SPACING
             grid.enabled = True
-            if cells_before != grid.actual_shape(list(self.viewer.layers)):
-                self.viewer.reset_view()  # the grid has another shape: fit it in the canvas
+            self._fit_grid()  # the grid has another shape: fit it in the canvas
         finally:
             self._rendering = False
         for iid in self._shown:
