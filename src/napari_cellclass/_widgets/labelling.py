@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -52,6 +53,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
 
 GRID_SPACING = 0.06
+#: ``layer.metadata["cellclass"]`` key: the project image a scripted layer was saved as.
+SAVED_AS_KEY = "saved_as"
 
 
 def _reports_errors(method: F) -> F:
@@ -223,6 +226,7 @@ class LabellingWidget(Container):
         self._rendering = False
         self._reload = False
         self._grid_shape: tuple[int, int] | None = None
+        self._offered: set[int] = set()  # scripted layers told that their labels are not saved
         self._adopt_scheduled = False
         self._hotkeys = Hotkeys(self.viewer, self)
         self._max_channels = 1
@@ -642,7 +646,7 @@ class LabellingWidget(Container):
                 continue
             if not isinstance(layer, Image):
                 continue
-            iid = self._project_id_of_source(layer)
+            iid = self._project_id_of_source(layer) or self._saved_id(layer)
             if iid is not None:
                 ids.add(iid)
             else:
@@ -650,6 +654,71 @@ class LabellingWidget(Container):
         page = self.pager.page_ids if self.pager is not None else ()
         ordered = [i for i in page if i in ids] + sorted(i for i in ids if i not in page)
         return ordered, targets
+
+    def _saved_id(self, layer: Layer) -> str | None:
+        """The project image a scripted layer was saved as (see :meth:`save_scripted_layers`)."""
+        meta = layer.metadata.get(METADATA_KEY) if isinstance(layer.metadata, dict) else None
+        iid = meta.get(SAVED_AS_KEY) if isinstance(meta, dict) else None
+        return iid if self.project is not None and iid in self.project else None
+
+    def save_scripted_layers(self, layers: Sequence[Layer] | None = None) -> list[str]:
+        """Write labelled in-memory layers into the project as TIFFs, keeping their labels.
+
+        Layers a script made from arrays carry their labels only in ``layer.metadata``, which
+        is lost when napari closes. Each is saved as ``added_images/<layer name>.tif`` (never
+        overwriting) and its labels become the new image's sidecar, all as one undo step; the
+        layer then labels that image. Default: every labelled scripted layer without a file.
+        Returns the new image ids.
+        """
+        from ..core.transfer import save_array_image
+
+        project = self.project
+        if project is None:
+            show_warning("open a project folder first: the layers are saved into it")
+            return []
+        if layers is None:
+            layers = [lyr for lyr in self.viewer.layers if self._unsaved_labels(lyr)]
+        labels: dict[str, tuple[str, ...]] = {}
+        saved: list[tuple[Layer, str]] = []
+        for layer in layers:
+            data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+            iid = save_array_image(project, np.asarray(data), layer.name)
+            saved.append((layer, iid))
+            names = tuple(c for c in _LayerTarget(layer).get_labels() if c in project.class_names)
+            if names:
+                labels[iid] = names
+        if labels:
+            project.apply_labels(labels, description="save layers", source="human")
+        for layer, iid in saved:
+            meta = dict(layer.metadata.get(METADATA_KEY) or {})
+            meta[SAVED_AS_KEY] = iid
+            layer.metadata[METADATA_KEY] = meta
+            self._draw_scripted(layer)
+        if saved:
+            show_info(f"saved {len(saved)} layer(s) into {project.root.name}/"
+                      f"{saved[0][1].rsplit('/', 1)[0]}/ with their labels")
+        return [iid for _, iid in saved]
+
+    def _unsaved_labels(self, layer: Layer) -> bool:
+        """True for a scripted layer whose labels live only in its metadata."""
+        return (isinstance(layer, Image) and self._project_meta(layer) is None
+                and self._saved_id(layer) is None and _LayerTarget(layer).source_path is None
+                and bool(_LayerTarget(layer).get_labels()))
+
+    def _offer_to_save(self, targets: Sequence[_LayerTarget]) -> None:
+        """Once per layer: say that its label lives in the layer only, with a button to save it."""
+        from napari.utils.notifications import Notification, notification_manager
+
+        fresh = [t.layer for t in targets if self._unsaved_labels(t.layer)
+                 and id(t.layer) not in self._offered]
+        if not fresh or self.project is None:
+            return
+        self._offered.update(id(lyr) for lyr in fresh)
+        names = ", ".join(f"'{lyr.name}'" for lyr in fresh[:3]) + (" …" if len(fresh) > 3 else "")
+        notification_manager.dispatch(Notification(
+            f"{names} has no file: its label is kept in the layer only and is lost when napari "
+            "closes. Save it into the project as a TIFF to keep it.", severity="warning",
+            actions=[("Save into project", lambda *_: self.save_scripted_layers(fresh))]))
 
     def _project_id_of_source(self, layer: Layer) -> str | None:
         """The project image id of a layer opened from a file inside the project, if any."""
@@ -682,6 +751,7 @@ class LabellingWidget(Container):
         self.session.label(*sel)
         for t in sel[1]:
             self._draw_scripted(t.layer)
+        self._offer_to_save(sel[1])
 
     @_reports_errors
     def label_and_next(self) -> None:
@@ -694,6 +764,7 @@ class LabellingWidget(Container):
         self.session.label(ids, targets)
         for t in targets:
             self._draw_scripted(t.layer)
+        self._offer_to_save(targets)
         if ids:
             self._go_after(ids[-1])
 
@@ -847,6 +918,10 @@ class LabellingWidget(Container):
             for iid in ids:
                 if iid in self._shown:
                     self._draw(iid)
+            changed = set(ids)  # scripted layers saved into the project show its labels
+            for layer in self.viewer.layers:
+                if self._saved_id(layer) in changed:
+                    self._draw_scripted(layer)
         self._refresh_panel()
 
     def _color_of(self, name: str) -> str:
@@ -876,6 +951,9 @@ class LabellingWidget(Container):
         if not isinstance(meta, dict):
             apply_border(layer, [])
             return
+        saved = self._saved_id(layer)
+        if saved is not None:
+            meta["labels"] = list(self.project.labels(saved)) if self.project is not None else []
         pred = meta.get("prediction") or []
         specs = image_border_specs(list(meta.get("labels", ())),
                                    [pred] if isinstance(pred, str) else list(pred), self._color_of)
