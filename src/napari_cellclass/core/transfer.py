@@ -14,6 +14,7 @@ from .atomic import atomic_write_bytes, atomic_write_text
 from .classes import validate_name
 from .errors import ClassNameError, ProjectError
 from .project import Project
+from .images import is_image_file
 from .scan import SKIP_DIRS, scan_images
 from .splits import normalise_split_name, write_split_file
 
@@ -362,7 +363,8 @@ def save_array_image(project: Project, pixels: Any, name: str, *, channel_axis: 
                            "give a 2-D image or channels with a 2-D plane")
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
-    stem = _UNSAFE.sub("_", Path(name).stem).strip("._") or "image"
+    base = os.path.splitext(name)[0]
+    stem = _UNSAFE.sub("_", base if is_image_file(name) else name).strip("._") or "image"
     taken = {i.casefold() for i in project.image_ids}
     k = 0
     while True:
