@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import math
 import os
 import shutil
 import sys
@@ -31,7 +32,13 @@ import numpy as np
 from ..core.atomic import atomic_write_text
 from ..core.errors import CellclassError, ModelFolderError
 from ..core.model_folder import read_model_config
-from ..core.predictions import Prediction, export_predictions_csv, read_predictions, write_predictions
+from ..core.predictions import (
+    Prediction,
+    export_predictions_csv,
+    meets_confidence,
+    read_predictions,
+    write_predictions,
+)
 from ..core.project import Project
 
 if TYPE_CHECKING:
@@ -618,7 +625,7 @@ def acceptable(project: Project, predictions: Mapping[str, Prediction], min_conf
     """Ids whose prediction can become a label: confident enough and (by default) unlabelled."""
     out = []
     for iid, p in predictions.items():
-        if iid not in project or not p.classes or not p.confidence >= min_confidence:  # NaN: never
+        if iid not in project or not p.classes or not meets_confidence(p, min_confidence, math.inf):
             continue
         if only_unlabelled and project.labels(iid):
             continue
@@ -659,7 +666,7 @@ def filter_predictions(predictions: Mapping[str, Prediction], *, predicted: str 
     """Predictions of one class (``None``: all) in a confidence range, sorted by ``order``."""
     rows = [p for p in predictions.values()
             if (predicted is None or predicted in p.classes)
-            and min_confidence <= p.confidence <= max_confidence  # False for NaN
+            and meets_confidence(p, min_confidence, max_confidence)
             and (not only_unlabelled or project is None or not project.labels(p.image_id))]
     if order == SORT_CHOICES[0]:
         rows.sort(key=lambda p: (p.confidence, p.image_id))
