@@ -43,7 +43,15 @@ from .labelling_model import (
     fallback_color,
     image_border_specs,
 )
-from .layers import BLEND, COMPOSITE, METADATA_KEY, PAGE_SIZE, layer_data_from_image, layer_metadata, natural_layer_count
+from .layers import (
+    BLEND,
+    COMPOSITE,
+    METADATA_KEY,
+    PAGE_SIZE,
+    layer_data_from_image,
+    layer_metadata,
+    natural_layer_count,
+)
 from .session import session_for
 
 if TYPE_CHECKING:

@@ -13,8 +13,8 @@ from typing import Any
 from .atomic import atomic_write_bytes, atomic_write_text
 from .classes import validate_name
 from .errors import ClassNameError, ProjectError
-from .project import Project
 from .images import is_image_file
+from .project import Project
 from .scan import SKIP_DIRS, scan_images
 from .splits import normalise_split_name, write_split_file
 
