@@ -18,5 +18,11 @@ def test_open_viewer_shows_project_and_docks_widgets(tmp_path, qtbot):
         labelling = next(d.inner_widget() for k, d in docked.items() if k.startswith("Labelling"))
         qtbot.waitUntil(lambda: labelling.project is not None)
         assert labelling.summary.value == "p: labelled 0 / 4"
+        # the four docks are tabs of one dock area, the Labelling tab in front
+        docks = {k.split(" ")[0]: d for k, d in docked.items()}
+        others = [docks[name] for name in ("Training", "Predictions", "Metrics")]
+        assert set(others) <= set(viewer.window._qt_window.tabifiedDockWidgets(docks["Labelling"]))
+        qtbot.waitUntil(lambda: not docks["Labelling"].visibleRegion().isEmpty())
+        assert all(dock.visibleRegion().isEmpty() for dock in others)
     finally:
         viewer.close()

@@ -16,7 +16,7 @@ from typing import Any
 
 from magicgui.widgets.bases import ContainerWidget
 from qtpy.QtCore import QSize, Qt
-from qtpy.QtWidgets import QApplication, QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QApplication, QFrame, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 #: Height (px) a dock's content asks for at least: four docks stacked in one dock area (each with
 #: its title bar) fit the height left by a 1080-pixel screen's menu and status bars.
@@ -68,9 +68,15 @@ def compact_dock(container: Any) -> DockScrollArea:
     ``reset_choices``), only their Qt parent changes. Rows that are containers themselves (a row
     of buttons, a form) lose their own margins, so rows line up and sit close together. A stretch
     below the rows keeps them at the top unless a row (a table) takes the spare height itself.
+    Word-wrapped texts use the dock's width (magicgui gives labels a fixed width).
     """
     _no_nested_margins(container)
     outer = container.native
+    for label in outer.findChildren(QLabel):
+        if label.wordWrap():
+            policy = label.sizePolicy()
+            policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
+            label.setSizePolicy(policy)
     layout = outer.layout()
     content = QWidget()
     content.setObjectName("cellclassDockContent")

@@ -3,31 +3,64 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 PLUGIN = "napari-cellclass"
 EXTRA_WIDGETS = ("Training", "Predictions", "Metrics")
 
 
 def open_viewer(folder: str | os.PathLike | None = None, *, run: bool = True):
-    """Start a napari viewer with the project ``folder`` opened (labelling widget docked)
-    and the other cellclass widgets docked beside it. Returns the viewer."""
+    """Start a napari viewer with the project ``folder`` opened in the labelling dock and the
+    other cellclass docks beside it (see :func:`dock_all`). Returns the viewer."""
     import napari
 
     from .layers import METADATA_KEY  # noqa: F401 - fail early if the glue is broken
 
     viewer = napari.Viewer(title="napari-cellclass")
-    if folder is not None:
-        viewer.open(str(Path(folder)), plugin=PLUGIN)
-    else:
-        viewer.window.add_plugin_dock_widget(PLUGIN, "Labelling")
-    docks = []
-    for k, name in enumerate(EXTRA_WIDGETS):
-        try:  # Training, Predictions and Metrics share one dock area as tabs
-            docks.append(viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=k > 0)[0])
-        except KeyError:
-            continue  # not contributed by this version
-    if docks:
-        docks[0].raise_()  # Training is the tab shown first
+    dock_all(viewer, folder)
     if run:
         napari.run()
     return viewer
+
+
+def dock_all(viewer: Any, folder: str | os.PathLike | None = None) -> None:
+    """Open ``folder`` (if any) in the labelling dock and dock the other cellclass widgets.
+
+    The Training, Predictions and Metrics docks are tabs beside Labelling in the same dock area,
+    the Labelling tab in front, and the window fits the screen.
+    """
+    from .viewer_link import find_labelling_widget
+
+    if folder is not None:
+        viewer.open(str(Path(folder)), plugin=PLUGIN)
+    labelling = find_labelling_widget(viewer)
+    if labelling is None:
+        labelling = viewer.window.add_plugin_dock_widget(PLUGIN, "Labelling")[1]
+    for name in EXTRA_WIDGETS:
+        try:  # one dock area, one tab per dock: each dock gets the area's full height
+            viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True)
+        except KeyError:
+            continue  # not contributed by this version
+    labelling.raise_dock()
+    fit_to_screen(viewer.window)
+
+
+def fit_to_screen(window: Any) -> None:
+    """Shrink napari's main window to the screen it is on (napari restores its last size)."""
+    from qtpy.QtWidgets import QApplication
+
+    qt = window._qt_window
+    screen = qt.screen() or QApplication.primaryScreen()
+    if screen is None or qt.isMaximized() or qt.isFullScreen():
+        return
+    room = screen.availableGeometry()
+    frame, inner = qt.frameGeometry(), qt.geometry()
+    extra_w, extra_h = frame.width() - inner.width(), frame.height() - inner.height()
+    width = min(inner.width(), room.width() - extra_w)
+    height = min(inner.height(), room.height() - extra_h)
+    if (width, height) == (inner.width(), inner.height()):
+        return
+    qt.resize(width, height)
+    x = max(room.left(), min(frame.left(), room.left() + room.width() - width - extra_w))
+    y = max(room.top(), min(frame.top(), room.top() + room.height() - height - extra_h))
+    qt.move(x, y)

@@ -18,6 +18,7 @@ from qtpy.QtGui import QBrush, QColor
 
 from ..core.errors import CellclassError
 from ..core.project import Project
+from .compact import compact_dock, show_rows
 from .training_model import METRIC_COLUMNS, Evaluation, Failed, evaluate_split, import_learning_libraries, user_message
 from .viewer_link import active_models, current_project, real_viewer, shared_project, show_images
 
@@ -60,6 +61,9 @@ class MetricsDock(Container):
             self.summary, self.table, self.confusion_title, self.confusion,
             Container(widgets=[self.export_folder], labels=True), self.export_button,
         ])
+        show_rows(self.table, 5)
+        show_rows(self.confusion, 5)
+        compact_dock(self)  # rows scroll in a short dock; the tables take the spare height
         self.evaluate_button.changed.connect(lambda _v: self.evaluate())
         self.export_button.changed.connect(lambda _v: self._on_export())
         active_models.changed.connect(self._on_active_model)

@@ -21,6 +21,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from ..core.errors import CellclassError
 from ..core.predictions import Prediction
 from ..core.project import Project
+from .compact import compact_dock, show_rows
 from .dialogs import ask_yes_no
 from .training_model import (
     PREDICT_SCOPES,
@@ -93,6 +94,7 @@ class PredictionsWidget(Container):
         self.show_button = PushButton(text="Show these images")
         self.table = Table(value={"data": [], "index": [], "columns": TABLE_COLUMNS})
         self.table.read_only = True
+        show_rows(self.table, 8)
         self.table.native.cellClicked.connect(self._on_row_clicked)
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
@@ -109,6 +111,7 @@ class PredictionsWidget(Container):
             row(self.unlabelled_only, self.show_button), self.table,
             Container(widgets=[self.export_file], labels=True), self.export_button,
         ])
+        compact_dock(self)  # rows scroll in a short dock; the table takes the spare height
         self.predict_button.changed.connect(lambda _v: self.predict())
         self.stop_button.changed.connect(lambda _v: self.stop())
         self.accept_button.changed.connect(lambda _v: self.accept_selected())

@@ -118,9 +118,7 @@ class TrainingWidget(Container):
                                              filter="Weights (*.safetensors *.pth *.pt *.bin)")
                 basic.append(self.weights_file)
         self.advanced = advanced
-        self.show_advanced = CheckBox(text="show all settings", value=False)
-        self.show_advanced.changed.connect(lambda v: setattr(self.advanced, "visible", bool(v)))
-        self.advanced.visible = False
+        self.show_advanced = CheckBox(text="show all settings and settings files", value=False)
         self.settings["pretrained"].changed.connect(self._on_pretrained)
         self.weights_file.visible = False
 
@@ -141,10 +139,13 @@ class TrainingWidget(Container):
         def row(*widgets: Widget) -> Container:
             return Container(widgets=list(widgets), layout="horizontal", labels=False)
 
+        # rarely used: the other settings and the settings files, behind one check box
+        more = Container(widgets=[advanced, Container(widgets=[self.settings_file], labels=True),
+                                  row(self.save_settings_button, self.load_settings_button)], labels=False)
+        more.visible = False
+        self.show_advanced.changed.connect(lambda v: setattr(more, "visible", bool(v)))
         self.extend([
-            self.project_label, basic, self.show_advanced, advanced,
-            Container(widgets=[self.settings_file], labels=True),
-            row(self.save_settings_button, self.load_settings_button),
+            self.project_label, basic, self.show_advanced, more,
             row(self.train_button, self.stop_button), self.status, self.plots,
             self.active_label, Container(widgets=[self.model_folder], labels=True),
             row(self.load_model_button, self.save_model_button),
