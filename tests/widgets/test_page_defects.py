@@ -105,11 +105,11 @@ def test_extra_layer_gets_its_own_cell_and_the_grid_is_refitted(open_widget, qtb
     viewer, w, project = open_widget(n=12, channels=2, page_size=4)
     ids = project.image_ids
     qtbot.wait(20)
-    zoom = viewer.camera.zoom
+    zoom = viewer.scene.camera.zoom
     extra = viewer.add_image(np.ones((24, 24), np.float32), name="extra", colormap="red",
                              contrast_limits=(0, 1))
     qtbot.wait(20)
-    assert viewer.camera.zoom != zoom  # 5 cells instead of 4: the view fits the new grid
+    assert viewer.scene.camera.zoom != zoom  # 5 cells instead of 4: the view fits the new grid
     w.next_page()
     qtbot.wait(20)
     assert cells(viewer) == [{i} for i in ids[4:8]] + [{"extra"}]
