@@ -1,11 +1,12 @@
-"""Class definitions: names, colours, order; validation of names and colours."""
+"""The class list: names, colours and order of a project's classes, and the checks on each edit."""
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .errors import ClassNameError
+from .errors import ClassNameError, ProjectError
 
 # A colour-blind-friendly palette (Okabe-Ito, then Tableau), distinct on dark backgrounds.
 DEFAULT_PALETTE: tuple[str, ...] = (
@@ -82,7 +83,98 @@ def next_color(used: list[str] | tuple[str, ...]) -> str:
     return DEFAULT_PALETTE[len(used) % len(DEFAULT_PALETTE)]
 
 
-def hex_to_rgba(color: str, alpha: float = 1.0) -> tuple[float, float, float, float]:
-    """``#rrggbb`` to an RGBA tuple of floats in 0-1."""
-    c = validate_color(color)
-    return (int(c[1:3], 16) / 255, int(c[3:5], 16) / 255, int(c[5:7], 16) / 255, alpha)
+@dataclass(frozen=True)
+class ClassList:
+    """An ordered list of classes (names distinct, ignoring case); each edit returns a new list.
+
+    An edit checks everything first and raises :class:`ClassNameError` (or
+    :class:`~napari_cellclass.core.errors.ProjectError`) before anything changes, so a
+    project can save the new list before it adopts it.
+    """
+
+    items: tuple[ClassInfo, ...] = ()
+
+    def __iter__(self) -> Iterator[ClassInfo]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.items)
+
+    @property
+    def colors(self) -> list[str]:
+        return [c.color for c in self.items]
+
+    def index(self, name: str) -> int:
+        """Position of the class ``name`` (exact name); :class:`ClassNameError` when there is none."""
+        for i, c in enumerate(self.items):
+            if c.name == name:
+                return i
+        raise ClassNameError(f"no class named {name!r}; classes are {list(self.names)}")
+
+    def color(self, name: str) -> str:
+        return self.items[self.index(name)].color
+
+    def order(self, classes: Sequence[str]) -> tuple[str, ...]:
+        """``classes`` once each, in class-list order (unknown names last)."""
+        rank = {n: k for k, n in enumerate(self.names)}
+        return tuple(sorted(set(classes), key=lambda c: rank.get(c, len(rank))))
+
+    def with_class(self, classes: tuple[str, ...], name: str) -> tuple[str, ...]:
+        """An image's classes with ``name`` added (multi-label; in class-list order)."""
+        return classes if name in classes else self.order(classes + (name,))
+
+    def check_labels(self, classes: str | Sequence[str], multi_label: bool) -> tuple[str, ...]:
+        """The classes to give one image, each once; every name must be a class (only one when single-label)."""
+        out = tuple(dict.fromkeys((classes,) if isinstance(classes, str) else classes))
+        for c in out:
+            self.index(c)
+        if len(out) > 1 and not multi_label:
+            raise ProjectError(f"this is a single-label project; cannot give one image {len(out)} classes "
+                               "(switch the project to multi-label first)")
+        return out
+
+    def added(self, names: Sequence[str], colors: Sequence[str | None]) -> tuple[ClassList, list[ClassInfo]]:
+        """The list with new classes at the end (a distinct palette colour where none is given)."""
+        new = list(self.items)
+        added: list[ClassInfo] = []
+        for name, color in zip(names, colors, strict=True):
+            clean = validate_name(name, [c.name for c in new])
+            info = ClassInfo(clean, validate_color(color) if color is not None
+                             else next_color([c.color for c in new]))
+            new.append(info)
+            added.append(info)
+        return ClassList(tuple(new)), added
+
+    def found(self, names: Sequence[str]) -> ClassList:
+        """The list with classes found in label files appended (already checked, palette colours)."""
+        new = list(self.items)
+        for name in names:
+            new.append(ClassInfo(name, next_color([c.color for c in new])))
+        return ClassList(tuple(new))
+
+    def recolored(self, name: str, color: str) -> ClassList:
+        i = self.index(name)
+        return self._replaced(i, ClassInfo(name, validate_color(color)))
+
+    def reordered(self, names: Sequence[str]) -> ClassList:
+        """The classes in the order of ``names`` (which must name each class once)."""
+        if sorted(names) != sorted(self.names):
+            raise ClassNameError(f"new order {list(names)} must list each class once: {list(self.names)}")
+        return ClassList(tuple(self.items[self.index(n)] for n in names))
+
+    def renamed(self, old: str, new: str) -> ClassList:
+        """The list with ``old`` called ``new`` (same place, same colour); ``new`` is checked."""
+        i = self.index(old)
+        clean = validate_name(new, [n for n in self.names if n != old])
+        return self._replaced(i, ClassInfo(clean, self.items[i].color))
+
+    def without(self, name: str) -> ClassList:
+        i = self.index(name)
+        return ClassList(self.items[:i] + self.items[i + 1:])
+
+    def _replaced(self, i: int, info: ClassInfo) -> ClassList:
+        return ClassList(self.items[:i] + (info,) + self.items[i + 1:])

@@ -11,11 +11,13 @@ import re
 from pathlib import Path
 
 from .images import IMAGE_SUFFIXES
+from .settings_file import CONFIG_NAME
 from .sidecars import LABEL_DIR
 
+#: folders of a project that hold its models and caches (never images, never written by users)
+PROJECT_DIRS = ("cellclass_models", "cellclass_cache")
 # folders that never hold project images
-SKIP_DIRS = frozenset({LABEL_DIR, "cellclass_models", "cellclass_cache", "__pycache__", "__MACOSX"})
-PROJECT_FILE = "cellclass.json"
+SKIP_DIRS = frozenset({LABEL_DIR, *PROJECT_DIRS, "__pycache__", "__MACOSX"})
 _NUM = re.compile(r"(\d+)")
 
 
@@ -79,7 +81,7 @@ def looks_like_project(folder: str | os.PathLike, *, depth: int = 2, max_entries
     try:
         if not root.is_dir():
             return False
-        if (root / PROJECT_FILE).is_file():
+        if (root / CONFIG_NAME).is_file():
             return True
     except OSError:
         return False

@@ -13,6 +13,8 @@ from .atomic import atomic_write_text
 from .errors import ProjectError
 
 SPLIT_NAMES = ("train", "val", "test")
+#: the predefined split of a project: ``<project>/cellclass_split.csv`` (rows of ``image_id,split``)
+SPLIT_NAME = "cellclass_split.csv"
 _ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
             "test": "test", "testing": "test"}
 
