@@ -14,7 +14,6 @@ Torch is imported only inside the functions that train, predict or evaluate.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import logging
 import math
 import os
@@ -43,20 +42,12 @@ from ..core.project import Project
 
 if TYPE_CHECKING:
     from ..learn import CancelToken, TrainConfig
+    from ..learn.settings import Setting
 
 log = logging.getLogger(__name__)
 
-#: Fields shown first (the rest goes under "advanced"); ``extra`` is free-form and not shown.
-BASIC_SETTINGS: tuple[str, ...] = (
-    "backbone", "pretrained", "fine_tune", "loss", "optimizer", "lr", "schedule", "epochs",
-    "batch_size", "input_size", "train_percent", "test_percent", "aug_flips", "aug_rot90",
-    "class_weights", "balanced_sampler", "device",
-)
-HIDDEN_SETTINGS: tuple[str, ...] = ("extra",)
-#: Optional fields and the widget value that stands for ``None``.
-NONE_VALUES: dict[str, Any] = {"input_size": 0, "val_percent": -1.0, "split_seed": -1, "channels_last": "auto"}
-#: Where to find the weights file when ``pretrained`` is neither none nor imagenet.
-PRETRAINED_CHOICES: tuple[str, ...] = ("none", "imagenet", "file")
+#: The widget value of ``pretrained`` that means "the file picked in 'weights file'".
+WEIGHTS_FILE_CHOICE = "file"
 #: How much lower the training process's priority is than the viewer's (Unix ``nice``).
 CHILD_NICE = 5
 
@@ -95,16 +86,18 @@ def _mesa_llvm_loaded() -> bool:
 # ---------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
 class SettingSpec:
-    """How one TrainConfig field is edited.
+    """How one TrainConfig field is edited, generated from the field's declaration.
 
     Attributes
     ----------
     name : field name.
     kind : ``'choice'``, ``'bool'``, ``'int'``, ``'float'`` or ``'text'``.
-    default : the widget value of the default setting (``None`` mapped via ``NONE_VALUES``).
+    default : the widget value of the default setting (``None`` shown as the field's ``none_value``).
     choices : for ``'choice'``.
-    minimum, maximum, step : for numbers.
+    minimum, maximum, step : for numbers (an open limit moved inward by the widget's resolution).
     basic : shown in the main section.
+    label, tooltip : the field's title and description.
+    decimals : decimals a float widget shows.
     """
 
     name: str
@@ -115,74 +108,64 @@ class SettingSpec:
     maximum: float = 1e9
     step: float = 1.0
     basic: bool = False
-
-
-_RANGES: dict[str, tuple[float, float, float]] = {
-    "lr": (1e-6, 10.0, 1e-4), "momentum": (0, 1, 0.05), "weight_decay": (0, 1, 1e-4),
-    "dropout": (0, 0.99, 0.05), "backbone_lr_factor": (0, 10, 0.05), "label_smoothing": (0, 0.99, 0.05),
-    "focal_gamma": (0, 10, 0.5), "warmup_epochs": (0, 1000, 0.5), "plateau_factor": (0.01, 0.99, 0.05),
-    "grad_clip": (0, 1e6, 0.5), "threshold": (0.01, 0.99, 0.05), "train_percent": (1, 100, 5),
-    "val_percent": (-1, 100, 5), "test_percent": (0, 99, 5), "aug_affine_degrees": (0, 180, 5),
-    "aug_affine_translate": (0, 0.5, 0.05), "aug_affine_scale": (0, 0.9, 0.05), "aug_crop_scale": (0.05, 1, 0.05),
-    "aug_brightness": (0, 1, 0.05), "aug_contrast": (0, 0.99, 0.05), "aug_gamma": (0, 0.99, 0.05),
-    "aug_blur_prob": (0, 1, 0.05), "aug_blur_sigma": (0, 20, 0.5), "aug_noise_std": (0, 1, 0.01),
-    "epochs": (1, 100_000, 1), "batch_size": (1, 65_536, 1), "input_size": (0, 2048, 16),
-    "freeze_epochs": (0, 100_000, 1), "plateau_patience": (0, 1000, 1), "early_stopping": (0, 100_000, 1),
-    "num_workers": (0, 64, 1), "cache_memory_mb": (0, 10_000_000, 256), "seed": (0, 2**31 - 1, 1),
-    "split_seed": (-1, 2**31 - 1, 1),
-}
+    label: str = ""
+    tooltip: str = ""
+    decimals: int = 3
 
 
 def settings_spec() -> list[SettingSpec]:
-    """One :class:`SettingSpec` per TrainConfig field, basic ones first (in ``BASIC_SETTINGS`` order)."""
-    from ..learn.config import CHOICES, MONITORS, TrainConfig
+    """One :class:`SettingSpec` per visible TrainConfig field: the basic ones first (in their
+    declared ``basic`` order), then the others in field order."""
+    from ..learn.config import TrainConfig
 
-    default = TrainConfig()
-    specs: list[SettingSpec] = []
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in HIDDEN_SETTINGS:
-            continue
-        value = getattr(default, f.name)
-        basic = f.name in BASIC_SETTINGS
-        lo, hi, step = _RANGES.get(f.name, (0.0, 1e9, 1.0))
-        if f.name == "backbone":
-            specs.append(SettingSpec(f.name, "text", value, basic=True))
-        elif f.name == "pretrained":
-            specs.append(SettingSpec(f.name, "choice", "none", PRETRAINED_CHOICES, basic=True))
-        elif f.name in CHOICES:
-            specs.append(SettingSpec(f.name, "choice", value, CHOICES[f.name], basic=basic))
-        elif f.name == "monitor":
-            specs.append(SettingSpec(f.name, "choice", value, MONITORS, basic=basic))
-        elif f.name == "channels_last":
-            specs.append(SettingSpec(f.name, "choice", "auto", ("auto", "true", "false"), basic=basic))
-        elif isinstance(value, bool):
-            specs.append(SettingSpec(f.name, "bool", value, basic=basic))
-        elif f.name in ("input_size", "split_seed") or isinstance(value, int):
-            specs.append(SettingSpec(f.name, "int", NONE_VALUES[f.name] if value is None else value,
-                                     minimum=lo, maximum=hi, step=step, basic=basic))
-        else:
-            specs.append(SettingSpec(f.name, "float", NONE_VALUES[f.name] if value is None else value,
-                                     minimum=lo, maximum=hi, step=step, basic=basic))
-    order = {n: k for k, n in enumerate(BASIC_SETTINGS)}
-    return sorted(specs, key=lambda s: (not s.basic, order.get(s.name, 0)))
+    declared = TrainConfig.settings()
+    rank = {s.name: s.basic for s in declared if s.basic is not None}
+    specs = [_spec(s) for s in declared if s.visible]
+    return sorted(specs, key=lambda sp: (not sp.basic, rank.get(sp.name, 0)))
+
+
+def _spec(s: Setting) -> SettingSpec:
+    """The widget of one declared setting."""
+    common: dict[str, Any] = {"basic": s.basic is not None, "label": s.label, "tooltip": s.description}
+    default = s.none_value if s.default is None else s.default
+    if s.examples:  # free text with well-known values (pretrained): one of them, or a file
+        return SettingSpec(s.name, "choice", default, (*s.examples, WEIGHTS_FILE_CHOICE), **common)
+    if s.enum:
+        return SettingSpec(s.name, "choice", default, s.enum, **common)
+    if s.kind is bool and s.nullable:  # auto / true / false
+        shown = default if s.default is None else ("true" if s.default else "false")
+        return SettingSpec(s.name, "choice", shown, (s.none_value, "true", "false"), **common)
+    if s.kind is bool:
+        return SettingSpec(s.name, "bool", default, **common)
+    if s.kind in (int, float):
+        step = float(s.step or 1)
+        decimals = 0 if s.kind is int else (6 if step < 0.01 else 3)
+        resolution = 10.0 ** -decimals
+        lo = 0.0 if s.lower is None else s.lower + (resolution if s.lower_open else 0)
+        hi = 1e9 if s.upper is None else s.upper - (resolution if s.upper_open else 0)
+        if s.nullable:
+            lo = min(lo, s.none_value)
+        return SettingSpec(s.name, "int" if s.kind is int else "float", default, minimum=lo, maximum=hi, step=step,
+                           decimals=decimals, **common)
+    return SettingSpec(s.name, "text", default, **common)
 
 
 def config_from_values(values: Mapping[str, Any], weights_file: str | os.PathLike | None = None) -> TrainConfig:
-    """A validated TrainConfig from widget values (``None`` stand-ins mapped back).
+    """A validated TrainConfig from widget values (each field's ``none_value`` stand-in mapped back).
 
     ``pretrained='file'`` takes ``weights_file``; a missing file is a :class:`ConfigError`.
     """
     from ..core.errors import ConfigError
     from ..learn.config import TrainConfig
 
+    declared = {s.name: s for s in TrainConfig.settings()}
     data: dict[str, Any] = {}
     for name, value in values.items():
-        if name in NONE_VALUES and value == NONE_VALUES[name]:
-            value = None
-        elif name == "channels_last":
-            value = value == "true"
+        s = declared.get(name)
+        if s is not None and s.nullable:
+            value = None if value == s.none_value else (value == "true" if s.kind is bool else value)
         data[name] = value
-    if data.get("pretrained") == "file":
+    if data.get("pretrained") == WEIGHTS_FILE_CHOICE:
         if not weights_file or not Path(weights_file).is_file():
             raise ConfigError("pretrained=file needs a weights file: pick one in 'weights file' "
                               "(or choose pretrained none / imagenet)")
@@ -194,16 +177,17 @@ def values_from_config(config: TrainConfig) -> tuple[dict[str, Any], str | None]
     """Widget values of a TrainConfig and the weights file (when ``pretrained`` is a path)."""
     values: dict[str, Any] = {}
     weights = None
-    for name, value in config.to_dict().items():
-        if name in HIDDEN_SETTINGS:
+    for s in config.settings():
+        if not s.visible:
             continue
-        if value is None and name in NONE_VALUES:
-            value = NONE_VALUES[name]
-        elif name == "channels_last":
+        value = getattr(config, s.name)
+        if value is None and s.nullable:
+            value = s.none_value
+        elif s.kind is bool and s.nullable:
             value = "true" if value else "false"
-        elif name == "pretrained" and value not in PRETRAINED_CHOICES:
-            weights, value = value, "file"
-        values[name] = value
+        elif s.examples and value not in (*s.examples, WEIGHTS_FILE_CHOICE):
+            weights, value = value, WEIGHTS_FILE_CHOICE
+        values[s.name] = value
     return values, weights
 
 

@@ -13,33 +13,50 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..core.errors import CellclassError
-from . import project_cmds
+from . import learn_cmds, project_cmds
 
 Handler = Callable[[argparse.Namespace], dict[str, Any]]
 PROG = "napari-cellclass"
 
 
-def _modules() -> list:
-    mods = [project_cmds]
-    try:
-        from . import learn_cmds  # noqa: PLC0415 - optional until the learn floor exists
-    except ImportError as exc:
-        if "learn_cmds" not in str(exc):
-            raise
-    else:
-        mods.append(learn_cmds)
-    return mods
+class Parser(argparse.ArgumentParser):
+    """An argument parser that can add flags on first use (parsing or help).
+
+    A subcommand generates flags from a module that loads torch (the training settings) with
+    :meth:`defer`, so the other subcommands still start without loading it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deferred: list[Callable[[argparse.ArgumentParser], None]] = []
+
+    def defer(self, add: Callable[[argparse.ArgumentParser], None]) -> None:
+        """Call ``add(self)`` before this parser parses or shows its help."""
+        self._deferred.append(add)
+
+    def _add_deferred(self) -> None:
+        while self._deferred:
+            self._deferred.pop(0)(self)
+
+    def parse_known_args(self, args: Sequence[str] | None = None,
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        self._add_deferred()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._add_deferred()
+        return super().format_help()
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Sort microscopy images into classes with deep learning (napari-cellclass).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for mod in _modules():
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
+    for mod in (project_cmds, learn_cmds):
         mod.register(sub)
     return parser
 

@@ -4,10 +4,16 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.errors import CellclassError
+
+if TYPE_CHECKING:
+    from ..learn.config import TrainConfig
+    from ..learn.events import BatchProgress, EpochEnd, Event, Finished
+    from ..learn.settings import Setting
 
 FREEZE = {"none": "full", "head": "head", "head-then-all": "head-then-all"}
 
@@ -25,23 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "(model.safetensors + config.json). Options override the --config file.")
     p.add_argument("folder", help="project folder")
     p.add_argument("--config", metavar="FILE", help="JSON or YAML file of training settings (TrainConfig fields)")
-    p.add_argument("--backbone", help="backbone name (see `backbones`); default mobilenetv3_small_100")
-    p.add_argument("--pretrained", metavar="none|imagenet|PATH", help="initial weights (default none)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"))
-    p.add_argument("--loss", choices=("ce", "focal", "kl", "bce"))
-    p.add_argument("--train-percent", type=float, help="share of labelled images for training (rest: validation)")
-    p.add_argument("--test-percent", type=float, help="share of labelled images held out for testing")
-    p.add_argument("--input-size", type=int, help="input size in pixels (default 96; 0 = the backbone's default)")
-    p.add_argument("--freeze", choices=tuple(FREEZE), help="none: fine-tune all; head: frozen backbone; "
-                                                           "head-then-all: head first, then everything")
-    p.add_argument("--out", metavar="MODEL", help="model folder to write (default <project>/cellclass_models/<backbone>-<time>)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("--seed", type=int)
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    add_common(p)
+    p.defer(_add_train_flags)  # generated from TrainConfig, which loads torch: only when `train` is used
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("predict", help="predict the classes of a project's unlabelled images",
@@ -81,20 +71,47 @@ def cmd_backbones(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- train
-def config_from_args(args: argparse.Namespace) -> Any:
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of ``train``: one per setting declared with ``cli=True``, then the run's own flags."""
+    from ..learn.config import TrainConfig
+    from . import add_common
+
+    for s in TrainConfig.settings():
+        if s.cli:
+            p.add_argument(s.flag, **setting_flag(s))
+    p.add_argument("--freeze", choices=tuple(FREEZE), help="none: fine-tune all; head: frozen backbone; "
+                                                           "head-then-all: head first, then everything")
+    p.add_argument("--out", metavar="MODEL",
+                   help="model folder to write (default <project>/cellclass_models/<backbone>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    add_common(p)
+
+
+def setting_flag(s: Setting) -> dict[str, Any]:
+    """``add_argument`` options of a declared setting: its type, choices and help (default None: not given)."""
+    default = s.none_value if s.default is None else s.default
+    help_text = f"{s.description} (default {default})".replace("%", "%%")
+    if s.kind is bool:
+        return {"action": argparse.BooleanOptionalAction, "help": help_text}
+    kw: dict[str, Any] = {"type": {int: int, float: float}.get(s.kind, str), "help": help_text}
+    if s.enum:
+        kw["choices"] = s.enum
+    if s.metavar:
+        kw["metavar"] = s.metavar
+    return kw
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of a ``train`` command line (file first, then the options)."""
     from ..learn.config import TrainConfig
 
     base = TrainConfig.from_file(args.config).to_dict() if args.config else {}
-    options = {"backbone": args.backbone, "pretrained": args.pretrained, "epochs": args.epochs,
-               "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer, "loss": args.loss,
-               "train_percent": args.train_percent, "test_percent": args.test_percent, "device": args.device,
-               "seed": args.seed}
-    base.update({k: v for k, v in options.items() if v is not None})
+    for s in TrainConfig.settings():
+        value = getattr(args, s.name, None) if s.cli else None
+        if value is not None:
+            base[s.name] = None if s.nullable and value == s.none_value else value
     if args.train_percent is not None or args.test_percent is not None:
-        base["val_percent"] = None
-    if args.input_size is not None:
-        base["input_size"] = args.input_size or None
+        base["val_percent"] = None  # validation: what the options leave
     if args.freeze is not None:
         base["fine_tune"] = FREEZE[args.freeze]
     return TrainConfig.from_dict(base)
@@ -104,66 +121,92 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     """Train; under ``torchrun`` every rank trains and only rank 0 reports (the others stay quiet)."""
     from ..learn import distributed
     from ..learn.engine import run_training
-    from ..learn.events import BatchProgress, CancelToken, EpochEnd, Finished, Log, Started, WarningEvent
-    from . import emit, stderr_progress
+    from ..learn.events import CancelToken
+    from . import emit
 
     cfg = config_from_args(args)
     if args.resume and not args.out:
         raise CellclassError("--resume needs --out MODEL (the folder of the run to continue)")
     main_rank = distributed.env_rank() == 0
-    say = _err if main_rank else _silent
-    token = CancelToken()
-    bars = {"cache": stderr_progress("decoding") if main_rank else _silent, "train": None}
-    quiet = args.json or not main_rank
-    finished = None
-    warnings: list[str] = []
+    report = _TrainReport(cfg, main_rank, quiet=args.json or not main_rank)
     try:
-        for ev in run_training(args.folder, cfg, args.out, cancel=token, resume=args.resume):
-            if isinstance(ev, BatchProgress):
-                if ev.phase == "cache":
-                    bars["cache"](ev.batch, ev.num_batches)
-                elif ev.phase == "train":
-                    if ev.batch == 1:
-                        bars["train"] = stderr_progress(f"epoch {ev.epoch}/{cfg.epochs}") if main_rank else _silent
-                    bars["train"](ev.batch, ev.num_batches)
-            elif isinstance(ev, EpochEnd):
-                v, t = ev.val, ev.train
-                say(f"epoch {ev.epoch:>3}/{ev.epochs}  loss {t['loss']:.3f}  acc {t['accuracy']:.3f}  |  "
-                     f"val loss {v['loss']:.3f}  val acc {v['accuracy']:.3f}"
-                     f"{'' if ev.monitor in ('accuracy', 'loss') else f'  val {ev.monitor} {v[ev.monitor]:.3f}'}"
-                     f"{'  *best' if ev.is_best else ''}  ({ev.seconds:.1f} s, {ev.images_per_second:.0f} img/s)")
-            elif isinstance(ev, Started):
-                say(f"training {cfg.backbone} on {ev.n_train} images ({ev.n_val} validation, {ev.n_test} test), "
-                     f"{ev.in_chans} channel(s) at {ev.input_size} px on {ev.device} ({ev.precision})")
-            elif isinstance(ev, WarningEvent):
-                warnings.append(ev.message)
-                say(f"warning: {ev.message}")
-            elif isinstance(ev, Log) and not quiet:
-                say(ev.message)
-            elif isinstance(ev, Finished):
-                finished = ev
+        for ev in run_training(args.folder, cfg, args.out, cancel=CancelToken(), resume=args.resume):
+            report.show(ev)
     except KeyboardInterrupt:
-        say("interrupted; the best model so far is kept in the model folder")
+        report.say("interrupted; the best model so far is kept in the model folder")
         raise
     finally:
         distributed.leave()
-    assert finished is not None
-    result = {"ok": True, "model": finished.model_dir, "best_epoch": finished.best_epoch,
-              "epochs_run": finished.epochs_run, "stopped_early": finished.stopped_early,
-              "cancelled": finished.cancelled, "seconds": round(finished.seconds, 2),
-              "best_metrics": finished.best_metrics, "history": finished.history, "warnings": warnings,
+    fin = report.finished
+    assert fin is not None
+    result = {"ok": True, "model": fin.model_dir, "best_epoch": fin.best_epoch, "epochs_run": fin.epochs_run,
+              "stopped_early": fin.stopped_early, "cancelled": fin.cancelled, "seconds": round(fin.seconds, 2),
+              "best_metrics": fin.best_metrics, "history": fin.history, "warnings": report.warnings,
               "config": cfg.to_dict()}
-
-    def human(r: dict[str, Any]) -> str:
-        m = r["best_metrics"]
-        return (f"model written to {r['model']}\n"
-                f"best epoch {r['best_epoch']}: validation accuracy {m.get('accuracy', 0):.3f}, "
-                f"balanced accuracy {m.get('balanced_accuracy', m.get('f1_macro', 0)):.3f}, "
-                f"macro F1 {m.get('f1_macro', 0):.3f} ({m.get('n', 0)} images); {r['seconds']:.0f} s")
-
     if main_rank:
-        emit(args, result, human)
+        emit(args, result, _train_human)
     return result
+
+
+class _TrainReport:
+    """What ``train`` prints on stderr while it runs (rank 0 only), and the warnings and result it keeps."""
+
+    def __init__(self, cfg: TrainConfig, main_rank: bool, quiet: bool) -> None:
+        from . import stderr_progress
+
+        self.cfg = cfg
+        self.main_rank = main_rank
+        self.quiet = quiet
+        self.say: Callable[[str], None] = _err if main_rank else _silent
+        self.cache_bar = stderr_progress("decoding") if main_rank else _silent
+        self.train_bar: Callable[[int, int], None] = _silent
+        self.warnings: list[str] = []
+        self.finished: Finished | None = None
+
+    def show(self, ev: Event) -> None:
+        """Print (or keep) one event of the run."""
+        from ..learn.events import BatchProgress, EpochEnd, Finished, Log, Started, WarningEvent
+
+        if isinstance(ev, BatchProgress):
+            self._progress(ev)
+        elif isinstance(ev, EpochEnd):
+            self.say(_epoch_line(ev))
+        elif isinstance(ev, Started):
+            self.say(f"training {self.cfg.backbone} on {ev.n_train} images ({ev.n_val} validation, {ev.n_test} "
+                     f"test), {ev.in_chans} channel(s) at {ev.input_size} px on {ev.device} ({ev.precision})")
+        elif isinstance(ev, WarningEvent):
+            self.warnings.append(ev.message)
+            self.say(f"warning: {ev.message}")
+        elif isinstance(ev, Log) and not self.quiet:
+            self.say(ev.message)
+        elif isinstance(ev, Finished):
+            self.finished = ev
+
+    def _progress(self, ev: BatchProgress) -> None:
+        from . import stderr_progress
+
+        if ev.phase == "cache":
+            self.cache_bar(ev.batch, ev.num_batches)
+        elif ev.phase == "train":
+            if ev.batch == 1 and self.main_rank:
+                self.train_bar = stderr_progress(f"epoch {ev.epoch}/{self.cfg.epochs}")
+            self.train_bar(ev.batch, ev.num_batches)
+
+
+def _epoch_line(ev: EpochEnd) -> str:
+    v, t = ev.val, ev.train
+    extra = "" if ev.monitor in ("accuracy", "loss") else f"  val {ev.monitor} {v[ev.monitor]:.3f}"
+    return (f"epoch {ev.epoch:>3}/{ev.epochs}  loss {t['loss']:.3f}  acc {t['accuracy']:.3f}  |  "
+            f"val loss {v['loss']:.3f}  val acc {v['accuracy']:.3f}{extra}{'  *best' if ev.is_best else ''}  "
+            f"({ev.seconds:.1f} s, {ev.images_per_second:.0f} img/s)")
+
+
+def _train_human(r: dict[str, Any]) -> str:
+    m = r["best_metrics"]
+    return (f"model written to {r['model']}\n"
+            f"best epoch {r['best_epoch']}: validation accuracy {m.get('accuracy', 0):.3f}, "
+            f"balanced accuracy {m.get('balanced_accuracy', m.get('f1_macro', 0)):.3f}, "
+            f"macro F1 {m.get('f1_macro', 0):.3f} ({m.get('n', 0)} images); {r['seconds']:.0f} s")
 
 
 def _err(line: str) -> None:
@@ -206,7 +249,7 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
         _err(f"warning: {' '.join(w.split())}")
     if args.truth:
         truth = read_truth(args.truth)
-        pairs = [(truth[i], p) for i, p in zip(result.ids, result.top_class) if i in truth]
+        pairs = [(truth[i], p) for i, p in zip(result.ids, result.top_class, strict=False) if i in truth]
         if not pairs:
             raise CellclassError(f"{args.truth}: none of the {len(result)} predicted images is listed")
         out["truth"] = {"file": args.truth, "n": len(pairs),
@@ -256,7 +299,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
             lines.append(f"  {name:<24}{pc['precision']:>10.3f}{pc['recall']:>8.3f}{pc['f1']:>7.3f}{pc['support']:>5}")
         if "confusion_matrix" in m:
             lines.append("  confusion matrix (rows: true, columns: predicted, in class order):")
-            for name, row in zip(r["classes"], m["confusion_matrix"]):
+            for name, row in zip(r["classes"], m["confusion_matrix"], strict=False):
                 lines.append(f"  {name:<24}" + "".join(f"{v:>6}" for v in row))
         for s in r["skipped"]:
             lines.append(f"  skipped {s['image_id']}: {s['reason']}")

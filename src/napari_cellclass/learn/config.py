@@ -1,4 +1,8 @@
-"""Every training setting in one dataclass, saved with the model and loadable from JSON/YAML.
+"""Every training setting declared once (default, limits, choices, help), saved with the model.
+
+Each field of :class:`TrainConfig` is made with :func:`~.settings.setting`: its metadata (in
+magicgui's ``UiField`` vocabulary) generates :meth:`TrainConfig.validate`, the flags of
+``napari-cellclass train`` and the Training dock's widgets. Adding a setting is one line here.
 
 The defaults fit a laptop CPU on the sample data (a small MobileNetV3 at 96 px, about a
 minute); on a GPU raise ``input_size``, ``batch_size`` and pick a bigger backbone.
@@ -6,33 +10,21 @@ minute); on a GPU raise ``input_size``, ``batch_size`` and pick a bigger backbon
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError
+from .settings import Setting, setting, settings_of
 
-__all__ = ["TrainConfig", "ConfigError", "CHOICES", "MONITORS"]
+__all__ = ["TrainConfig", "ConfigError", "MONITORS", "SEED_MAX"]
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "head": ("pool", "classic"),
-    "fine_tune": ("full", "head", "head-then-all"),
-    "loss": ("ce", "focal", "kl", "bce"),
-    "class_weights": ("none", "balanced"),
-    "optimizer": ("sgd", "adam", "adamw"),
-    "schedule": ("none", "plateau", "onecycle", "cosine"),
-    "split": ("auto", "random", "predefined"),
-    "device": ("auto", "cpu", "cuda", "mps"),
-    "precision": ("auto", "fp32", "bf16"),
-    "scaling": ("auto", "dtype", "percentile"),
-}
-MONITORS = ("auto", "loss", "accuracy", "balanced_accuracy", "f1_macro", "f1_weighted",
-            "f1_micro", "exact_match")
-FINE_TUNE_ALIASES = {"none": "full", "all": "full", "freeze": "head"}
+MONITORS = ("auto", "loss", "accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "f1_micro", "exact_match")
+#: The largest seed: what ``numpy.random.seed`` accepts (``torch.manual_seed`` takes up to 2**64 - 1).
+SEED_MAX = 2**32 - 1
+_PERCENT = {"maximum": 100, "step": 5}
 
 
 @dataclass
@@ -45,136 +37,128 @@ class TrainConfig:
     """
 
     # model
-    backbone: str = "mobilenetv3_small_100"
-    pretrained: str = "none"            # none | imagenet | path to a weights file
-    head: str = "pool"                  # pool: global pool + dropout + linear; classic: AlexNet/VGG FC head
-    dropout: float = 0.2
-    fine_tune: str = "full"             # full | head (frozen backbone) | head-then-all
-    freeze_epochs: int = 2              # head-then-all: epochs with the backbone frozen
-    backbone_lr_factor: float = 0.1     # head-then-all: backbone lr = lr * factor after unfreezing
+    backbone: str = setting("mobilenetv3_small_100", "the backbone: MIA's names, AlexNet or any timm model "
+                            "(see `napari-cellclass backbones`)", min_length=1, basic=1, cli=True)
+    pretrained: str = setting("none", "initial weights: none, imagenet or the path of a weights file",
+                              min_length=1, examples=("none", "imagenet"), metavar="none|imagenet|PATH", basic=2,
+                              cli=True)
+    head: str = setting("pool", "pool: global pool + dropout + linear; classic: AlexNet/VGG fully connected head",
+                        enum=("pool", "classic"))
+    dropout: float = setting(0.2, "dropout before the last layer", minimum=0, exclusive_maximum=1, step=0.05)
+    fine_tune: str = setting("full", "full: train everything; head: frozen backbone; head-then-all: the head "
+                             "first, then everything", enum=("full", "head", "head-then-all"),
+                             value_aliases={"none": "full", "all": "full", "freeze": "head"}, basic=3)
+    freeze_epochs: int = setting(2, "head-then-all: epochs with the backbone frozen", minimum=0, maximum=100_000)
+    backbone_lr_factor: float = setting(0.1, "head-then-all: backbone learning rate = lr x factor after "
+                                        "unfreezing", minimum=0, maximum=10, step=0.05)
     # loss
-    loss: str = "ce"                    # ce | focal | kl | bce (multi-label)
-    label_smoothing: float = 0.0
-    focal_gamma: float = 2.0
-    class_weights: str = "none"         # none | balanced
-    balanced_sampler: bool = False
+    loss: str = setting("ce", "ce: cross entropy; focal; kl: Kullback-Leibler divergence; bce: multi-label",
+                        enum=("ce", "focal", "kl", "bce"), basic=4, cli=True)
+    label_smoothing: float = setting(0.0, "share of each target spread over all classes", minimum=0,
+                                     exclusive_maximum=1, step=0.05)
+    focal_gamma: float = setting(2.0, "focal loss: the focusing exponent", minimum=0, maximum=10, step=0.5)
+    class_weights: str = setting("none", "balanced: weigh each class by its rarity", enum=("none", "balanced"),
+                                 basic=15)
+    balanced_sampler: bool = setting(False, "draw training images so that every class is seen equally often",
+                                     basic=16)
     # optimisation
-    optimizer: str = "adamw"
-    lr: float = 2e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    plateau_patience: int = 2
-    plateau_factor: float = 0.3
-    grad_clip: float = 0.0              # max gradient norm; 0 = off
-    epochs: int = 12
-    batch_size: int = 32
-    input_size: int | None = 96         # None = the backbone's default input size
+    optimizer: str = setting("adamw", "the optimizer", enum=("sgd", "adam", "adamw"), basic=5, cli=True)
+    lr: float = setting(2e-3, "learning rate", exclusive_minimum=0, maximum=10, step=1e-4, basic=6, cli=True)
+    momentum: float = setting(0.9, "SGD momentum (Nesterov when above 0)", minimum=0, maximum=1, step=0.05)
+    weight_decay: float = setting(1e-4, "weight decay", minimum=0, maximum=1, step=1e-4)
+    schedule: str = setting("cosine", "learning-rate schedule after the warm-up",
+                            enum=("none", "plateau", "onecycle", "cosine"), basic=7)
+    warmup_epochs: float = setting(1.0, "epochs of linear learning-rate warm-up", minimum=0, maximum=100_000,
+                                   step=0.5)
+    plateau_patience: int = setting(2, "plateau: epochs without improvement before the lr drops", minimum=0,
+                                    maximum=1000)
+    plateau_factor: float = setting(0.3, "plateau: lr multiplier at each drop", exclusive_minimum=0,
+                                    exclusive_maximum=1, step=0.05)
+    grad_clip: float = setting(0.0, "largest gradient norm; 0 = off", minimum=0, maximum=1e9, step=0.5)
+    epochs: int = setting(12, "training epochs", minimum=1, maximum=100_000, basic=8, cli=True)
+    batch_size: int = setting(32, "images per training batch", minimum=1, maximum=65_536, basic=9, cli=True)
+    input_size: int | None = setting(96, "input size in pixels (0 or null: the backbone's default)", minimum=16,
+                                     maximum=2048, step=16, none_value=0, basic=10, cli=True)
     # data split
-    train_percent: float = 80.0
-    val_percent: float | None = None    # None = what is left after train and test
-    test_percent: float = 0.0
-    split: str = "auto"                 # auto: predefined when the project has one, else random
-    split_seed: int | None = None       # None = seed
-    scaling: str = "auto"               # intensity scaling to [0, 1]: dtype range or per-image percentiles
+    train_percent: float = setting(80.0, "share of labelled images for training (rest: validation)",
+                                   exclusive_minimum=0, **_PERCENT, basic=11, cli=True)
+    val_percent: float | None = setting(None, "share of labelled images for validation (null, -1 in the widget: "
+                                        "what is left after train and test)", minimum=0, **_PERCENT,
+                                        none_value=-1.0)
+    test_percent: float = setting(0.0, "share of labelled images held out for testing", minimum=0, **_PERCENT,
+                                  basic=12, cli=True)
+    split: str = setting("auto", "auto: the project's predefined split when it has one, else random",
+                         enum=("auto", "random", "predefined"))
+    split_seed: int | None = setting(None, "seed of the random split (null, -1 in the widget: seed)", minimum=0,
+                                     maximum=SEED_MAX, none_value=-1)
+    scaling: str = setting("auto", "intensity scaling to [0, 1]: the dtype's range or per-image percentiles "
+                           "(auto: dtype for 8-bit, else percentile)", enum=("auto", "dtype", "percentile"))
     # augmentation (batched tensor ops on the training device)
-    aug_flips: bool = True
-    aug_rot90: bool = True
-    aug_affine_degrees: float = 0.0     # random rotation range (+-); 0 = off
-    aug_affine_translate: float = 0.0   # fraction of the image size
-    aug_affine_scale: float = 0.0       # +- relative zoom
-    aug_crop_scale: float = 1.0         # random resized crop: min area fraction; 1 = off
-    aug_brightness: float = 0.1         # +- additive, in units of the scaled intensity
-    aug_contrast: float = 0.1           # +- relative
-    aug_gamma: float = 0.0              # +- relative gamma change
-    aug_blur_prob: float = 0.0
-    aug_blur_sigma: float = 1.0
-    aug_noise_std: float = 0.0
+    aug_flips: bool = setting(True, "random horizontal and vertical flips", basic=13)
+    aug_rot90: bool = setting(True, "random 90 degree rotations", basic=14)
+    aug_affine_degrees: float = setting(0.0, "random rotation range (+-degrees); 0 = off", minimum=0, maximum=180,
+                                        step=5)
+    aug_affine_translate: float = setting(0.0, "random shift, as a fraction of the image size", minimum=0,
+                                          maximum=0.5, step=0.05)
+    aug_affine_scale: float = setting(0.0, "random zoom (+- relative)", minimum=0, maximum=0.9, step=0.05)
+    aug_crop_scale: float = setting(1.0, "random resized crop: smallest area fraction; 1 = off",
+                                    exclusive_minimum=0, maximum=1, step=0.05)
+    aug_brightness: float = setting(0.1, "random brightness change (+-, in scaled intensity units)", minimum=0,
+                                    maximum=1, step=0.05)
+    aug_contrast: float = setting(0.1, "random contrast change (+- relative)", minimum=0, maximum=0.99, step=0.05)
+    aug_gamma: float = setting(0.0, "random gamma change (+- relative)", minimum=0, maximum=0.99, step=0.05)
+    aug_blur_prob: float = setting(0.0, "share of images blurred", minimum=0, maximum=1, step=0.05)
+    aug_blur_sigma: float = setting(1.0, "largest blur sigma in pixels", minimum=0, maximum=20, step=0.5)
+    aug_noise_std: float = setting(0.0, "largest Gaussian noise level", minimum=0, maximum=1, step=0.01)
     # stopping and selection
-    early_stopping: int = 0             # patience in epochs; 0 = off
-    monitor: str = "auto"               # validation metric that picks the best epoch
-    threshold: float = 0.5              # multi-label decision threshold
-    bn_recalibrate: int = 2048          # re-estimate batch-norm statistics on up to N training images
-                                        # after each epoch (precise BN; 0 = off)
+    early_stopping: int = setting(0, "stop after this many epochs without improvement; 0 = off", minimum=0,
+                                  maximum=100_000)
+    monitor: str = setting("auto", "validation metric that picks the best epoch (auto: accuracy, multi-label "
+                           "f1_macro)", enum=MONITORS)
+    threshold: float = setting(0.5, "multi-label decision threshold", exclusive_minimum=0, exclusive_maximum=1,
+                               step=0.05)
+    bn_recalibrate: int = setting(2048, "re-estimate batch-norm statistics on up to N training images after "
+                                  "each epoch (precise BN); 0 = off", minimum=0, maximum=10_000_000)
     # hardware
-    device: str = "auto"
-    precision: str = "auto"             # auto: bf16 on CUDA, fp32 elsewhere
-    channels_last: bool | None = None   # None: on CUDA only
-    num_workers: int = 0                # background batch-assembly threads (CUDA prefetch)
-    cache_memory_mb: int = 2048         # decoded-image cache in RAM; beyond it a memory map on disk
-    seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, saved as is
+    device: str = setting("auto", "auto: CUDA, then Apple MPS, then CPU", enum=("auto", "cpu", "cuda", "mps"),
+                          basic=17, cli=True)
+    precision: str = setting("auto", "auto: bf16 on CUDA, fp32 elsewhere", enum=("auto", "fp32", "bf16"))
+    channels_last: bool | None = setting(None, "channels-last memory layout (null, auto in the widget: on CUDA "
+                                         "only)", none_value="auto")
+    num_workers: int = setting(0, "background batch-assembly threads (CUDA prefetch)", minimum=0, maximum=64)
+    cache_memory_mb: int = setting(2048, "decoded-image cache in RAM (MB); beyond it a memory map on disk",
+                                   minimum=0, maximum=10_000_000, step=256)
+    seed: int = setting(0, "random seed", minimum=0, maximum=SEED_MAX, cli=True)
+    extra: dict[str, Any] = setting(None, "free-form notes, saved as they are", factory=dict, visible=False)
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
-        self.fine_tune = FINE_TUNE_ALIASES.get(str(self.fine_tune), self.fine_tune)
         self.validate()
 
+    @classmethod
+    def settings(cls) -> tuple[Setting, ...]:
+        """Every setting's declaration (limits, choices, help, hints), in field order."""
+        return settings_of(cls)
+
     def validate(self) -> TrainConfig:
-        """Check every field; raise :class:`ConfigError` naming the first bad one."""
-        for name, allowed in CHOICES.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ConfigError(f"{name}={value!r} is not allowed; use one of {', '.join(allowed)}")
-        if self.monitor not in MONITORS:
-            raise ConfigError(f"monitor={self.monitor!r} is not allowed; use one of {', '.join(MONITORS)}")
-        if not isinstance(self.backbone, str) or not self.backbone.strip():
-            raise ConfigError("backbone must be a backbone name (see `napari-cellclass backbones`)")
-        if not isinstance(self.pretrained, str) or not self.pretrained:
-            raise ConfigError("pretrained must be 'none', 'imagenet' or the path of a weights file")
-        _int(self, "epochs", 1, 100_000)
-        _int(self, "batch_size", 1, 65_536)
-        _int(self, "freeze_epochs", 0, 100_000)
-        _int(self, "plateau_patience", 0, 1000)
-        _int(self, "early_stopping", 0, 100_000)
-        _int(self, "num_workers", 0, 64)
-        _int(self, "cache_memory_mb", 0, 10_000_000)
-        _int(self, "bn_recalibrate", 0, 10_000_000)
-        _int(self, "seed", 0, 2**32 - 1)
-        if self.split_seed is not None:
-            _int(self, "split_seed", 0, 2**32 - 1)
-        if self.input_size is not None:
-            _int(self, "input_size", 16, 2048)
-        _num(self, "lr", 0, 10, low_open=True)
-        _num(self, "momentum", 0, 1)
-        _num(self, "weight_decay", 0, 1)
-        _num(self, "dropout", 0, 1, high_open=True)
-        _num(self, "backbone_lr_factor", 0, 10)
-        _num(self, "label_smoothing", 0, 1, high_open=True)
-        _num(self, "focal_gamma", 0, 10)
-        _num(self, "warmup_epochs", 0, 100_000)
-        _num(self, "plateau_factor", 0, 1, low_open=True, high_open=True)
-        _num(self, "grad_clip", 0, 1e9)
-        _num(self, "threshold", 0, 1, low_open=True, high_open=True)
-        _num(self, "train_percent", 0, 100, low_open=True)
-        _num(self, "test_percent", 0, 100)
-        if self.val_percent is not None:
-            _num(self, "val_percent", 0, 100)
-        if self.val_fraction < -1e-9 or self.train_percent + self.test_percent > 100 + 1e-9:
+        """Check every field against its declaration, then the split shares.
+
+        Values are normalised on the way (old names such as ``fine_tune='none'`` resolved,
+        numbers of float settings stored as float).
+
+        Raises
+        ------
+        ConfigError
+            One line naming the first bad field and the values it allows.
+        """
+        for s in settings_of(type(self)):
+            setattr(self, s.name, s.check(getattr(self, s.name)))
+        total = self.train_percent + self.test_percent
+        if self.val_fraction < -1e-9 or total > 100 + 1e-9:
             raise ConfigError(f"train_percent={self.train_percent} + test_percent={self.test_percent} "
                               "exceed 100; lower one of them")
-        if self.val_percent is not None and abs(self.train_percent + self.val_percent + self.test_percent - 100) > 1e-6:
-            raise ConfigError(f"train_percent + val_percent + test_percent = "
-                              f"{self.train_percent + self.val_percent + self.test_percent}, must be 100")
-        _num(self, "aug_affine_degrees", 0, 180)
-        _num(self, "aug_affine_translate", 0, 0.5)
-        _num(self, "aug_affine_scale", 0, 0.9)
-        _num(self, "aug_crop_scale", 0, 1, low_open=True)
-        _num(self, "aug_brightness", 0, 1)
-        _num(self, "aug_contrast", 0, 0.99)
-        _num(self, "aug_gamma", 0, 0.99)
-        _num(self, "aug_blur_prob", 0, 1)
-        _num(self, "aug_blur_sigma", 0, 20)
-        _num(self, "aug_noise_std", 0, 1)
-        for name in ("aug_flips", "aug_rot90", "balanced_sampler"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name}={getattr(self, name)!r} is not allowed; use true or false")
-        if self.channels_last is not None and not isinstance(self.channels_last, bool):
-            raise ConfigError(f"channels_last={self.channels_last!r} is not allowed; use true, false or null")
-        if not isinstance(self.extra, dict):
-            raise ConfigError("extra must be a mapping")
-        self.extra = _plain(self.extra, "extra")
+        if self.val_percent is not None and abs(total + self.val_percent - 100) > 1e-6:
+            raise ConfigError(f"train_percent + val_percent + test_percent = {total + self.val_percent}, must be 100")
         return self
 
     # ------------------------------------------------------------------ derived values
@@ -187,6 +171,7 @@ class TrainConfig:
 
     @property
     def test_fraction(self) -> float:
+        """Test share of the labelled images (0-1)."""
         return self.test_percent / 100.0
 
     def monitor_for(self, multi_label: bool) -> tuple[str, str]:
@@ -220,28 +205,12 @@ class TrainConfig:
         A model folder's ``config.json`` also works: its ``train_config`` section is used.
         """
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
-        import yaml
-
-        try:
-            if path.suffix.lower() in (".yaml", ".yml"):
-                data = yaml.safe_load(text) or {}
-            else:
-                data = json.loads(text)
-        except (ValueError, yaml.YAMLError) as exc:
-            msg = " ".join(str(exc).split())
-            kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
-            raise ConfigError(f"{path}: not valid {kind} ({msg})") from None
+        data = _read_mapping(path)
         if isinstance(data, dict) and isinstance(data.get("train_config"), dict):
             data = data["train_config"]
         try:
             return cls.from_dict(data)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-        except TypeError as exc:
+        except (ConfigError, TypeError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
 
     def save(self, path: str | os.PathLike) -> None:
@@ -249,7 +218,7 @@ class TrainConfig:
         from ..core.atomic import atomic_write_text
 
         path = Path(path)
-        if path.suffix.lower() in (".yaml", ".yml"):
+        if _is_yaml(path):
             import yaml
 
             atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -261,41 +230,20 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _plain(value: Any, where: str) -> Any:
-    """``value`` as plain JSON data (dates and times become ISO-8601 text); ConfigError otherwise.
-
-    The settings are saved in the model's ``config.json``: a value JSON cannot hold would
-    otherwise only fail after the first epoch.
-    """
-    if isinstance(value, (_dt.date, _dt.time)):  # YAML reads 2020-01-01 as a date
-        return value.isoformat()
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ConfigError(f"{where}={value!r} cannot be saved with the model; use a finite number or text")
-        return value
-    if isinstance(value, dict):
-        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    raise ConfigError(f"{where}={value!r} cannot be saved with the model ({type(value).__name__}); "
-                      "use text, numbers, lists or mappings")
+def _is_yaml(path: Path) -> bool:
+    return path.suffix.lower() in (".yaml", ".yml")
 
 
-def _int(cfg: TrainConfig, name: str, lo: int, hi: int) -> None:
-    v = getattr(cfg, name)
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise ConfigError(f"{name}={v!r} is not allowed; use a whole number from {lo} to {hi}")
+def _read_mapping(path: Path) -> Any:
+    """The parsed content of a JSON or YAML settings file; ConfigError when unreadable or invalid."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+    import yaml
 
-
-def _num(cfg: TrainConfig, name: str, lo: float, hi: float, *, low_open: bool = False,
-         high_open: bool = False) -> None:
-    v = getattr(cfg, name)
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    if ok:
-        ok = (v > lo if low_open else v >= lo) and (v < hi if high_open else v <= hi)
-    if not ok:
-        lb, hb = ("(" if low_open else "["), (")" if high_open else "]")
-        raise ConfigError(f"{name}={v!r} is not allowed; use a number in {lb}{lo}, {hi}{hb}")
-    setattr(cfg, name, float(v))
+    try:
+        return (yaml.safe_load(text) or {}) if _is_yaml(path) else json.loads(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        msg = " ".join(str(exc).split())
+        raise ConfigError(f"{path}: not valid {'YAML' if _is_yaml(path) else 'JSON'} ({msg})") from None
