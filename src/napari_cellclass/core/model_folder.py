@@ -15,6 +15,8 @@ import json
 import math
 import os
 import struct
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,52 +91,89 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _int_in(low: int, high: int) -> Callable[[Any, dict[str, Any]], bool]:
+    return lambda v, _: _is_int(v) and low <= v <= high
+
+
+def _num_in(low: float, high: float, *, low_open: bool = False) -> Callable[[Any, dict[str, Any]], bool]:
+    return lambda v, _: _is_num(v) and (low < v if low_open else low <= v) and v < high
+
+
+def _of_type(kind: type) -> Callable[[Any, dict[str, Any]], bool]:
+    return lambda v, _: isinstance(v, kind)
+
+
+def _class_names(v: Any, _: dict[str, Any]) -> bool:
+    return (isinstance(v, list) and bool(v) and all(isinstance(c, str) and c for c in v)
+            and len(set(v)) == len(v))
+
+
+def _per_channel(v: Any, cfg: dict[str, Any]) -> bool:
+    return isinstance(v, list) and len(v) == cfg["in_chans"] and all(_is_num(x) for x in v)
+
+
+def _split_ids(v: Any, _: dict[str, Any]) -> bool:
+    ids = v.get("ids", {}) if isinstance(v, dict) else None
+    return isinstance(ids, dict) and all(isinstance(x, list) and all(isinstance(i, str) for i in x)
+                                         for x in ids.values())
+
+
+@dataclass(frozen=True)
+class _Field:
+    """One field of a model ``config.json``: where it is (``section.key``), what it must be, what to say.
+
+    A required field that is missing is checked as None; an optional one only when present.
+    ``message`` may name ``{value!r}`` and ``{n}`` (the number of channels).
+    """
+
+    path: str
+    ok: Callable[[Any, dict[str, Any]], bool]
+    message: str
+    optional: bool = False
+
+
+#: Every field of a model ``config.json`` that is checked, in the order the checks run.
+_FIELDS: tuple[_Field, ...] = (
+    _Field("backbone", lambda v, _: isinstance(v, str) and bool(v.strip()), "'backbone' must be a backbone name"),
+    _Field("classes", _class_names, "'classes' must be a list of distinct class names"),
+    _Field("in_chans", _int_in(1, 4096), "'in_chans' must be a whole number >= 1, not {value!r}"),
+    _Field("input_size", _int_in(8, 16384), "'input_size' must be a whole number of pixels, not {value!r}"),
+    _Field("normalisation", _of_type(dict), "'normalisation' must be a mapping with scaling, mean and std"),
+    _Field("normalisation.scaling", lambda v, _: v in SCALINGS,
+           "normalisation 'scaling' must be one of " + ", ".join(SCALINGS) + ", not {value!r}"),
+    _Field("normalisation.mean", _per_channel, "normalisation 'mean' must be {n} finite number(s), not {value!r}"),
+    _Field("normalisation.std", _per_channel, "normalisation 'std' must be {n} finite number(s), not {value!r}"),
+    _Field("normalisation.std", lambda v, _: all(x > 0 for x in v), "normalisation 'std' must be positive, not "
+           "{value!r} (zero or negative spread turns every prediction into NaN)"),
+    _Field("train_config", _of_type(dict), "'train_config' must be a mapping of training settings"),
+    _Field("train_config.head", _of_type(str), "train_config 'head' must be a name, not {value!r}", True),
+    _Field("train_config.dropout", _num_in(0, 1), "train_config 'dropout' must be a number in [0, 1), not {value!r}",
+           True),
+    _Field("train_config.threshold", _num_in(0, 1, low_open=True),
+           "train_config 'threshold' must be a number in (0, 1), not {value!r}", True),
+    _Field("train_config.precision", _of_type(str), "train_config 'precision' must be a name, not {value!r}", True),
+    _Field("multi_label", _of_type(bool), "'multi_label' must be true or false, not {value!r}", True),
+    _Field("split", _split_ids, "'split' must map train/val/test to lists of image ids", True),
+    _Field("channel_names", _of_type(list), "'channel_names' must be a list", True),
+    _Field(WEIGHTS_ID, _of_type(str), f"'{WEIGHTS_ID}' must be a string", True),
+)
+
+
+def _lookup(cfg: dict[str, Any], path: str) -> tuple[bool, Any]:
+    """``(present, value)`` of a ``section.key`` path (sections are checked before their keys)."""
+    *sections, key = path.split(".")
+    where = cfg
+    for name in sections:
+        where = where[name]
+    return key in where, where.get(key)
+
+
 def check_model_config(path: Path, cfg: dict[str, Any]) -> None:
     """Check the types and values of a model ``config.json`` (one :class:`ModelFolderError` line)."""
-    if not isinstance(cfg.get("backbone"), str) or not cfg["backbone"].strip():
-        raise _bad(path, "'backbone' must be a backbone name")
-    classes = cfg.get("classes")
-    if (not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes)
-            or len(set(classes)) != len(classes)):
-        raise _bad(path, "'classes' must be a list of distinct class names")
-    if not _is_int(cfg.get("in_chans")) or not 1 <= cfg["in_chans"] <= 4096:
-        raise _bad(path, f"'in_chans' must be a whole number >= 1, not {cfg.get('in_chans')!r}")
-    if not _is_int(cfg.get("input_size")) or not 8 <= cfg["input_size"] <= 16384:
-        raise _bad(path, f"'input_size' must be a whole number of pixels, not {cfg.get('input_size')!r}")
-    norm = cfg.get("normalisation")
-    if not isinstance(norm, dict):
-        raise _bad(path, "'normalisation' must be a mapping with scaling, mean and std")
-    if norm.get("scaling") not in SCALINGS:
-        raise _bad(path, f"normalisation 'scaling' must be one of {', '.join(SCALINGS)}, not {norm.get('scaling')!r}")
-    for key in ("mean", "std"):
-        values = norm.get(key)
-        if not isinstance(values, list) or len(values) != cfg["in_chans"] or not all(_is_num(v) for v in values):
-            raise _bad(path, f"normalisation '{key}' must be {cfg['in_chans']} finite number(s), not {values!r}")
-    if not all(v > 0 for v in norm["std"]):
-        raise _bad(path, f"normalisation 'std' must be positive, not {norm['std']!r} (zero or negative spread "
-                         "turns every prediction into NaN)")
-    tc = cfg.get("train_config")
-    if not isinstance(tc, dict):
-        raise _bad(path, "'train_config' must be a mapping of training settings")
-    if "head" in tc and not isinstance(tc["head"], str):
-        raise _bad(path, f"train_config 'head' must be a name, not {tc['head']!r}")
-    if "dropout" in tc and not (_is_num(tc["dropout"]) and 0 <= tc["dropout"] < 1):
-        raise _bad(path, f"train_config 'dropout' must be a number in [0, 1), not {tc['dropout']!r}")
-    if "threshold" in tc and not (_is_num(tc["threshold"]) and 0 < tc["threshold"] < 1):
-        raise _bad(path, f"train_config 'threshold' must be a number in (0, 1), not {tc['threshold']!r}")
-    if "precision" in tc and not isinstance(tc["precision"], str):
-        raise _bad(path, f"train_config 'precision' must be a name, not {tc['precision']!r}")
-    if not isinstance(cfg.get("multi_label", False), bool):
-        raise _bad(path, f"'multi_label' must be true or false, not {cfg['multi_label']!r}")
-    split = cfg.get("split", {})
-    ids = split.get("ids", {}) if isinstance(split, dict) else None
-    if not isinstance(ids, dict) or not all(isinstance(v, list) and all(isinstance(i, str) for i in v)
-                                            for v in ids.values()):
-        raise _bad(path, "'split' must map train/val/test to lists of image ids")
-    if not isinstance(cfg.get("channel_names", []), list):
-        raise _bad(path, "'channel_names' must be a list")
-    if WEIGHTS_ID in cfg and not isinstance(cfg[WEIGHTS_ID], str):
-        raise _bad(path, f"'{WEIGHTS_ID}' must be a string")
+    for f in _FIELDS:
+        present, value = _lookup(cfg, f.path)
+        if (present or not f.optional) and not f.ok(value, cfg):
+            raise _bad(path, f.message.format(value=value, n=cfg.get("in_chans")))
 
 
 def read_model_config(folder: str | os.PathLike) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from .atomic import atomic_write_text
 from .errors import ProjectError
@@ -113,6 +114,37 @@ def _finite(value: str | None, what: str) -> float:
     return x
 
 
+def _parse_row(row: Mapping[str, str | None], classes: list[str]) -> Prediction:
+    """One prediction from a CSV row; ValueError (or TypeError) when a value is not usable."""
+    iid = (row.get("image_id") or "").strip()
+    if not iid:
+        raise ValueError("no image id")
+    probs = {c: _finite(row[PROB_PREFIX + c], f"p:{c}") for c in classes
+             if row.get(PROB_PREFIX + c) not in (None, "")}
+    pred = tuple(c for c in (row.get("predicted") or "").split(";") if c)
+    conf = _finite(row.get("confidence") or "0", "confidence")
+    return Prediction(iid, pred, conf, probs, row.get("model") or "", row.get("timestamp") or "")
+
+
+def _read_rows(path: Path, fh: IO[str], problems: list[str] | None) -> dict[str, Prediction]:
+    reader = csv.DictReader(fh)
+    fields = reader.fieldnames or []
+    if "image_id" not in fields or "predicted" not in fields:
+        raise ProjectError(f"{path}: not a predictions file (needs image_id and predicted columns)")
+    classes = [f[len(PROB_PREFIX):] for f in fields if f.startswith(PROB_PREFIX)]
+    out: dict[str, Prediction] = {}
+    for row in reader:
+        try:
+            p = _parse_row(row, classes)
+        except (ValueError, TypeError) as exc:
+            if problems is not None:
+                iid = (row.get("image_id") or "").strip()
+                problems.append(f"{path}: line {reader.line_num} ({iid or 'no id'}) skipped: {exc}")
+            continue
+        out[p.image_id] = p
+    return out
+
+
 def read_predictions_csv(path: str | os.PathLike, problems: list[str] | None = None) -> dict[str, Prediction]:
     """``{image_id: Prediction}`` from a predictions CSV (empty when the file does not exist).
 
@@ -124,32 +156,12 @@ def read_predictions_csv(path: str | os.PathLike, problems: list[str] | None = N
     path = Path(path)
     if not path.exists():
         return {}
-    out: dict[str, Prediction] = {}
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            fields = reader.fieldnames or []
-            if "image_id" not in fields or "predicted" not in fields:
-                raise ProjectError(f"{path}: not a predictions file (needs image_id and predicted columns)")
-            classes = [f[len(PROB_PREFIX):] for f in fields if f.startswith(PROB_PREFIX)]
-            for row in reader:
-                iid = (row.get("image_id") or "").strip()
-                try:
-                    if not iid:
-                        raise ValueError("no image id")
-                    probs = {c: _finite(row[PROB_PREFIX + c], f"p:{c}") for c in classes
-                             if row.get(PROB_PREFIX + c) not in (None, "")}
-                    pred = tuple(c for c in (row.get("predicted") or "").split(";") if c)
-                    conf = _finite(row.get("confidence") or "0", "confidence")
-                except (ValueError, TypeError) as exc:
-                    if problems is not None:
-                        problems.append(f"{path}: line {reader.line_num} ({iid or 'no id'}) skipped: {exc}")
-                    continue
-                out[iid] = Prediction(iid, pred, conf, probs, row.get("model") or "", row.get("timestamp") or "")
+            return _read_rows(path, fh, problems)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ProjectError(f"{path}: cannot read the predictions ({' '.join(str(exc).split())}); delete the file "
                            "to start afresh") from None
-    return out
 
 
 def read_predictions(root: str | os.PathLike, problems: list[str] | None = None) -> dict[str, Prediction]:
@@ -218,18 +230,10 @@ def write_predictions(root: str | os.PathLike, predictions: Iterable[Prediction]
     return path
 
 
-def export_predictions_csv(path: str | os.PathLike, predictions: Iterable[Prediction] | Mapping[str, Prediction]) -> Path:
+def export_predictions_csv(path: str | os.PathLike,
+                           predictions: Iterable[Prediction] | Mapping[str, Prediction]) -> Path:
     """Write predictions to any CSV file (atomic; NaN or infinite values are refused)."""
     items = _check_finite(predictions.values() if isinstance(predictions, Mapping) else predictions)
     path = Path(path).expanduser()
     atomic_write_text(path, to_csv_text(items), fsync=False)
     return path
-
-
-def clear_predictions(root: str | os.PathLike) -> bool:
-    """Delete a project's stored predictions; True when there were some."""
-    try:
-        predictions_path(root).unlink()
-        return True
-    except FileNotFoundError:
-        return False

@@ -1,6 +1,7 @@
 """Importing labels (CSV, folder-per-class) into a project and exporting them to CSV."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -86,32 +87,25 @@ def _matcher(project: Project) -> Callable[[str], str | None]:
     return match
 
 
-def _columns(header: list[str]) -> tuple[int, int, int | None] | None:
-    low = [h.strip().casefold() for h in header]
+def _layout(first: list[str]) -> tuple[int, int, int | None, int]:
+    """The columns of image id, class and split, and 1 when ``first`` is a header row (else 0).
+
+    Without a header the columns are id, class and (when the first row's third cell names a
+    split) split.
+    """
+    low = [h.strip().casefold() for h in first]
 
     def find(names: tuple[str, ...]) -> int | None:
-        for n in names:
-            if n in low:
-                return low.index(n)
-        return None
+        return next((low.index(n) for n in names if n in low), None)
 
     i, c, s = find(_ID_COLS), find(_CLASS_COLS), find(_SPLIT_COLS)
     if i is None and c is None:
-        return None
-    return (0 if i is None else i), (1 if c is None else c), s
+        return 0, 1, (2 if len(first) > 2 and normalise_split_name(first[2]) else None), 0
+    return (0 if i is None else i), (1 if c is None else c), s, 1
 
 
-def import_csv(project: Project, csv_path: str | os.PathLike, *, create_classes: bool = True) -> ImportReport:
-    """Label images from a CSV of ``image id, category[, split]`` (HEp-2 style; header optional).
-
-    Multi-label projects accept several classes per cell separated by ``;`` or ``|``. A split
-    column (train/val/test) is saved as the project's predefined split. Class names match the
-    project's classes case-insensitively. A row with an empty class cell changes nothing and
-    is reported (``ImportReport.empty``). An image listed twice with different classes refuses
-    the whole import (one line naming both lines). All checks come first: a refused import
-    changes nothing; an accepted one is one undo step.
-    """
-    path = Path(csv_path)
+def _read_rows(path: Path) -> list[list[str]]:
+    """The non-blank rows of a CSV file (UTF-8, byte-order mark allowed; the delimiter is sniffed)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -128,52 +122,74 @@ def import_csv(project: Project, csv_path: str | os.PathLike, *, create_classes:
         raise ProjectError(f"{path}: not a readable CSV ({exc}); save it as comma-separated text") from None
     if not rows:
         raise ProjectError(f"{path}: the CSV is empty; expected rows of 'image id, category'")
-    cols = _columns(rows[0])
-    if cols is None:
-        id_col, class_col, split_col = 0, 1, (2 if len(rows[0]) > 2 and normalise_split_name(rows[0][2]) else None)
-    else:
-        id_col, class_col, split_col = cols
-        rows = rows[1:]
+    return rows
+
+
+@dataclass
+class _CsvLabels:
+    """The labels a CSV asks for: ``{image id: names}``, the line of each, its split, conflicts."""
+
+    wanted: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    where: dict[str, int] = field(default_factory=dict)
+    split: dict[str, str] = field(default_factory=dict)
+    conflicts: list[str] = field(default_factory=list)
+
+    def add(self, iid: str, names: list[str], line: int, split: str | None) -> None:
+        if iid in self.wanted:
+            if {n.casefold() for n in self.wanted[iid]} != {n.casefold() for n in names}:
+                self.conflicts.append(f"image '{iid}' has different classes on lines {self.where[iid]} and {line} "
+                                      f"({';'.join(self.wanted[iid])!r} vs {';'.join(names)!r})")
+            return
+        self.wanted[iid] = tuple(names)
+        self.where[iid] = line
+        if split:
+            self.split[iid] = split
+
+
+def _cell_names(cell: str, multi_label: bool) -> list[str]:
+    """The class names of a CSV cell (several, separated by ``;`` or ``|``, in a multi-label project)."""
+    names = [cell.strip()]
+    if multi_label:
+        for sep in MULTI_SEPARATORS:
+            if sep in names[0]:
+                names = [x.strip() for x in names[0].split(sep)]
+                break
+    return [n for n in names if n]
+
+
+def import_csv(project: Project, csv_path: str | os.PathLike, *, create_classes: bool = True) -> ImportReport:
+    """Label images from a CSV of ``image id, category[, split]`` (HEp-2 style; header optional).
+
+    Multi-label projects accept several classes per cell separated by ``;`` or ``|``. A split
+    column (train/val/test) is saved as the project's predefined split. Class names match the
+    project's classes case-insensitively. A row with an empty class cell changes nothing and
+    is reported (``ImportReport.empty``). An image listed twice with different classes refuses
+    the whole import (one line naming both lines). All checks come first: a refused import
+    changes nothing; an accepted one is one undo step.
+    """
+    path = Path(csv_path)
+    rows = _read_rows(path)
+    id_col, class_col, split_col, header = _layout(rows[0])
     match = _matcher(project)
     report = ImportReport()
-    wanted: dict[str, tuple[str, ...]] = {}
-    where: dict[str, int] = {}
-    split: dict[str, str] = {}
-    conflicts: list[str] = []
-    for k, row in enumerate(rows, start=2 if cols else 1):
+    found = _CsvLabels()
+    for k, row in enumerate(rows[header:], start=1 + header):
         if len(row) <= max(id_col, class_col):
             raise ProjectError(f"{path}: line {k} has {len(row)} column(s); expected 'image id, category'")
         iid = match(row[id_col])
+        names = _cell_names(row[class_col], project.multi_label) if iid is not None else []
         if iid is None:
             report.unmatched.append(row[id_col].strip())
-            continue
-        cell = row[class_col].strip()
-        names: list[str] = [cell]
-        if project.multi_label:
-            for sep in MULTI_SEPARATORS:
-                if sep in cell:
-                    names = [x.strip() for x in cell.split(sep)]
-                    break
-        names = [n for n in names if n]
-        if not names:
+        elif not names:
             report.empty.append(row[id_col].strip())
-            continue
-        if iid in wanted:
-            if {n.casefold() for n in wanted[iid]} != {n.casefold() for n in names}:
-                conflicts.append(f"image '{iid}' has different classes on lines {where[iid]} and {k} "
-                                 f"({';'.join(wanted[iid])!r} vs {';'.join(names)!r})")
-            continue
-        wanted[iid] = tuple(names)
-        where[iid] = k
-        if split_col is not None and split_col < len(row):
-            s = normalise_split_name(row[split_col])
-            if s:
-                split[iid] = s
-    if conflicts:
-        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
-        raise ProjectError(f"{path}: {conflicts[0]}{more}; nothing was imported, list each image once")
-    _apply_import(project, wanted, split, report, create_classes, str(path),
-                  {iid: f"line {k}" for iid, k in where.items()})
+        else:
+            split = normalise_split_name(row[split_col]) if split_col is not None and split_col < len(row) else None
+            found.add(iid, names, k, split)
+    if found.conflicts:
+        more = f" (and {len(found.conflicts) - 1} more)" if len(found.conflicts) > 1 else ""
+        raise ProjectError(f"{path}: {found.conflicts[0]}{more}; nothing was imported, list each image once")
+    _apply_import(project, found.wanted, found.split, report, create_classes, str(path),
+                  {iid: f"line {k}" for iid, k in found.where.items()})
     return report
 
 
@@ -243,6 +259,47 @@ def _apply_import(project: Project, wanted: dict[str, tuple[str, ...]], split: d
             report.split_counts[s] = report.split_counts.get(s, 0) + 1
 
 
+def _class_folders(src: Path) -> list[tuple[Path, str, str | None]]:
+    """``(image file, class, split)`` below ``src/<class>/`` or ``src/<split>/<class>/``.
+
+    Every class folder name is checked before anything is returned.
+    """
+    def subfolders(folder: Path) -> list[Path]:
+        return [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.is_symlink() and not d.name.startswith(".")]
+
+    found: list[tuple[Path, str, str | None]] = []
+    for top in (d for d in subfolders(src) if d.name not in SKIP_DIRS):
+        split_name = normalise_split_name(top.name)
+        for cdir in subfolders(top) if split_name else [top]:
+            try:
+                validate_name(cdir.name)
+            except ClassNameError as exc:
+                raise ProjectError(f"{cdir}: the folder name is not a usable class name ({exc}); rename the "
+                                   "folder (nothing was imported)") from None
+            found.extend((cdir / rel, cdir.name, split_name) for rel in scan_images(cdir))
+    return found
+
+
+def _copy_in(project: Project, files: list[Path], src: Path, rel_root: str) -> int:
+    """Copy images into ``<project>/<rel_root>/`` (existing files are kept); all or nothing."""
+    copied: list[Path] = []
+    try:
+        for f in files:
+            dest = f"{rel_root}/{f.relative_to(src).as_posix()}"
+            if not (project.root / dest).exists():
+                project.copy_image_in(f, dest)
+                copied.append(project.root / dest)
+    except (OSError, ProjectError) as exc:
+        for c in copied:  # all or nothing
+            with contextlib.suppress(OSError):
+                c.unlink()
+        if isinstance(exc, ProjectError):
+            raise
+        raise ProjectError(f"cannot copy {f} into {project.root}: {exc.strerror or exc}; "
+                           "free some space or make the folder writable (nothing was imported)") from None
+    return len(copied)
+
+
 def import_folders(project: Project, root: str | os.PathLike) -> ImportReport:
     """Label images from a folder-per-class layout ``root/<class>/<image>`` (ImageFolder style).
 
@@ -255,52 +312,21 @@ def import_folders(project: Project, root: str | os.PathLike) -> ImportReport:
     if not src.is_dir():
         raise ProjectError(f"{src}: folder not found; give the folder whose subfolders are the classes")
     try:
-        rel_root = src.relative_to(project.root).as_posix()
-        inside = True
+        rel_root, inside = src.relative_to(project.root).as_posix(), True
     except ValueError:
         rel_root, inside = src.name, False
-    found: list[tuple[Path, str, str | None]] = []  # (file, class, split)
-    for top in sorted(p for p in src.iterdir() if p.is_dir() and not p.is_symlink() and p.name not in SKIP_DIRS
-                      and not p.name.startswith(".")):
-        split_name = normalise_split_name(top.name)
-        class_dirs = ([d for d in sorted(top.iterdir()) if d.is_dir() and not d.is_symlink()
-                       and not d.name.startswith(".")] if split_name else [top])
-        for cdir in class_dirs:
-            try:
-                validate_name(cdir.name)
-            except ClassNameError as exc:
-                raise ProjectError(f"{cdir}: the folder name is not a usable class name ({exc}); rename the "
-                                   "folder (nothing was imported)") from None
-            rel_files = scan_images(cdir)
-            for rel in rel_files:
-                found.append((cdir / rel, cdir.name, split_name))
+    found = _class_folders(src)
     if not found:
         raise ProjectError(f"{src}: no images in class subfolders; expected {src}/<class>/<image>")
     report = ImportReport()
     if not inside:
-        copied: list[Path] = []
-        try:
-            for f, _, _ in found:
-                dest = f"{rel_root}/{f.relative_to(src).as_posix()}"
-                if not (project.root / dest).exists():
-                    project.copy_image_in(f, dest)
-                    copied.append(project.root / dest)
-        except (OSError, ProjectError) as exc:
-            for c in copied:  # all or nothing
-                try:
-                    c.unlink()
-                except OSError:
-                    pass
-            if isinstance(exc, ProjectError):
-                raise
-            raise ProjectError(f"cannot copy {f} into {project.root}: {exc.strerror or exc}; "
-                               "free some space or make the folder writable (nothing was imported)") from None
-        report.copied = len(copied)
+        report.copied = _copy_in(project, [f for f, _, _ in found], src, rel_root)
         project.rescan()
     wanted: dict[str, tuple[str, ...]] = {}
     split: dict[str, str] = {}
     for f, cls, split_name in found:
-        iid = f"{rel_root}/{f.relative_to(src).as_posix()}" if rel_root != "." else f.relative_to(src).as_posix()
+        rel = f.relative_to(src).as_posix()
+        iid = f"{rel_root}/{rel}" if rel_root != "." else rel
         if iid not in project:
             report.unmatched.append(iid)
             continue
