@@ -33,7 +33,8 @@ def test_multipage_tiff_pages_become_channels(tmp_path):
 
 def test_ome_tiff_channels_and_names(tmp_path):
     data = np.random.default_rng(0).integers(0, 4000, (2, 24, 32)).astype(np.uint16)
-    tifffile.imwrite(tmp_path / "o.ome.tif", data, ome=True, metadata={"axes": "CYX", "Channel": {"Name": ["DNA", "GFP"]}})
+    tifffile.imwrite(tmp_path / "o.ome.tif", data, ome=True,
+                     metadata={"axes": "CYX", "Channel": {"Name": ["DNA", "GFP"]}})
     img = read_image(tmp_path / "o.ome.tif")
     assert img.pixels.shape == (2, 24, 32)
     assert img.channel_source == "C"

@@ -18,7 +18,7 @@ def test_stratified_proportions_and_coverage():
     s = stratified_split(ids, labels, val_fraction=0.2, test_fraction=0.1, seed=0)
     assert len(s.train) + len(s.val) + len(s.test) == 100
     assert not set(s.train) & set(s.val) and not set(s.val) & set(s.test)
-    lab = dict(zip(ids, labels))
+    lab = dict(zip(ids, labels, strict=True))
     assert sum(lab[i] == ("a",) for i in s.val) == 14
     assert sum(lab[i] == ("b",) for i in s.val) == 5
     for part in (s.train, s.val, s.test):  # the rare class (5 images) is in every subset

@@ -47,10 +47,6 @@ class ImageData:
     def n_channels(self) -> int:
         return int(self.pixels.shape[0])
 
-    @property
-    def shape_yx(self) -> tuple[int, int]:
-        return int(self.pixels.shape[1]), int(self.pixels.shape[2])
-
 
 def is_image_file(path: str | os.PathLike) -> bool:
     """True when the file name has a supported image suffix."""

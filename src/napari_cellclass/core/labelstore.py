@@ -194,7 +194,8 @@ class LabelStore:
         if iid in self._clashes:
             raise ProjectError(f"'{iid}' and '{self._clashes[iid]}' would share one label file; rename one of them")
         if iid in self._locked:
-            raise ProjectError(f"the label file of '{iid}' {self._locked[iid]}; fix or move it, then reopen the project")
+            raise ProjectError(f"the label file of '{iid}' {self._locked[iid]}; fix or move it, "
+                               "then reopen the project")
 
     def users(self, name: str) -> list[str]:
         """Ids of the images labelled with ``name`` (in labelling order)."""

@@ -152,14 +152,14 @@ def make_sample_project(folder: str | os.PathLike, n: int = 200, seed: int = 0,
     with open(root / GROUND_TRUTH, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["image_id", "class"])
-        for iid, pos in zip(ids, truth):
+        for iid, pos in zip(ids, truth, strict=True):
             w.writerow([iid, CLASSES[int(pos)][0]])
     project = Project.open(root)
     for name, color in CLASSES:
         project.add_class(name, color)
     project.update_settings(sample={"name": "U2OS arrestin-GFP (synthetic)", "seed": seed, "n": n})
     for k, (name, _) in enumerate(CLASSES):
-        members = [iid for iid, pos in zip(ids, truth) if int(pos) == k]
+        members = [iid for iid, pos in zip(ids, truth, strict=True) if int(pos) == k]
         n_lab = int(round(len(members) * labelled_fraction))
         pick = sorted(rng.choice(len(members), n_lab, replace=False)) if n_lab else []
         project.set_labels([members[j] for j in pick], (name,), description="sample labels", source="import")

@@ -63,7 +63,7 @@ def stratified_split(ids: Sequence[str], labels: Sequence[Sequence[str]], *, val
         for c in ls:
             freq[c] = freq.get(c, 0) + 1
     groups: dict[str, list[str]] = {}
-    for iid, ls in sorted(zip(ids, labels), key=lambda t: t[0]):
+    for iid, ls in sorted(zip(ids, labels, strict=True), key=lambda t: t[0]):
         key = min(ls, key=lambda c: (freq[c], c)) if ls else ""
         groups.setdefault(key, []).append(iid)
     rng = np.random.default_rng(seed)
