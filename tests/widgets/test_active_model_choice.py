@@ -38,21 +38,21 @@ def test_worse_run_keeps_the_active_model(two_models):
 def test_training_dock_says_so_and_keeps_the_better_model(two_models, make_napari_viewer, notifications):
     from napari_cellclass._widgets.training import TrainingWidget
     from napari_cellclass._widgets.training_model import TrainingSession
-    from napari_cellclass._widgets.viewer_link import active_models
+    from napari_cellclass._widgets.session import session_for
     from napari_cellclass.learn.events import Finished
 
     project, good, worse = two_models
     viewer = make_napari_viewer()
     widget = TrainingWidget(viewer, project)
     widget.session = TrainingSession(project)
-    active_models.set(project, good)
+    session_for(viewer).set_model(good)
     widget._on_finished(Finished(str(worse), 2, {"accuracy": 0.792}, False, True, 3, 1.0))
-    assert active_models.get(project) == good
+    assert session_for(viewer).model == good
     assert "not made active" in widget.status.value.lower()
     assert any("was not made active" in m for _, m in notifications)
     widget._on_finished(Finished(str(good), 2, {"accuracy": 0.917}, False, False, 3, 1.0))
-    assert active_models.get(project) == good
-    active_models.set(project, worse)
+    assert session_for(viewer).model == good
+    session_for(viewer).set_model(worse)
     widget._on_finished(Finished(str(good), 2, {"accuracy": 0.917}, False, False, 3, 1.0))
-    assert active_models.get(project) == good  # a better run becomes active
+    assert session_for(viewer).model == good  # a better run becomes active
     widget.close()

@@ -76,7 +76,7 @@ def test_gui_shrinks_a_window_taller_than_the_screen(make_napari_viewer, qtbot):
     window = viewer.window._qt_window
     window.resize(1089, 2866)
     qtbot.wait(10)
-    fit_to_screen(viewer.window)
+    fit_to_screen(viewer)
     qtbot.wait(10)
     room = (window.screen() or QApplication.primaryScreen()).availableGeometry()
     assert window.frameGeometry().height() <= room.height()

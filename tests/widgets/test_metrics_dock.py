@@ -14,7 +14,8 @@ import_learning_libraries()  # before any OpenGL context (see the function)
 
 from napari_cellclass._widgets.labelling import LabellingWidget  # noqa: E402
 from napari_cellclass._widgets.metrics_dock import MetricsDock  # noqa: E402
-from napari_cellclass._widgets.viewer_link import active_models, cellclass_meta  # noqa: E402
+from napari_cellclass._widgets.session import session_for  # noqa: E402
+from napari_cellclass._widgets.viewer_link import cellclass_meta  # noqa: E402
 
 from ._trained import trained_sample  # noqa: E402
 
@@ -33,7 +34,7 @@ def test_metrics_fill_and_confusion_cell_opens_images(qtbot, make_napari_viewer,
     viewer.window.add_dock_widget(dock, name="Metrics")
     assert dock.project is project  # shared with the labelling widget
 
-    active_models.set(project, model)  # as after training: evaluates the validation split
+    session_for(viewer).set_model(model)  # as after training: evaluates the validation split
     qtbot.waitUntil(lambda: dock.evaluation is not None and not dock.running, timeout=60_000)
     ev = dock.evaluation
     table = dock.table.to_dict("split")

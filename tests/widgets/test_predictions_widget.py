@@ -14,7 +14,8 @@ from napari_cellclass._widgets.borders import border_colors  # noqa: E402
 from napari_cellclass._widgets.labelling import LabellingWidget  # noqa: E402
 from napari_cellclass._widgets.labelling_model import PREDICTION_OPACITY  # noqa: E402
 from napari_cellclass._widgets.predict_panel import PredictionsWidget  # noqa: E402
-from napari_cellclass._widgets.viewer_link import active_models, image_layers  # noqa: E402
+from napari_cellclass._widgets.session import session_for  # noqa: E402
+from napari_cellclass._widgets.viewer_link import image_layers  # noqa: E402
 from napari_cellclass.core.predictions import read_predictions  # noqa: E402
 from napari_cellclass.core.sidecars import read_sidecar, sidecar_path  # noqa: E402
 
@@ -35,7 +36,7 @@ def test_predict_accept_and_filter(qtbot, make_napari_viewer, trained):
     viewer.window.add_dock_widget(labelling, name="Labelling")
     panel = PredictionsWidget(viewer, confirm=lambda q: True)
     viewer.window.add_dock_widget(panel, name="Predictions")
-    active_models.set(project, model)
+    session_for(viewer).set_model(model)
     unlabelled = project.unlabelled_ids()
     labelled_before = {i: project.labels(i) for i in project.labelled_ids()}
 

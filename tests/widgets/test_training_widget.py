@@ -10,7 +10,7 @@ pytest.importorskip("torch")
 pytest.importorskip("timm")
 
 from napari_cellclass._widgets.training import TrainingWidget  # noqa: E402
-from napari_cellclass._widgets.viewer_link import active_models  # noqa: E402
+from napari_cellclass._widgets.session import session_for  # noqa: E402
 from napari_cellclass.core.sample import make_sample_project  # noqa: E402
 from napari_cellclass.learn import TrainConfig  # noqa: E402
 
@@ -61,7 +61,7 @@ def test_train_fills_plots_and_writes_model(qtbot, trainer, sample, tmp_path, mo
     assert run.best_epoch in (1, 2)
     labels = w.plots.legend("loss")  # the curves are painted with Qt (no matplotlib axes)
     assert any(t.startswith("best") for t in labels)
-    model = active_models.get(sample)
+    model = session_for(viewer).model
     assert model is not None and (model / "model.safetensors").exists()
     assert model.name in w.active_label.value
     assert w.train_button.enabled and not w.stop_button.enabled
@@ -96,7 +96,7 @@ def test_stop_keeps_best_model(qtbot, trainer, sample):
     wait_idle(qtbot, w)
     run = w.session.runs[-1]
     assert run.status == "cancelled" and 1 <= len(run.epochs) < 30
-    model = active_models.get(sample)
+    model = session_for(viewer).model
     trained = load_model(model)
     assert trained.classes == ("negative control", "positive control")
     assert "stopped" in w.status.value

@@ -7,8 +7,9 @@ from napari.components.overlays import BoundingBoxOverlay
 from napari.layers import Layer
 
 from .labelling_model import BorderSpec
+from .napari_private import layer_overlays, real_layer
 
-#: Keys of the extra rectangles (2nd, 3rd ... class of a multi-label image) in ``layer._overlays``.
+#: Keys of the extra rectangles (2nd, 3rd ... class of a multi-label image) among the layer's overlays.
 EXTRA_KEY = "cellclass_border_{}"
 _BASE_ORDER = 10_000
 
@@ -22,13 +23,13 @@ def apply_border(layer: Layer, specs: Sequence[BorderSpec]) -> None:
     re-lays out every overlay of a grid when an overlay's visibility flips, which would make
     each key press cost time proportional to the page size squared.
     """
-    layer = getattr(layer, "__wrapped__", layer)
+    layer = real_layer(layer)
     bb = layer.bounding_box
     if specs:
         _style(bb, specs[0], 0)
     else:
         _hide(bb)
-    overlays = getattr(layer, "_overlays", None)
+    overlays = layer_overlays(layer)
     if overlays is None:  # napari without per-layer overlays: first class only
         return
     for i, spec in enumerate(specs[1:], start=1):
@@ -44,8 +45,7 @@ def apply_border(layer: Layer, specs: Sequence[BorderSpec]) -> None:
 
 def prepare_border(layer: Layer) -> None:
     """Make a new layer's bounding box ready (visible, transparent) while the grid is off."""
-    layer = getattr(layer, "__wrapped__", layer)
-    bb = layer.bounding_box
+    bb = real_layer(layer).bounding_box
     bb.points = False
     bb.opacity = 0.0
     bb.order = _BASE_ORDER
@@ -54,9 +54,9 @@ def prepare_border(layer: Layer) -> None:
 
 def border_colors(layer: Layer) -> list[tuple[float, float, float, float]]:
     """The RGBA colours (alpha = opacity) of the rectangles shown around ``layer``, bottom first."""
-    layer = getattr(layer, "__wrapped__", layer)
+    layer = real_layer(layer)
     boxes = [layer.bounding_box]
-    overlays = getattr(layer, "_overlays", {})
+    overlays = layer_overlays(layer) or {}
     k = 1
     while EXTRA_KEY.format(k) in overlays:
         boxes.append(overlays[EXTRA_KEY.format(k)])

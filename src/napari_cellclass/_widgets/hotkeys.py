@@ -23,6 +23,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .napari_private import canvas_widget, main_window
+
 #: Hotkeys (napari key names) and the actions they call.
 HOTKEYS: dict[str, str] = {
     "F1": "label_selected",
@@ -132,10 +134,10 @@ class Hotkeys:
         return key, getattr(self._target, self._keys[key])
 
     def window(self) -> QWidget | None:
-        return _main_window(self.viewer)
+        return main_window(self.viewer)
 
     def is_canvas(self, widget: QWidget) -> bool:
-        canvas = _canvas_widget(self.viewer)
+        canvas = canvas_widget(self.viewer)
         return canvas is not None and (widget is canvas or canvas.isAncestorOf(widget))
 
     def _handler(self, method: str) -> Callable[[Any], None]:
@@ -145,19 +147,3 @@ class Hotkeys:
         handler.__name__ = f"cellclass_{method}"
         handler.__doc__ = f"napari-cellclass: {method.replace('_', ' ')}"
         return handler
-
-
-def _main_window(viewer: Any) -> QWidget | None:
-    """The viewer's Qt main window (napari keeps it private)."""
-    try:
-        return viewer.window._qt_window
-    except (AttributeError, RuntimeError):
-        return None
-
-
-def _canvas_widget(viewer: Any) -> QWidget | None:
-    """The viewer's canvas widget, where napari's own keymaps handle keys."""
-    try:
-        return viewer.window._qt_viewer.canvas.native
-    except (AttributeError, RuntimeError):
-        return None

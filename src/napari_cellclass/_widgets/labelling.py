@@ -52,6 +52,7 @@ from .layers import (
     layer_metadata,
     natural_layer_count,
 )
+from .napari_private import real_viewer
 from .session import session_for
 
 if TYPE_CHECKING:
@@ -221,9 +222,8 @@ class LabellingWidget(Container):
                  confirm: Callable[[str], bool] | None = None,
                  pick_color: Callable[[str], str | None] | None = None) -> None:
         super().__init__(labels=False)
-        # napari hands plugins a proxy that warns on private attributes; the nested borders of
-        # multi-label images use the layers' overlay dictionary, so keep the real viewer
-        self.viewer = getattr(viewer, "__wrapped__", viewer)
+        self.viewer = real_viewer(viewer)
+        self.shared = session_for(self.viewer)
         self.project: Project | None = None
         self.pager: Pager | None = None
         self.session: LabellingSession | None = None
@@ -241,11 +241,16 @@ class LabellingWidget(Container):
         self._build()
         viewer.layers.events.inserted.connect(self._on_layer_inserted)
         viewer.layers.events.removed.connect(self._on_layer_removed)
+        self.shared.register_page_view(self)
+        self.shared.labels_changed.connect(self._on_project_changed)
+        self.shared.project_changed.connect(self._on_session_project)
         self._lifetime = _LifetimeFilter(self)
         self.native.installEventFilter(self._lifetime)
         self.bind_hotkeys()
         if project is not None:
             self.open_project(project)
+        elif self.shared.project is not None:  # another dock opened one first
+            self._on_session_project(self.shared.project)
         else:
             self._adopt_layers()
         self._refresh_panel()
@@ -334,8 +339,10 @@ class LabellingWidget(Container):
         self.unbind_hotkeys()
         self.viewer.layers.events.inserted.disconnect(self._on_layer_inserted)
         self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
-        if self.project is not None:
-            self.project.remove_listener(self._on_project_changed)
+        self.shared.labels_changed.disconnect(self._on_project_changed)
+        self.shared.project_changed.disconnect(self._on_session_project)
+        if self.shared.page_view is self:
+            self.shared.register_page_view(None)
         super().close()
 
     # ================================================================== project
@@ -359,7 +366,9 @@ class LabellingWidget(Container):
                 self.project.rescan()
                 self._render_page(reload=True)
                 return
-            project = Project.open(Path(project).expanduser())
+            root = Path(project).expanduser().resolve()
+            shared = self.shared.project
+            project = shared if shared is not None and shared.root == root else Project.open(root)
         self._set_project(project)
         self._render_page()
 
@@ -379,15 +388,20 @@ class LabellingWidget(Container):
             dock.show()
             dock.raise_()
 
+    @_reports_errors
+    def _on_session_project(self, project: Project | None) -> None:
+        """Another dock opened a project: show it here too."""
+        if project is not None and project is not self.project:
+            self._set_project(project)
+            self._render_page()
+
     def _set_project(self, project: Project) -> None:
         if self.project is not None:
-            self.project.remove_listener(self._on_project_changed)
             self._remove_page_layers(list(self._shown))
         self.project = project
-        session_for(self.viewer).set_project(project)
         self.pager = Pager(project, int(self.page_size.value))
         self.session = LabellingSession(project)
-        project.add_listener(self._on_project_changed)
+        self.shared.set_project(project)
         with _quiet(self.folder, self.multi_label):
             self.folder.value = project.root
             self.multi_label.value = project.multi_label

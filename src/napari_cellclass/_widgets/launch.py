@@ -5,6 +5,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .napari_private import main_window
+
 PLUGIN = "napari-cellclass"
 EXTRA_WIDGETS = ("Training", "Predictions", "Metrics")
 
@@ -29,29 +31,27 @@ def dock_all(viewer: Any, folder: str | os.PathLike | None = None) -> None:
     The Training, Predictions and Metrics docks are tabs beside Labelling in the same dock area,
     the Labelling tab in front, and the window fits the screen.
     """
-    from .viewer_link import find_labelling_widget
+    from .reader import labelling_widget
 
     if folder is not None:
         viewer.open(str(Path(folder)), plugin=PLUGIN)
-    labelling = find_labelling_widget(viewer)
-    if labelling is None:
-        labelling = viewer.window.add_plugin_dock_widget(PLUGIN, "Labelling")[1]
+    labelling = labelling_widget(viewer)
     for name in EXTRA_WIDGETS:
         try:  # one dock area, one tab per dock: each dock gets the area's full height
             viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True)
         except KeyError:
             continue  # not contributed by this version
     labelling.raise_dock()
-    fit_to_screen(viewer.window)
+    fit_to_screen(viewer)
 
 
-def fit_to_screen(window: Any) -> None:
+def fit_to_screen(viewer: Any) -> None:
     """Shrink napari's main window to the screen it is on (napari restores its last size)."""
     from qtpy.QtWidgets import QApplication
 
-    qt = window._qt_window
-    screen = qt.screen() or QApplication.primaryScreen()
-    if screen is None or qt.isMaximized() or qt.isFullScreen():
+    qt = main_window(viewer)
+    screen = (qt.screen() if qt is not None else None) or QApplication.primaryScreen()
+    if qt is None or screen is None or qt.isMaximized() or qt.isFullScreen():
         return
     room = screen.availableGeometry()
     frame, inner = qt.frameGeometry(), qt.geometry()

@@ -20,7 +20,10 @@ from ..core.errors import CellclassError
 from ..core.project import Project
 from .compact import compact_dock, show_rows
 from .training_model import METRIC_COLUMNS, Evaluation, Failed, evaluate_split, import_learning_libraries, user_message
-from .viewer_link import active_models, current_project, real_viewer, shared_project, show_images
+from .napari_private import real_viewer
+from .session import session_for
+from .workers import DockJob
+from .viewer_link import current_project, show_images
 
 if TYPE_CHECKING:
     import napari
@@ -36,10 +39,11 @@ class MetricsDock(Container):
                  auto_evaluate: bool = True) -> None:
         super().__init__(labels=False)
         self.viewer = real_viewer(viewer)
-        self._project = shared_project(project, self.viewer) if project is not None else None
+        self.shared = session_for(self.viewer)
+        if project is not None:
+            self.shared.use_project(project)
         self.auto_evaluate = auto_evaluate
         self.evaluation: Evaluation | None = None
-        self.worker: GeneratorWorker | None = None
         self.model_label = Label(value="model: none")
         self.model_label.native.setWordWrap(True)
         self.split = ComboBox(label="split", choices=list(SPLIT_CHOICES), value="auto")
@@ -64,29 +68,26 @@ class MetricsDock(Container):
         show_rows(self.table, 5)
         show_rows(self.confusion, 5)
         compact_dock(self)  # rows scroll in a short dock; the tables take the spare height
+        self.job = DockJob("an evaluation", start_buttons=[self.evaluate_button])
         self.evaluate_button.changed.connect(lambda _v: self.evaluate())
         self.export_button.changed.connect(lambda _v: self._on_export())
-        active_models.changed.connect(self._on_active_model)
+        self.shared.model_changed.connect(self._on_active_model)
         self._refresh_model()
 
     # ================================================================== project and model
     @property
     def project(self) -> Project | None:
-        return self._project if self._project is not None else current_project(self.viewer)
+        return current_project(self.viewer)
 
     @property
     def model(self) -> Path | None:
-        project = self.project
-        return active_models.get(project) if project is not None else None
+        return self.shared.model if self.project is not None else None
 
     def _refresh_model(self) -> None:
         model = self.model
         self.model_label.value = f"model: {model.name if model else 'none (train or load one)'}"
 
-    def _on_active_model(self, root: str, folder: Path | None) -> None:
-        project = self.project
-        if project is None or str(project.root) != root:
-            return
+    def _on_active_model(self, folder: Path | None) -> None:
         self._refresh_model()
         if folder is not None and self.auto_evaluate:
             self.evaluate()
@@ -94,12 +95,10 @@ class MetricsDock(Container):
     # ================================================================== evaluating
     @property
     def running(self) -> bool:
-        return self.worker is not None
+        return self.job.running
 
     def evaluate(self, split: str | None = None) -> GeneratorWorker | None:
         """Evaluate the active model on ``split`` (default: the chosen one) in a worker."""
-        from napari.qt.threading import create_worker
-
         project, model = self.project, self.model
         if project is None or model is None:
             show_warning("no active model: train one or load a model folder in the Training widget")
@@ -110,15 +109,9 @@ class MetricsDock(Container):
         if split is not None:
             self.split.value = split
         import_learning_libraries()
-        worker = create_worker(_evaluate_steps, model, project, str(self.split.value), _start_thread=False,
-                               _progress={"desc": "Evaluating"})
-        worker.yielded.connect(self._on_result)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        self.evaluate_button.enabled = False
         self.summary.value = f"evaluating {model.name}…"
-        worker.start()
-        return worker
+        return self.job.start(_evaluate_steps, model, project, str(self.split.value), on_item=self._on_result,
+                              progress={"desc": "Evaluating"})
 
     def _on_result(self, item: Any) -> None:
         if isinstance(item, Failed):
@@ -126,10 +119,6 @@ class MetricsDock(Container):
             show_error(f"Evaluation failed: {item.message}")
         elif isinstance(item, Evaluation):
             self.show_evaluation(item)
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.evaluate_button.enabled = True
 
     def show_evaluation(self, ev: Evaluation) -> None:
         """Fill the tables from an evaluation."""
@@ -218,7 +207,7 @@ class MetricsDock(Container):
             show_error(f"cannot export: {exc}")
 
     def close(self) -> None:
-        active_models.changed.disconnect(self._on_active_model)
+        self.shared.model_changed.disconnect(self._on_active_model)
         super().close()
 
 

@@ -36,14 +36,14 @@ from .training_model import (
     project_predictions,
     run_prediction,
 )
+from .napari_private import real_viewer
+from .session import session_for
+from .workers import DockJob
 from .viewer_link import (
     PredictionLayers,
-    active_models,
     current_project,
     image_layers,
-    real_viewer,
     selected_image_ids,
-    shared_project,
     show_images,
 )
 
@@ -66,14 +66,17 @@ class PredictionsWidget(Container):
         super().__init__(labels=False)
         self.viewer = real_viewer(viewer)
         self.confirm: Callable[[str], bool] = confirm or (lambda q: ask_yes_no(self.native, q))
-        self._project = shared_project(project, self.viewer) if project is not None else None
+        self.shared = session_for(self.viewer)
+        if project is not None:
+            self.shared.use_project(project)
         self.layers = PredictionLayers(self.viewer)
         self.predictions: dict[str, Prediction] = {}
-        self.worker: GeneratorWorker | None = None
         self._pbar: progress | None = None
         self._rows: list[str] = []
         self._build()
-        active_models.changed.connect(self._on_active_model)
+        self.shared.model_changed.connect(self._on_active_model)
+        self.shared.project_changed.connect(self._on_project_changed)
+        self.shared.labels_changed.connect(self._on_labels_changed)
         self._previous_key = self.viewer.bind_key(ACCEPT_KEY, self._accept_key, overwrite=True)
         self.load_stored()
 
@@ -120,26 +123,32 @@ class PredictionsWidget(Container):
         self.export_button.changed.connect(lambda _v: self._on_export())
         for w in (self.class_filter, self.min_conf, self.max_conf, self.order, self.unlabelled_only):
             w.changed.connect(lambda _v: self.refresh_table())
-        self.stop_button.enabled = False
+        self.job = DockJob("a prediction", start_buttons=[self.predict_button], stop_buttons=[self.stop_button])
 
     # ================================================================== project and model
     @property
     def project(self) -> Project | None:
-        return self._project if self._project is not None else current_project(self.viewer)
+        return current_project(self.viewer)
 
     @property
     def model(self) -> Path | None:
-        project = self.project
-        return active_models.get(project) if project is not None else None
+        return self.shared.model if self.project is not None else None
 
     def _class_choices(self, _widget: Any = None) -> list[str]:
         project = self.project
         return [ALL_CLASSES, *(project.class_names if project is not None else ())]
 
-    def _on_active_model(self, root: str, folder: Path | None) -> None:
-        project = self.project
-        if project is not None and str(project.root) == root:
-            self.model_label.value = f"model: {folder.name if folder else 'none'}"
+    def _on_active_model(self, folder: Path | None) -> None:
+        self.model_label.value = f"model: {folder.name if folder else 'none (train or load one)'}"
+
+    def _on_project_changed(self, _project: Project | None) -> None:
+        self.load_stored()
+
+    def _on_labels_changed(self, ids: tuple[str, ...]) -> None:
+        if not ids:  # the classes changed: the class filter lists them
+            self.class_filter.reset_choices()
+        elif any(i in self.predictions for i in ids):
+            self.refresh_table()  # the table's label column
 
     def load_stored(self) -> None:
         """Show the project's stored predictions (from an earlier session) on the layers."""
@@ -160,12 +169,10 @@ class PredictionsWidget(Container):
     # ================================================================== predicting
     @property
     def running(self) -> bool:
-        return self.worker is not None
+        return self.job.running
 
     def predict(self, scope: str | None = None) -> GeneratorWorker | None:
         """Predict the images of ``scope`` (default: the chosen one) in a worker."""
-        from napari.qt.threading import create_worker
-
         project, model = self.project, self.model
         if project is None or model is None:
             show_warning("no active model: train one or load a model folder in the Training widget")
@@ -186,15 +193,9 @@ class PredictionsWidget(Container):
         self._cancel = CancelToken()
         self._pbar = progress(total=len(ids), desc=f"Predicting {len(ids)} images")
         self._done = 0
-        worker = create_worker(run_prediction, model, project, ids, 64, self._cancel, _start_thread=False)
-        worker.yielded.connect(self._on_item)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        self.predict_button.enabled = False
-        self.stop_button.enabled = True
         self.status.value = f"predicting {len(ids)} images with {model.name}…"
-        worker.start()
-        return worker
+        return self.job.start(run_prediction, model, project, ids, 64, self._cancel, on_item=self._on_item,
+                              on_done=self._on_finished)
 
     def stop(self) -> None:
         if self.running:
@@ -225,9 +226,6 @@ class PredictionsWidget(Container):
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
-        self.worker = None
-        self.predict_button.enabled = True
-        self.stop_button.enabled = False
 
     # ================================================================== accepting
     def accept(self, ids: list[str]) -> list[str]:
@@ -342,5 +340,7 @@ class PredictionsWidget(Container):
         else:
             self.viewer.bind_key(ACCEPT_KEY, None, overwrite=True)
         self.layers.disconnect()
-        active_models.changed.disconnect(self._on_active_model)
+        self.shared.model_changed.disconnect(self._on_active_model)
+        self.shared.project_changed.disconnect(self._on_project_changed)
+        self.shared.labels_changed.disconnect(self._on_labels_changed)
         super().close()

@@ -65,12 +65,13 @@ def _current_viewer() -> Any | None:
 
 
 def labelling_widget(viewer: Any) -> Any:
-    """The labelling widget docked in ``viewer`` (docked now when there is none), in front."""
-    from .viewer_link import find_labelling_widget
+    """The labelling dock of ``viewer`` (docked now when there is none), in front."""
+    from .napari_private import dock_inner_widget
+    from .session import session_for
 
-    widget = find_labelling_widget(viewer)
+    widget = session_for(viewer).page_view
     if widget is None:
         _dock, widget = viewer.window.add_plugin_dock_widget("napari-cellclass", "Labelling")
-        widget = getattr(widget, "_magic_widget", widget)
+        widget = dock_inner_widget(widget)
     widget.raise_dock()
     return widget

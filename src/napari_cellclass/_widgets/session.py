@@ -1,17 +1,35 @@
-"""One Qt-free session per viewer: the open project and its label changes, shared by every dock.
+"""One Qt-free session per viewer: the open project, its label changes and the active model.
 
-The labelling dock sets the project; the other docks subscribe to :class:`CellclassSession`'s
-signals instead of looking for each other, so a count, a class list or a page label never goes
-stale. Tests drive a session without a viewer.
+Every dock of a viewer gets the same :class:`CellclassSession` from :func:`session_for` and
+subscribes to its signals instead of looking for other docks, so a count, a class list, a page
+label or the active model never goes stale. The labelling dock registers itself as the page
+view, so other docks and the reader reach it without searching the window. Tests drive a
+session without a viewer.
 """
 from __future__ import annotations
 
+import os
 import weakref
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
 from psygnal import Signal
 
 from ..core.project import Project
+
+
+
+class PageView(Protocol):
+    """What the labelling dock offers the other docks and the reader."""
+
+    def show_images(self, image_ids: Sequence[str], title: str = "") -> None: ...
+
+    def open_project(self, project: Project | str | Path) -> None: ...
+
+    def shows_folder(self, folder: str | Path) -> bool: ...
+
+    def raise_dock(self) -> None: ...
 
 
 class CellclassSession:
@@ -20,17 +38,23 @@ class CellclassSession:
     Signals
     -------
     project_changed(project)
-        Another project (or ``None``) is open.
+        Another project (or ``None``) is open; the active model is reset.
     labels_changed(ids)
         Labels of these image ids changed; an empty tuple means the class list changed.
+    model_changed(folder)
+        Another model folder (or ``None``) is the active model.
     """
 
     project_changed = Signal(object)
     labels_changed = Signal(tuple)
+    model_changed = Signal(object)
 
     def __init__(self) -> None:
         self.project: Project | None = None
+        self.model: Path | None = None
+        self.page_view: PageView | None = None
 
+    # ------------------------------------------------------------------ project
     def set_project(self, project: Project | None) -> None:
         """Make ``project`` the open project (its label changes are relayed)."""
         if project is self.project:
@@ -38,12 +62,43 @@ class CellclassSession:
         if self.project is not None:
             self.project.remove_listener(self._relay)
         self.project = project
+        self.model = None
         if project is not None:
             project.add_listener(self._relay)
         self.project_changed.emit(project)
+        self.model_changed.emit(None)
+
+    def use_project(self, project: Project | str | os.PathLike) -> Project:
+        """The open project when ``project`` names its folder, else open it and make it the open one."""
+        if isinstance(project, Project):
+            self.set_project(project)
+            return project
+        root = Path(project).expanduser().resolve()
+        if self.project is None or self.project.root != root:
+            self.set_project(Project.open(root))
+        assert self.project is not None
+        return self.project
 
     def _relay(self, ids: tuple[str, ...]) -> None:
         self.labels_changed.emit(tuple(ids))
+
+    # ------------------------------------------------------------------ model
+    def set_model(self, folder: str | os.PathLike | None) -> None:
+        """Make a model folder (or nothing) the active model of the open project."""
+        self.model = Path(folder) if folder is not None else None
+        self.model_changed.emit(self.model)
+
+    # ------------------------------------------------------------------ page view
+    def register_page_view(self, view: PageView | None) -> None:
+        """The labelling dock of this viewer (``None`` when it closes)."""
+        self.page_view = view
+
+    def show_images(self, ids: Sequence[str], title: str) -> bool:
+        """Show these images as the page of the labelling dock; False when there is none."""
+        if self.page_view is None:
+            return False
+        self.page_view.show_images(ids, title)
+        return True
 
 
 _SESSIONS: weakref.WeakKeyDictionary[Any, CellclassSession] = weakref.WeakKeyDictionary()
@@ -51,7 +106,9 @@ _SESSIONS: weakref.WeakKeyDictionary[Any, CellclassSession] = weakref.WeakKeyDic
 
 def session_for(viewer: Any) -> CellclassSession:
     """The session of ``viewer`` (made on first use; it lives as long as the viewer)."""
-    viewer = getattr(viewer, "__wrapped__", viewer)
+    from .napari_private import real_viewer
+
+    viewer = real_viewer(viewer)
     session = _SESSIONS.get(viewer)
     if session is None:
         session = _SESSIONS[viewer] = CellclassSession()

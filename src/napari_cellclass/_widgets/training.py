@@ -52,7 +52,8 @@ from .training_model import (
     values_from_config,
 )
 from .session import session_for
-from .viewer_link import active_models, current_project, real_viewer, shared_project
+from .napari_private import real_viewer
+from .viewer_link import current_project
 
 if TYPE_CHECKING:
     import napari
@@ -85,7 +86,9 @@ class TrainingWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer, project: Project | str | Path | None = None) -> None:
         super().__init__(labels=False)
         self.viewer = real_viewer(viewer)
-        self._project: Project | None = shared_project(project, self.viewer) if project is not None else None
+        self.shared = session_for(self.viewer)
+        if project is not None:
+            self.shared.use_project(project)
         self.session: TrainingSession | None = None
         self.worker: GeneratorWorker | None = None
         self._pbar: progress | None = None
@@ -93,13 +96,12 @@ class TrainingWidget(Container):
         self._specs = settings_spec()
         self.settings: dict[str, Widget] = {}
         self._build()
-        active_models.changed.connect(self._on_active_model)
+        self.shared.model_changed.connect(self._on_active_model)
         # label counts follow the labelling at most a few times a second (one refresh per burst)
         self._refresh_timer = QTimer()
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(REFRESH_DELAY_MS)
         self._refresh_timer.timeout.connect(self._refresh_state)
-        self.shared = session_for(self.viewer)
         self.shared.project_changed.connect(self._on_shared_change)
         self.shared.labels_changed.connect(self._on_shared_change)
         self._refresh_state()
@@ -248,10 +250,10 @@ class TrainingWidget(Container):
     @property
     def project(self) -> Project | None:
         """The project trained on: the one given, else the viewer's."""
-        return self._project if self._project is not None else current_project(self.viewer)
+        return current_project(self.viewer)
 
     def set_project(self, project: Project | str | Path) -> None:
-        self._project = shared_project(project, self.viewer)
+        self.shared.use_project(project)
         self.session = None
         self._refresh_state()
 
@@ -376,7 +378,7 @@ class TrainingWidget(Container):
         log.info("training %s: %s", "stopped" if event.cancelled else "done", text)
         project = self.session.project
         try:
-            choice = choose_active_model(where, active_models.get(project))
+            choice = choose_active_model(where, self.shared.model)
         except CellclassError as exc:
             show_error(f"cannot use the new model: {exc}")
             return
@@ -385,7 +387,7 @@ class TrainingWidget(Container):
             show_warning(f"The new model in {where} was not made active: {choice.reason}. "
                          "Load it in 'model folder' to use it anyway.")
             return
-        active_models.set(project, where)
+        self.shared.set_model(where)
 
     def _on_worker_finished(self) -> None:
         if self.session is not None:
@@ -406,13 +408,13 @@ class TrainingWidget(Container):
         if project is None:
             raise CellclassError("open a project first (Labelling widget or File > Open Folder)")
         path = check_model_folder(folder)
-        active_models.set(project, path)
+        self.shared.set_model(path)
         return path
 
     def save_model(self, dest: str | Path) -> Path:
         """Copy the active model folder to ``dest``."""
         project = self.project
-        model = active_models.get(project) if project is not None else None
+        model = self.shared.model if project is not None else None
         if model is None:
             raise CellclassError("no active model: train one or load a model folder first")
         return copy_model_folder(model, dest)
@@ -439,9 +441,8 @@ class TrainingWidget(Container):
         if not self._closed:
             self._refresh_timer.start()
 
-    def _on_active_model(self, root: str, folder: Path | None) -> None:
-        project = self.project
-        if project is not None and str(project.root) == root:
+    def _on_active_model(self, _folder: Path | None) -> None:
+        if not self._closed:
             self._refresh_state()
 
     # ================================================================== state
@@ -460,7 +461,7 @@ class TrainingWidget(Container):
         counts = project.counts()
         self.project_label.value = (f"{project.root.name}: {len(project.labelled_ids())} labelled of "
                                     f"{len(project)} · " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-        model = active_models.get(project)
+        model = self.shared.model
         if not running:
             self.active_label.value = f"active model: {model.name if model else 'none'}"
             self.active_label.tooltip = str(model) if model else ""
@@ -472,7 +473,7 @@ class TrainingWidget(Container):
         worker = self.worker
         if worker is not None:  # the worker drains the stream and ends the process; nothing is shown
             worker.yielded.disconnect(self._on_event)
-        active_models.changed.disconnect(self._on_active_model)
+        self.shared.model_changed.disconnect(self._on_active_model)
         self.shared.project_changed.disconnect(self._on_shared_change)
         self.shared.labels_changed.disconnect(self._on_shared_change)
         self._refresh_timer.stop()

@@ -3,25 +3,25 @@
 Project images are recognised by ``layer.metadata["cellclass"]`` (``project`` and
 ``image_id``), never by layer names. Predictions are written into that same dictionary
 (``prediction``, ``confidence``, ``probabilities``, ``model``) and drawn as a prediction-style
-border; a human label always wins the border. When a labelling widget is docked its
-:class:`~napari_cellclass.core.project.Project` is shared, so labels accepted here show there at
-once.
+border; a human label always wins the border. The docks share one
+:class:`~napari_cellclass.core.project.Project` through the viewer's session, so labels accepted
+here show in the labelling dock at once.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari.layers import Image, Layer
-from psygnal import Signal
 
+from ..core.errors import CellclassError
 from ..core.predictions import Prediction
 from ..core.project import Project
 from .borders import apply_border, prepare_border
 from .labelling_model import fallback_color, image_border_specs
 from .layers import METADATA_KEY, image_layer_data
+from .napari_private import real_viewer
+from .session import session_for
 from .training_model import PREDICTION_KEYS, prediction_metadata
 
 if TYPE_CHECKING:
@@ -29,67 +29,22 @@ if TYPE_CHECKING:
 
 #: Marks layers this module added to show images (review of a confusion-matrix cell).
 REVIEW_KEY = "review"
-_SHARED: dict[str, Project] = {}
-
-
-def real_viewer(viewer: Any) -> Any:
-    """The viewer behind napari's plugin proxy (which warns on private attributes)."""
-    return getattr(viewer, "__wrapped__", viewer)
-
-
-def find_labelling_widget(viewer: napari.viewer.Viewer) -> Any | None:
-    """The docked labelling widget of ``viewer``, if any."""
-    from .labelling import LabellingWidget
-
-    window = getattr(viewer, "window", None)
-    docks = getattr(window, "dock_widgets", None) if window is not None else None
-    if docks is None:
-        return None
-    try:
-        widgets = list(docks.values())
-    except RuntimeError:  # the viewer's window was deleted (a dock outlived its viewer)
-        return None
-    for widget in widgets:
-        if isinstance(widget, LabellingWidget):
-            return widget
-        inner = getattr(widget, "_magic_widget", None)
-        if isinstance(inner, LabellingWidget):
-            return inner
-    return None
-
-
-def shared_project(folder: str | os.PathLike | Project, viewer: Any = None) -> Project:
-    """One :class:`Project` per folder for all widgets (the labelling widget's when it has it open)."""
-    if isinstance(folder, Project):
-        _SHARED[str(folder.root)] = folder
-        return folder
-    root = str(Path(folder).expanduser().resolve())
-    if viewer is not None:
-        lw = find_labelling_widget(viewer)
-        if lw is not None and lw.project is not None and str(lw.project.root) == root:
-            _SHARED[root] = lw.project
-            return lw.project
-    if root not in _SHARED:
-        _SHARED[root] = Project.open(root, create=False)
-    return _SHARED[root]
 
 
 def current_project(viewer: napari.viewer.Viewer) -> Project | None:
-    """The project the viewer shows: the session's, else the one of the image layers."""
-    from .session import session_for
+    """The project the viewer's docks share: the session's, else the one its image layers show.
 
-    project = session_for(viewer).project
-    if project is not None:
-        return shared_project(project)
-    lw = find_labelling_widget(viewer)
-    if lw is not None and lw.project is not None:
-        return shared_project(lw.project)
-    for layer in viewer.layers:
+    A project found through the layers becomes the session's, so every dock uses one object.
+    """
+    session = session_for(viewer)
+    if session.project is not None:
+        return session.project
+    for layer in real_viewer(viewer).layers:
         meta = cellclass_meta(layer)
         if meta is not None and meta.get("project"):
             try:
-                return shared_project(meta["project"], viewer)
-            except (OSError, ValueError):
+                return session.use_project(meta["project"])
+            except CellclassError:
                 continue
     return None
 
@@ -235,17 +190,16 @@ def show_images(viewer: napari.viewer.Viewer, project: Project, ids: Sequence[st
                 title: str = "review") -> list[str]:
     """Show these images as layers (for relabelling with the labelling widget's hotkeys).
 
-    With a docked labelling widget that can show a list of images, it does so in project order
-    (hotkeys, borders and paging stay consistent); otherwise the images are added as layers in grid
-    mode, replacing the previous review layers. Returns the ids shown.
+    The labelling dock of the viewer shows them as its page, in the given order (hotkeys, borders
+    and paging stay consistent); without one the images are added as layers in grid mode,
+    replacing the previous review layers. Returns the ids shown.
     """
     viewer = real_viewer(viewer)
-    lw = find_labelling_widget(viewer)
-    if lw is not None and hasattr(lw, "show_images") and lw.project is not None \
-            and str(lw.project.root) == str(project.root):
+    session = session_for(viewer)
+    if session.project is project:
         ordered = [i for i in ids if i in project]
-        lw.show_images(ordered, title)
-        return ordered
+        if session.show_images(ordered, title):
+            return ordered
     for layer in [lyr for lyr in viewer.layers if (cellclass_meta(lyr) or {}).get(REVIEW_KEY)]:
         viewer.layers.remove(layer)
     shown: list[str] = []
@@ -271,30 +225,3 @@ def show_images(viewer: napari.viewer.Viewer, project: Project, ids: Sequence[st
         viewer.reset_view()
         viewer.layers.selection.active = added[0]
     return shown
-
-
-class ActiveModels:
-    """The active model folder of each project, shared by the training, metrics and predict docks.
-
-    ``changed`` is emitted with ``(project root, model folder or None)``.
-    """
-
-    changed = Signal(str, object)
-
-    def __init__(self) -> None:
-        self._models: dict[str, Path] = {}
-
-    def get(self, project: Project) -> Path | None:
-        return self._models.get(str(project.root))
-
-    def set(self, project: Project, folder: str | os.PathLike | None) -> None:
-        root = str(project.root)
-        if folder is None:
-            self._models.pop(root, None)
-        else:
-            self._models[root] = Path(folder)
-        self.changed.emit(root, self._models.get(root))
-
-
-#: The process-wide registry used by the docks.
-active_models = ActiveModels()

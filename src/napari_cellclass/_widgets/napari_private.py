@@ -1,0 +1,63 @@
+"""Every use of napari's private API, in one place (pinned by a test to the napari version).
+
+napari 0.9 offers no public way to:
+
+- reach the real viewer or layer behind the plugin proxy (which warns on private attributes);
+- add extra bounding boxes to a layer (the nested bands of a multi-label image):
+  ``layer._overlays``;
+- reach the Qt main window (fitting it to the screen, window-wide key handling), the canvas
+  widget and the layer-list view: ``viewer.window._qt_window`` and ``viewer.window._qt_viewer``.
+
+Each accessor returns ``None`` when napari changed underneath, so callers degrade (a single
+border, keys only on the canvas) instead of failing.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+#: The napari minor versions these accessors were checked against (see tests/widgets).
+CHECKED_NAPARI = ("0.9",)
+
+
+def real_viewer(viewer: Any) -> Any:
+    """The viewer behind napari's plugin proxy."""
+    return getattr(viewer, "__wrapped__", viewer)
+
+
+def real_layer(layer: Any) -> Any:
+    """The layer behind napari's plugin proxy."""
+    return getattr(layer, "__wrapped__", layer)
+
+
+def layer_overlays(layer: Any) -> Any | None:
+    """The layer's overlay dictionary (an ``EventedDict``), or None."""
+    return getattr(real_layer(layer), "_overlays", None)
+
+
+def main_window(viewer: Any) -> Any | None:
+    """The viewer's Qt main window (a ``QMainWindow``), or None."""
+    try:
+        return real_viewer(viewer).window._qt_window
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def canvas_widget(viewer: Any) -> Any | None:
+    """The viewer's canvas widget, where napari's own keymaps handle keys, or None."""
+    try:
+        return real_viewer(viewer).window._qt_viewer.canvas.native
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def layer_list_view(viewer: Any) -> Any | None:
+    """The viewer's layer-list view (a ``QAbstractItemView``), or None."""
+    try:
+        return real_viewer(viewer).window._qt_viewer.layers
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def dock_inner_widget(widget: Any) -> Any:
+    """The magicgui widget behind what ``add_plugin_dock_widget`` returns."""
+    return getattr(widget, "_magic_widget", widget)

@@ -1,0 +1,76 @@
+"""One way for every dock to run slow work in a napari worker thread (never in the GUI thread).
+
+A :class:`DockJob` runs one generator at a time: its items reach the dock's handler in the GUI
+thread, the dock's start buttons are disabled (and its stop buttons enabled) while it runs, and
+a second start while running only says so. Widgets are never created in the worker.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from napari.utils.notifications import show_warning
+
+if TYPE_CHECKING:
+    from magicgui.widgets import Widget
+    from napari.qt.threading import GeneratorWorker
+
+
+class DockJob:
+    """The background job of a dock.
+
+    Parameters
+    ----------
+    what
+        What the job does, for messages ("a prediction", "an evaluation").
+    start_buttons, stop_buttons
+        Disabled, respectively enabled, while the job runs.
+    """
+
+    def __init__(self, what: str, start_buttons: Sequence[Widget] = (),
+                 stop_buttons: Sequence[Widget] = ()) -> None:
+        self.what = what
+        self.worker: GeneratorWorker | None = None
+        self._start_buttons = list(start_buttons)
+        self._stop_buttons = list(stop_buttons)
+        self._on_done: Callable[[], None] | None = None
+        self._show(running=False)
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(self, steps: Callable[..., Iterator[Any]], *args: Any, on_item: Callable[[Any], None],
+              on_done: Callable[[], None] | None = None,
+              progress: dict[str, Any] | None = None) -> GeneratorWorker | None:
+        """Run ``steps(*args)`` in a worker; ``on_item`` gets each yielded item in the GUI thread.
+
+        Returns the worker, or None (with a message) when the job is already running.
+        """
+        from napari.qt.threading import create_worker
+
+        if self.running:
+            show_warning(f"{self.what} is already running")
+            return None
+        kwargs: dict[str, Any] = {"_start_thread": False}
+        if progress is not None:
+            kwargs["_progress"] = progress
+        worker = create_worker(steps, *args, **kwargs)
+        worker.yielded.connect(on_item)
+        worker.finished.connect(self._finished)
+        self.worker, self._on_done = worker, on_done
+        self._show(running=True)
+        worker.start()
+        return worker
+
+    def _finished(self) -> None:
+        self.worker = None
+        self._show(running=False)
+        if self._on_done is not None:
+            self._on_done()
+
+    def _show(self, running: bool) -> None:
+        for button in self._start_buttons:
+            button.enabled = not running
+        for button in self._stop_buttons:
+            button.enabled = running
