@@ -9,7 +9,6 @@ changes nothing) and :class:`~.labelstore.LabelStore` (label sidecars and undo).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -235,14 +234,7 @@ class Project(ImageFolder):
 
         A value JSON cannot store is refused at once and nothing changes.
         """
-        for key, value in values.items():
-            try:
-                json.dumps(value, allow_nan=False)
-            except (TypeError, ValueError, RecursionError) as exc:
-                raise ProjectError(f"setting {key!r} cannot be stored in {self.config_path} "
-                                   f"({' '.join(str(exc).split())}); use text, numbers, true/false, "
-                                   "lists or objects") from None
-        self._file.commit(settings={**self.settings, **values})
+        self._file.update_settings(values)
 
     # ------------------------------------------------------------------ labels (read)
     def labels(self, image_id: str) -> tuple[str, ...]:

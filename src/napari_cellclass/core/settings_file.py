@@ -302,6 +302,17 @@ class SettingsFile:
         self._pending_clear = set()
         self.needs_write = False
 
+    def update_settings(self, values: Mapping[str, Any]) -> None:
+        """Save settings (a value JSON cannot store is refused at once and nothing changes)."""
+        for key, value in values.items():
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise ProjectError(f"setting {key!r} cannot be stored in {self.path} "
+                                   f"({' '.join(str(exc).split())}); use text, numbers, true/false, "
+                                   "lists or objects") from None
+        self.commit(settings={**self.settings, **values})
+
     def _adopt(self, cfg: ProjectConfig, kept: Mapping[str, Any]) -> None:
         """Take a checked file's classes, flag and settings into memory (with the ``_`` settings of ``kept``)."""
         private = {k: v for k, v in kept.items() if k.startswith("_")}
