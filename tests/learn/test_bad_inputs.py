@@ -68,16 +68,17 @@ def test_memory_error_while_preparing_an_image_is_one_line_naming_it(model_dir, 
     from pathlib import Path
 
     from napari_cellclass.learn import data
+    from napari_cellclass.learn.data import cache
 
     victim, other = (tiny_sample.path(i) for i in tiny_sample.image_ids[:2])
-    real_read = data.read_image
+    real_read = cache.read_image
 
     def read(path):
         if Path(path) == victim:
             raise MemoryError
         return real_read(path)
 
-    monkeypatch.setattr(data, "read_image", read)
+    monkeypatch.setattr(cache, "read_image", read)
     res = predict(model_dir, [victim, other])
     assert res.ids == [str(other)] and str(victim) in res.skipped
     reason = res.skipped[str(victim)]
@@ -89,7 +90,7 @@ def test_memory_error_while_preparing_an_image_is_one_line_naming_it(model_dir, 
     def no_memory(*_a, **_k):
         raise MemoryError
 
-    monkeypatch.setattr(data, "prepare_pixels", no_memory)
+    monkeypatch.setattr(cache, "prepare_pixels", no_memory)
     res = predict(model_dir, [other])
     assert len(res) == 0 and "memory" in res.skipped[str(other)]
 

@@ -177,9 +177,9 @@ def _counting_reader(monkeypatch, after=None, hook=None):
     """Patch the store's image reader to count reads (and call ``hook`` at read number ``after``)."""
     import threading
 
-    from napari_cellclass.learn import data
+    from napari_cellclass.learn.data import cache
 
-    real = data.read_image
+    real = cache.read_image
     count = {"n": 0}
     lock = threading.Lock()
 
@@ -190,7 +190,7 @@ def _counting_reader(monkeypatch, after=None, hook=None):
                 hook()
         return real(path)
 
-    monkeypatch.setattr(data, "read_image", read)
+    monkeypatch.setattr(cache, "read_image", read)
     return count
 
 

@@ -1,0 +1,267 @@
+"""Every image of a run decoded once: scaled, resized float16 rows in RAM or in the shared disk cache."""
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...core.errors import ChannelMismatchError, ImageReadError
+from ...core.images import read_image
+from ..events import CancelToken
+from .diskcache import CACHE_DIR, DiskCache, DiskRows, Source, cache_tag, make_sources
+from .pixels import prepare_pixels
+
+_MEMORY_REASON = ("not enough memory to decode and resize this image; downscale or crop it (or free memory, "
+                  "e.g. close other programs)")
+
+
+class ImageStore:
+    """Decoded images at one input size, one ``(C, S, S)`` float16 row each.
+
+    Build with :meth:`build` (a generator of ``(done, total)`` progress pairs) or
+    :func:`load_store` (blocking). ``ok[i]`` is False for an image that could not be read
+    (``problems`` maps its key to the reason) or was not decoded because the build was
+    cancelled (``cancelled`` is then True).
+
+    Parameters
+    ----------
+    items
+        File paths or ``(C, Y, X)`` arrays.
+    size
+        Input size in pixels (square).
+    scaling
+        ``'auto'``, ``'dtype'`` or ``'percentile'`` (see :func:`scale_intensity`).
+    in_chans
+        Expected channel count; None = the first readable image's.
+    keys
+        Names for the items (project image ids); default: the paths.
+    cache_dir
+        Folder for the on-disk cache (``<project>/cellclass_cache``); None: a temporary one
+        when the images exceed ``memory_mb``.
+    memory_mb
+        RAM budget for the decoded block; above it the block lives in a memory-mapped file.
+    """
+
+    def __init__(self, items: Sequence[Any], size: int, scaling: str = "auto", in_chans: int | None = None,
+                 keys: Sequence[str] | None = None, cache_dir: Path | None = None, memory_mb: int = 2048,
+                 threads: int | None = None) -> None:
+        self.sources = make_sources(items, keys)
+        self.keys = [s.key for s in self.sources]
+        self.size = int(size)
+        self.scaling = scaling
+        self.in_chans = in_chans
+        self.cache_dir = cache_dir
+        self.memory_mb = memory_mb
+        self.threads = threads or min(4, os.cpu_count() or 1)
+        self.ok = np.zeros(len(self.sources), dtype=bool)
+        self.problems: dict[str, str] = {}
+        self.rows = np.arange(len(self.sources), dtype=np.int64)
+        self.array: np.ndarray | None = None
+        self.location = "memory"
+        self.reused = 0
+        self.cancelled = False
+        self._disk = DiskCache(cache_dir)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def needs_disk(self) -> bool:
+        """True when the decoded block (channel count known) exceeds the RAM budget."""
+        row_bytes = (self.in_chans or 1) * self.size * self.size * 2
+        return len(self.sources) * row_bytes > self.memory_mb * 2**20
+
+    # -------------------------------------------------------------- building
+    def build(self, cancel: CancelToken | None = None,
+              log: Callable[[str], None] | None = None) -> Iterator[tuple[int, int]]:
+        """Decode what is not cached yet; yields ``(done, total)`` after each image.
+
+        ``cancel`` is checked between images (and while waiting for the disk cache's lock): a
+        cancelled build stops early with ``cancelled`` set. ``log(message)`` (default: a
+        :class:`RuntimeWarning`) hears when another process has held the disk cache for long.
+        The disk cache stays locked from reading its index until the index is written back.
+        """
+        n = len(self.sources)
+        self.cancelled = False
+        if n == 0:
+            self.array = np.zeros((0, self.in_chans or 1, self.size, self.size), np.float16)
+            return
+        if self._probe_channels() is None:  # nothing readable at all
+            self.array = np.zeros((n, self.in_chans or 1, self.size, self.size), np.float16)
+            yield n, n
+            return
+        on_disk = self.needs_disk()
+        if not on_disk:
+            self.array = np.empty((n, self.in_chans, self.size, self.size), np.float16)
+        elif not (yield from self._disk.acquire(cache_tag(self.size, self.in_chans, self.scaling), cancel, log, n)):
+            self.cancelled = True  # while waiting for the lock
+            return
+        disk: DiskRows | None = None
+        try:
+            todo = list(range(n))
+            if on_disk:
+                disk = self._open_disk()
+                todo = disk.todo
+            yield from self._fill(todo, disk, cancel)
+        finally:  # also after an error or a cancel: the rows decoded so far stay usable
+            self._disk.finish(disk)
+
+    def _open_disk(self) -> DiskRows:
+        """Map the locked disk cache's rows; the items whose row is still valid are done."""
+        disk = self._disk.open(self.sources, (self.in_chans, self.size, self.size))
+        self.array = disk.array
+        self.rows[:] = disk.rows
+        self.ok |= disk.cached
+        self.reused = int(disk.cached.sum())
+        self.location = "disk"
+        return disk
+
+    def _fill(self, todo: Sequence[int], disk: DiskRows | None, cancel: CancelToken | None
+              ) -> Iterator[tuple[int, int]]:
+        """Decode the items ``todo`` into their rows; yields ``(done, total)`` (first before any decode)."""
+        n = len(self.sources)
+        done = n - len(todo)
+        yield done, n
+        for i, result in self._decode_all(todo, cancel):
+            if isinstance(result, np.ndarray):
+                self.array[self.rows[i]] = result
+                self.ok[i] = True
+                if disk is not None:
+                    disk.record(self.sources[i], int(self.rows[i]))
+            else:
+                self.problems[self.sources[i].key] = result
+            done += 1
+            yield done, n
+
+    def _decode_all(self, todo: Sequence[int], cancel: CancelToken | None) -> Iterator[tuple[int, np.ndarray | str]]:
+        """``(i, row or reason)`` in order, decoded by threads a bounded window ahead.
+
+        Stops (setting ``cancelled``) when ``cancel`` is set; after an error or a cancel the
+        queued decodes are dropped and only the running ones are waited for.
+        """
+        window = 2 * self.threads
+        pending: deque[tuple[int, Future]] = deque()
+        pool = ThreadPoolExecutor(self.threads)
+        try:
+            nxt = 0
+            while nxt < len(todo) or pending:
+                if cancel is not None and cancel.is_set():
+                    self.cancelled = True
+                    return
+                while nxt < len(todo) and len(pending) < window:
+                    pending.append((todo[nxt], pool.submit(self._decode, todo[nxt])))
+                    nxt += 1
+                i, fut = pending.popleft()
+                yield i, fut.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _probe_channels(self) -> int | None:
+        """Find the channel count (first readable image) unless given; None (each image's reason in
+        ``problems``) when no image can be read."""
+        if self.in_chans is not None:
+            return self.in_chans
+        reasons: dict[str, str] = {}
+        for src in self.sources:
+            try:
+                pix = self._read(src)
+            except ImageReadError as exc:
+                reasons[src.key] = self._reason(src, exc)
+                continue
+            except MemoryError:
+                reasons[src.key] = _MEMORY_REASON
+                continue
+            self.in_chans = int(pix.shape[0]) if pix.ndim == 3 else 1
+            return self.in_chans
+        self.problems.update(reasons)
+        return None
+
+    @staticmethod
+    def _reason(src: Source, exc: Exception) -> str:
+        """The message of a read error without the path (the key names the image)."""
+        text = str(exc)
+        return text.split(": ", 1)[-1] if src.path is not None and text.startswith(str(src.path)) else text
+
+    @staticmethod
+    def _read(src: Source) -> np.ndarray:
+        if src.array is not None:
+            return src.array
+        return read_image(src.path).pixels
+
+    def _decode(self, i: int) -> np.ndarray | str:
+        """The prepared row, or the reason the image could not be used."""
+        src = self.sources[i]
+        try:
+            pix = self._read(src)
+        except ImageReadError as exc:
+            return self._reason(src, exc)
+        except MemoryError:
+            return _MEMORY_REASON
+        chans = int(pix.shape[0]) if pix.ndim == 3 else 1
+        if chans != self.in_chans:
+            name = src.path if src.path is not None else src.key
+            raise ChannelMismatchError(
+                f"{name}: has {chans} channel(s) but the model takes {self.in_chans}; "
+                "convert the image or remove it from the project")
+        try:
+            return prepare_pixels(pix, self.size, self.scaling)
+        except (ValueError, ImageReadError) as exc:
+            return f"cannot prepare the pixels ({exc})"
+        except MemoryError:
+            shape = " x ".join(str(n) for n in np.shape(pix))
+            return f"{_MEMORY_REASON} ({shape} pixels)"
+
+    def close(self) -> None:
+        """Drop the block (and a temporary cache folder)."""
+        self.array = None
+        self._disk.close()
+
+    # -------------------------------------------------------------- access
+    def gather(self, index: np.ndarray) -> np.ndarray:
+        """Rows for item positions ``index`` as one ``(B, C, S, S)`` float16 array."""
+        rows = self.rows[np.asarray(index, dtype=np.int64)]
+        if self.location == "disk":  # sorted reads are faster on a memory map
+            order = np.argsort(rows, kind="stable")
+            out = np.empty((len(rows), *self.array.shape[1:]), np.float16)
+            out[order] = self.array[rows[order]]
+            return out
+        return self.array[rows]
+
+    def channel_stats(self, index: np.ndarray, chunk: int = 256) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and standard deviation over items ``index`` (float64 sums)."""
+        index = np.asarray(index, dtype=np.int64)
+        c = self.in_chans or 1
+        s1 = np.zeros(c)
+        s2 = np.zeros(c)
+        count = 0
+        for k in range(0, len(index), chunk):
+            block = self.gather(index[k:k + chunk]).astype(np.float64)
+            s1 += block.sum(axis=(0, 2, 3))
+            s2 += (block ** 2).sum(axis=(0, 2, 3))
+            count += block.shape[0] * block.shape[2] * block.shape[3]
+        if count == 0:
+            return tuple([0.0] * c), tuple([1.0] * c)
+        mean = s1 / count
+        std = np.sqrt(np.maximum(s2 / count - mean ** 2, 0))
+        std = np.where(std > 1e-6, std, 1.0)
+        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def cache_dir_for(root: str | os.PathLike | None) -> Path | None:
+    """``<project>/cellclass_cache`` (None without a project)."""
+    return Path(root) / CACHE_DIR if root is not None else None
+
+
+def load_store(items: Sequence[Any], size: int, scaling: str = "auto", in_chans: int | None = None,
+               keys: Sequence[str] | None = None, cache_dir: Path | None = None, memory_mb: int = 2048,
+               progress: Callable[[int, int], None] | None = None) -> ImageStore:
+    """Build an :class:`ImageStore` (blocking), calling ``progress(done, total)``."""
+    store = ImageStore(items, size, scaling, in_chans, keys, cache_dir, memory_mb)
+    for done, total in store.build():
+        if progress is not None:
+            progress(done, total)
+    return store
