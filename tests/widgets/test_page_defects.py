@@ -44,10 +44,10 @@ def test_unlabelled_filter_keeps_one_image_per_cell(open_widget, notifications):
 
 def test_failed_redraw_is_drawn_afresh(open_widget, monkeypatch, notifications):
     viewer, w, project = open_widget(n=6, channels=2, page_size=3)
-    from napari_cellclass._widgets import labelling
+    from napari_cellclass._widgets import page_view
 
     calls = {"n": 0}
-    real = labelling._recycle
+    real = page_view.recycle
 
     def broken_once(*args, **kwargs):
         calls["n"] += 1
@@ -55,7 +55,7 @@ def test_failed_redraw_is_drawn_afresh(open_widget, monkeypatch, notifications):
             raise RuntimeError("simulated failure while recycling")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(labelling, "_recycle", broken_once)
+    monkeypatch.setattr(page_view, "recycle", broken_once)
     w.next_page()
     ids = project.image_ids
     assert w.pager.page_ids == ids[3:6]
@@ -69,7 +69,9 @@ def test_unexpected_errors_are_one_line_notifications(open_widget, monkeypatch, 
     def broken(*_args, **_kwargs):
         raise KeyError("boom")
 
-    monkeypatch.setattr(LabellingWidget, "_draw_page", broken)
+    from napari_cellclass._widgets.page_view import PageView
+
+    monkeypatch.setattr(PageView, "_draw_page", broken)
     w.image_filter.value = FILTER_UNLABELLED  # must not raise into Qt
     errors = [m for sev, m in notifications if sev == "error"]
     assert errors and "boom" in errors[-1] and "\n" not in errors[-1]

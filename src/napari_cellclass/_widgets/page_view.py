@@ -1,0 +1,345 @@
+"""A page of project images on napari's canvas: one grid cell per image, layers recycled, borders.
+
+:class:`PageView` draws the pager's page all or nothing (a cell never shows channels of two
+images), reuses the layers of images leaving the page for those arriving (adding and removing
+layers is what makes napari slow), keeps layers added by hand in cells of their own, refits the
+grid when its shape changes and takes over layers a napari-cellclass reader added.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from napari.layers import Layer
+from napari.utils.notifications import show_warning
+from qtpy.QtCore import QTimer
+
+from ..core.errors import ImageReadError
+from ..core.images import ImageData
+from ..core.project import Project
+from .borders import apply_border, prepare_border
+from .guards import reports_errors
+from .labelling_model import Pager, image_border_specs
+from .layers import BLEND, COMPOSITE, layer_data_from_image, layer_metadata, natural_layer_count
+from .scripted import project_meta
+
+log = logging.getLogger(__name__)
+GRID_SPACING = 0.06
+
+
+@dataclass
+class Shown:
+    """The layers showing one image of the page."""
+
+    key: str | int  # display mode the layers were made with
+    layers: list[Layer]
+    natural: int  # layers the image makes as a composite
+
+
+def recycle(layers: list[Layer], data: Any, kwargs: dict[str, Any]) -> None:
+    """Show new image data in existing layers (one per channel for a composite)."""
+    names = kwargs["name"] if isinstance(kwargs["name"], list) else [kwargs["name"]]
+    metas = kwargs["metadata"] if isinstance(kwargs["metadata"], list) else [kwargs["metadata"]]
+    limits = kwargs.get("contrast_limits")
+    for k, layer in enumerate(layers):
+        layer.data = data[k] if kwargs.get("channel_axis") is not None else data
+        if limits is not None:
+            layer.contrast_limits = limits[k] if isinstance(limits[0], list) else limits
+        layer.metadata = dict(metas[min(k, len(metas) - 1)])
+        layer.name = names[min(k, len(names) - 1)]
+
+
+def page_layout(natural: dict[str, int], mode: str | int) -> tuple[dict[str, str | int], int]:
+    """How each image of a page is drawn (its layer key) and the grid stride.
+
+    One grid cell per image: the channel layers of a composite share a cell (grid stride); a
+    page mixing channel counts shows multi-channel images blended into one RGB layer.
+    """
+    counts = set(natural.values())
+    if mode == BLEND or (mode == COMPOSITE and len(counts) > 1):
+        return {i: (BLEND if natural[i] > 1 else COMPOSITE) for i in natural}, 1
+    if mode != COMPOSITE:
+        return {i: mode for i in natural}, 1
+    if not counts:
+        return {}, 1
+    return {i: COMPOSITE for i in natural}, counts.pop()
+
+
+def bring_to_front(layers: Any, order: Sequence[Layer]) -> None:
+    """Put ``order`` at the start of the layer list, in that order; other layers follow.
+
+    One move per misplaced layer, each from a valid index (napari's ``move_multiple`` needs
+    ascending source indices, which a recycled page does not have).
+    """
+    if list(layers)[: len(order)] == list(order):
+        return
+    with layers.events.reordered.blocker():
+        for k, layer in enumerate(order):
+            src = layers.index(layer)
+            if src != k:
+                layers.move(src, k)
+    layers.events.reordered(value=layers)
+
+
+class PageView:
+    """The page of a project in a viewer's grid.
+
+    Parameters
+    ----------
+    viewer
+        The napari viewer.
+    mode
+        Returns the display mode: ``"composite"``, ``"RGB blend"`` or a channel index.
+    color_of
+        A class's ``#rrggbb`` colour.
+    on_foreign_project
+        Called with a project folder when a reader added layers of a project not open here.
+    on_other_layer
+        Called with a layer that is not a page layer when it arrives (scripted layers).
+    on_drawn
+        Called after every page drawn (page label, choices).
+    """
+
+    def __init__(self, viewer: Any, *, mode: Callable[[], str | int], color_of: Callable[[str], str],
+                 on_foreign_project: Callable[[str], None], on_other_layer: Callable[[Layer], None],
+                 on_drawn: Callable[[], None]) -> None:
+        self.viewer = viewer
+        self.project: Project | None = None
+        self.pager: Pager | None = None
+        self.shown: dict[str, Shown] = {}
+        self.max_channels = 1
+        self._mode = mode
+        self._color_of = color_of
+        self._on_foreign_project = on_foreign_project
+        self._on_other_layer = on_other_layer
+        self._on_drawn = on_drawn
+        self._rendering = False
+        self._reload = False
+        self._grid_shape: tuple[int, int] | None = None
+        self._adopt_scheduled = False
+        viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        viewer.layers.events.removed.connect(self._on_layer_removed)
+
+    def close(self) -> None:
+        """Stop following the viewer's layer list."""
+        self.viewer.layers.events.inserted.disconnect(self._on_layer_inserted)
+        self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
+
+    def attach(self, project: Project, pager: Pager) -> None:
+        """Show ``project`` from now on (the old page's layers are removed)."""
+        if self.project is not None and project is not self.project:
+            self.remove_page_layers(list(self.shown))
+        self.project, self.pager = project, pager
+
+    # ------------------------------------------------------------------ rendering
+    def render(self, select: str | None = None, reload: bool = False) -> None:
+        """Show the pager's page: reuse layers already shown, read the others.
+
+        All or nothing: when recycling fails half-way, every page layer is removed and the page
+        is drawn again with new layers. ``reload`` reads every image of the page again.
+        """
+        self._reload = self._reload or reload
+        try:
+            self._draw_page(select, recycle=True)
+        except Exception:  # noqa: BLE001 - retried from scratch below; a second failure is reported
+            log.warning("napari-cellclass: page redraw failed; drawing it afresh", exc_info=True)
+            self.remove_page_layers(list(self.shown))
+            self._draw_page(select, recycle=False)
+
+    def _read_page(self, ids: Sequence[str]) -> tuple[dict[str, ImageData], dict[str, int]]:
+        """The images of the page not shown yet (all with reload) and every image's layer count."""
+        assert self.project is not None
+        images: dict[str, ImageData] = {}
+        natural: dict[str, int] = {}
+        reload, self._reload = self._reload, False
+        for iid in ids:
+            shown = self.shown.get(iid)
+            if shown is not None and not reload:  # already shown: its channel count is known
+                natural[iid] = shown.natural
+                continue
+            try:
+                img = self.project.read_image(iid)
+            except ImageReadError as exc:
+                show_warning(f"skipped on this page: {exc}")
+                continue
+            images[iid] = img
+            natural[iid] = natural_layer_count(img)
+            self.max_channels = max(self.max_channels, img.n_channels)
+        return images, natural
+
+    def _draw_page(self, select: str | None, recycle: bool) -> None:
+        assert self.project is not None and self.pager is not None
+        ids = self.pager.page_ids or self.pager.first_page()
+        images, natural = self._read_page(ids)
+        key_of, stride = page_layout(natural, self._mode())
+        self._rendering = True
+        try:
+            stale = [i for i in self.shown if i not in key_of or self.shown[i].key != key_of[i] or i in images]
+            pool = [self.shown.pop(i) for i in stale]
+            if not recycle:
+                for shown in pool:
+                    self._remove_layers(shown.layers)
+                pool = []
+            try:
+                self._fill_page(ids, key_of, natural, images, pool)
+            except BaseException:
+                for shown in pool:  # half-recycled layers: nobody owns them any more
+                    self._remove_layers(shown.layers)
+                raise
+            bring_to_front(self.viewer.layers, [lyr for i in ids if i in self.shown for lyr in self.shown[i].layers])
+            grid = self.viewer.canvas.grid
+            grid.stride = stride
+            grid.shape = (-1, -1)
+            grid.spacing = GRID_SPACING
+            grid.enabled = True
+            self.fit_grid()
+        finally:
+            self._rendering = False
+        for iid in self.shown:
+            self.draw(iid)
+        target = select if select in self.shown else next((i for i in ids if i in self.shown), None)
+        if target is not None:
+            self.select(target)
+        self._on_drawn()
+
+    def _fill_page(self, ids: Sequence[str], key_of: dict[str, str | int], natural: dict[str, int],
+                   images: dict[str, ImageData], pool: list[Shown]) -> None:
+        """Give every image of the page its layers: recycled from ``pool`` or newly added."""
+        assert self.project is not None
+        fresh: list[tuple[str, Any, dict[str, Any]]] = []
+        for iid in ids:
+            if iid not in key_of or iid in self.shown:
+                continue
+            img = images.get(iid) or self.project.read_image(iid)
+            data, kwargs, _ = layer_data_from_image(img, layer_metadata(self.project, iid), iid, key_of[iid])
+            n_layers = natural[iid] if key_of[iid] == COMPOSITE else 1
+            reuse = next((s for s in pool if len(s.layers) == n_layers
+                          and s.layers[0].rgb == bool(kwargs.get("rgb", False))), None)
+            if reuse is None:
+                fresh.append((iid, data, kwargs))
+                continue
+            recycle(reuse.layers, data, kwargs)
+            pool.remove(reuse)
+            self.shown[iid] = Shown(key_of[iid], reuse.layers, natural[iid])
+        if not fresh and not pool:
+            return
+        # adding or removing layers: one scene-graph update for all, with the grid off
+        self.viewer.canvas.grid.enabled = False
+        with self.viewer.layers.batched_update():
+            for iid, data, kwargs in fresh:
+                added = self.viewer.add_image(data, **kwargs)
+                layers = list(added) if isinstance(added, list) else [added]
+                for layer in layers:
+                    prepare_border(layer)
+                self.shown[iid] = Shown(key_of[iid], layers, natural[iid])
+            for shown in pool:
+                self._remove_layers(shown.layers)
+
+    def remove_page_layers(self, ids: list[str]) -> None:
+        """Remove the layers of these page images."""
+        was = self._rendering
+        self._rendering = True
+        try:
+            for iid in ids:
+                shown = self.shown.pop(iid, None)
+                if shown is not None:
+                    self._remove_layers(shown.layers)
+        finally:
+            self._rendering = was
+
+    def _remove_layers(self, layers: list[Layer]) -> None:
+        for layer in layers:
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+
+    # ------------------------------------------------------------------ borders and selection
+    def draw(self, image_id: str) -> None:
+        """Update an image's border and its layers' metadata from the project."""
+        assert self.project is not None
+        shown = self.shown[image_id]
+        labels = list(self.project.labels(image_id))
+        prediction: list[str] = []
+        for layer in shown.layers:
+            meta = layer.metadata.get("cellclass")
+            if isinstance(meta, dict):
+                meta["labels"] = labels
+                pred = meta.get("prediction")
+                if pred and not prediction:
+                    prediction = [pred] if isinstance(pred, str) else list(pred)
+        specs = image_border_specs(labels, prediction, self._color_of)
+        for k, layer in enumerate(shown.layers):
+            apply_border(layer, specs if k == 0 else [])
+
+    def select(self, image_id: str) -> None:
+        """Make an image of the page the selected (active) layer."""
+        shown = self.shown.get(image_id)
+        if shown is not None and shown.layers:
+            self.viewer.layers.selection.active = shown.layers[0]
+
+    # ------------------------------------------------------------------ layers coming and going
+    def _on_layer_inserted(self, event: Any) -> None:
+        if self._rendering:
+            return
+        layer = event.value
+        if project_meta(layer) is not None:
+            if not self._adopt_scheduled:
+                self._adopt_scheduled = True
+                QTimer.singleShot(0, self._adopt_layers)
+        else:
+            self._on_other_layer(layer)
+        self.fit_grid()
+
+    def _on_layer_removed(self, event: Any) -> None:
+        if self._rendering:
+            return
+        layer = event.value
+        for iid, shown in list(self.shown.items()):
+            if layer in shown.layers:
+                shown.layers.remove(layer)
+                if not shown.layers:
+                    del self.shown[iid]
+        self.fit_grid()
+
+    def fit_grid(self) -> None:
+        """Fit the grid in the canvas again when its shape changed (a layer came or went)."""
+        if self.project is None:
+            return
+        grid = self.viewer.canvas.grid
+        shape = grid.actual_shape(list(self.viewer.layers)) if grid.enabled else None
+        if shape != self._grid_shape:
+            self._grid_shape = shape
+            if shape is not None:
+                self.viewer.reset_view()
+                # once more when Qt has laid the window out (a new dock shrinks the canvas)
+                QTimer.singleShot(0, self._reset_view_later)
+
+    def _reset_view_later(self) -> None:
+        if self.project is not None and self.viewer.canvas.grid.enabled:
+            self.viewer.reset_view()
+
+    @reports_errors
+    def _adopt_layers(self) -> None:
+        """Take over layers a napari-cellclass reader or sample added (then draw the page)."""
+        self._adopt_scheduled = False
+        foreign: dict[str, list[Layer]] = {}
+        root: str | None = None
+        for layer in self.viewer.layers:
+            meta = project_meta(layer)
+            if meta is None or any(layer in s.layers for s in self.shown.values()):
+                continue
+            root = meta["project"]
+            foreign.setdefault(meta["image_id"], []).append(layer)
+        if root is None:
+            return
+        if self.project is None or str(self.project.root) != root:
+            self._on_foreign_project(root)
+        if self.project is None:
+            return
+        for iid, layers in foreign.items():
+            if iid in self.shown or iid not in self.project:
+                self._remove_layers(layers)  # a duplicate of an image already shown
+            else:
+                self.shown[iid] = Shown(COMPOSITE, layers, len(layers))
+        self.render()

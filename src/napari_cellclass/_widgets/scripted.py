@@ -1,0 +1,116 @@
+"""Layers a script put in the viewer (not project images): labels in their metadata, saving them.
+
+A scripted layer's classes live in ``layer.metadata["cellclass"]["labels"]`` and go to a sidecar
+beside its source file when it has one. A layer made from an array has no file, so its labels
+would be lost when napari closes: :func:`save_layers` writes it into the project as a TIFF,
+after which the layer stands for that project image (``metadata["cellclass"]["saved_as"]``).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from napari.layers import Image, Layer
+
+from ..core.project import Project
+from ..core.transfer import save_array_image
+from .borders import apply_border
+from .labelling_model import image_border_specs
+from .layers import METADATA_KEY
+
+#: ``layer.metadata["cellclass"]`` key: the project image a scripted layer was saved as.
+SAVED_AS_KEY = "saved_as"
+
+
+def project_meta(layer: Layer) -> dict | None:
+    """``layer.metadata["cellclass"]`` when the layer shows a project image (a page layer)."""
+    meta = layer.metadata.get(METADATA_KEY) if isinstance(layer.metadata, dict) else None
+    if isinstance(meta, dict) and meta.get("project") and meta.get("image_id"):
+        return meta
+    return None
+
+
+class ScriptedLayer:
+    """A layer a script added (not a project image), labelled through ``layer.metadata``."""
+
+    def __init__(self, layer: Layer) -> None:
+        self.layer = layer
+
+    def get_labels(self) -> tuple[str, ...]:
+        meta = self.layer.metadata.get(METADATA_KEY) or {}
+        return tuple(meta.get("labels", ()))
+
+    def set_labels(self, classes: tuple[str, ...]) -> None:
+        meta = dict(self.layer.metadata.get(METADATA_KEY) or {})
+        meta["labels"] = list(classes)
+        self.layer.metadata[METADATA_KEY] = meta
+
+    @property
+    def source_path(self) -> Path | None:
+        path = self.layer.source.path
+        return Path(path) if path else None
+
+    def __hash__(self) -> int:
+        return id(self.layer)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ScriptedLayer) and other.layer is self.layer
+
+
+def is_scripted(layer: Layer) -> bool:
+    """True for an image layer that is not a page layer of a project."""
+    return isinstance(layer, Image) and project_meta(layer) is None
+
+
+def saved_id(layer: Layer, project: Project | None) -> str | None:
+    """The project image a scripted layer was saved as, when it is an image of ``project``."""
+    meta = layer.metadata.get(METADATA_KEY) if isinstance(layer.metadata, dict) else None
+    iid = meta.get(SAVED_AS_KEY) if isinstance(meta, dict) else None
+    return iid if project is not None and iid in project else None
+
+
+def unsaved_labels(layer: Layer, project: Project | None) -> bool:
+    """True for a scripted layer whose labels live only in its metadata (no file, not saved)."""
+    target = ScriptedLayer(layer)
+    return (is_scripted(layer) and saved_id(layer, project) is None and target.source_path is None
+            and bool(target.get_labels()))
+
+
+def save_layers(project: Project, layers: Sequence[Layer]) -> list[str]:
+    """Write in-memory layers into the project as TIFFs, keeping their labels (one undo step).
+
+    Each is saved as ``added_images/<layer name>.tif`` (never overwriting) and its labels
+    become the new image's sidecar; the layer then stands for that image. Returns the new ids.
+    """
+    labels: dict[str, tuple[str, ...]] = {}
+    saved: list[tuple[Layer, str]] = []
+    for layer in layers:
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        iid = save_array_image(project, np.asarray(data), layer.name)
+        saved.append((layer, iid))
+        names = tuple(c for c in ScriptedLayer(layer).get_labels() if c in project.class_names)
+        if names:
+            labels[iid] = names
+    if labels:
+        project.apply_labels(labels, description="save layers", source="human")
+    for layer, iid in saved:
+        meta = dict(layer.metadata.get(METADATA_KEY) or {})
+        meta[SAVED_AS_KEY] = iid
+        layer.metadata[METADATA_KEY] = meta
+    return [iid for _, iid in saved]
+
+
+def draw_scripted(layer: Layer, project: Project | None, color_of: Callable[[str], str]) -> None:
+    """The border of a scripted layer: its labels (its project image's once saved), else its prediction."""
+    meta = layer.metadata.get(METADATA_KEY) if isinstance(layer.metadata, dict) else None
+    if not isinstance(meta, dict):
+        apply_border(layer, [])
+        return
+    iid = saved_id(layer, project)
+    if iid is not None and project is not None:
+        meta["labels"] = list(project.labels(iid))
+    pred = meta.get("prediction") or []
+    specs = image_border_specs(list(meta.get("labels", ())),
+                               [pred] if isinstance(pred, str) else list(pred), color_of)
+    apply_border(layer, specs)
