@@ -286,7 +286,7 @@ class Project(ImageFolder):
             "problems": list(self.problems),
         }
 
-    # ------------------------------------------------------------------ labels (write)
+    # ------------------------------------------------------------------ change listeners
     def add_listener(self, callback: ChangeCallback) -> None:
         """Call ``callback(changed_ids)`` after every change (empty tuple: classes changed)."""
         self._listeners.add(callback)
@@ -297,6 +297,7 @@ class Project(ImageFolder):
     def _notify(self, ids: tuple[str, ...]) -> None:
         self._listeners.notify(ids)
 
+    # ------------------------------------------------------------------ labels (write)
     def set_labels(self, image_ids: str | Iterable[str], classes: Sequence[str], *,
                    description: str = "label", source: str = "human") -> list[str]:
         """Set the exact class list of one or many images (one undo step).
@@ -388,7 +389,7 @@ class Project(ImageFolder):
             self._notify(ids)
         return list(ids)
 
-    # ------------------------------------------------------------------ the folder's other files
+    # ------------------------------------------------------------------ listing again
     def rescan(self) -> None:
         """List the folder again (after files were added or removed); labels are reloaded."""
         fresh = Project.open(self.root, fsync=self.fsync, multi_label=self.multi_label)

@@ -1,8 +1,8 @@
-"""``cellclass.json``: reading and checking it, merging it with other writers under its lock, writing it.
+"""``cellclass.json``: the class list, flag and settings, checked on reading, merged and written under a lock.
 
 The file is written lazily (opening a folder writes nothing) and read-modify-written under a
-lock file, so that two writers keep each other's classes and settings. A write that fails
-raises before the caller adopts anything: memory never runs ahead of the file.
+lock file, so that two writers keep each other's classes and settings. A change is saved
+before it is adopted in memory: a write that fails changes nothing.
 """
 from __future__ import annotations
 
