@@ -221,7 +221,7 @@ def test_errors_become_notifications(open_widget, notifications, tmp_path):
     assert any(sev == "error" and "cannot write" in msg for sev, msg in notifications)
     assert w.project.labels(ids[0]) == ()
     # unknown class
-    w._on_filter("no such class")
+    w.controls._on_filter("no such class")
     assert any("no such class" in msg for _, msg in notifications)
     # nothing selected
     viewer.layers.selection.clear()

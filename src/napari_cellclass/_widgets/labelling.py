@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, Container, FileEdit, Label, PushButton
 from napari.layers import Layer
-from napari.utils.notifications import Notification, notification_manager, show_info, show_warning
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QEvent, QObject
 
 from ..core.project import Project
@@ -22,15 +22,24 @@ from .compact import compact_dock
 from .dialogs import ask_color, ask_yes_no
 from .guards import quiet, reports_errors
 from .hotkeys import HOTKEY_HELP, Hotkeys
-from .labelling_model import SPECIAL_FILTERS, LabellingSession, Pager, fallback_color
-from .layers import BLEND, COMPOSITE, PAGE_SIZE
+from .labelling_model import LabellingSession, Pager, fallback_color
 from .napari_private import real_viewer
+from .page_controls import PageControls
 from .page_view import PageView, Shown
-from .scripted import ScriptedLayer, draw_scripted, is_scripted, project_meta, save_layers, saved_id, unsaved_labels
+from .scripted import ScriptedLayer, ScriptedLayers, is_scripted, project_meta, saved_id
 from .session import session_for
 
 if TYPE_CHECKING:
     import napari
+
+
+#: Controls of the dock's parts that scripts and tests reach on the dock itself.
+_PART_ATTRIBUTES = {
+    "classes": frozenset({"class_choice", "class_name", "counts", "add_button", "rename_button",
+                          "color_button", "remove_button"}),
+    "controls": frozenset({"image_filter", "page_size", "channels", "prev_button", "page_label",
+                           "next_button"}),
+}
 
 
 class _LifetimeFilter(QObject):
@@ -79,11 +88,15 @@ class LabellingWidget(Container):
         self.session: LabellingSession | None = None
         self.confirm: Callable[[str], bool] = confirm or (lambda q: ask_yes_no(self.native, q))
         self.pick_color: Callable[[str], str | None] = pick_color or (lambda c: ask_color(self.native, c))
-        self._offered: set[int] = set()  # scripted layers told that their labels are not saved
-        self.page = PageView(self.viewer, mode=self._display_mode, color_of=self._color_of,
-                             on_foreign_project=self._open_foreign, on_other_layer=self._draw_scripted,
-                             on_drawn=self._refresh_page_label)
+        self.scripted = ScriptedLayers(self.viewer, lambda: self.project, self._color_of)
+        self.controls = PageControls(self)
+        self.page = PageView(self.viewer, mode=self.controls.display_mode, color_of=self._color_of,
+                             on_foreign_project=self._open_foreign, on_other_layer=self.scripted.draw,
+                             on_drawn=self.controls.refresh_page)
         self.classes = ClassPanel(self)
+        for part, names in _PART_ATTRIBUTES.items():  # the parts' controls, reachable on the dock
+            for name in names:
+                setattr(self, name, getattr(getattr(self, part), name))
         self._hotkeys = Hotkeys(self.viewer, self)
         self._build()
         self.shared.register_page_view(self)
@@ -96,9 +109,7 @@ class LabellingWidget(Container):
             self.open_project(project)
         elif self.shared.project is not None:  # another dock opened one first
             self._on_session_project(self.shared.project)
-        for layer in self.viewer.layers:
-            if is_scripted(layer):
-                self._draw_scripted(layer)
+        self.scripted.draw_all()
         self.page._adopt_layers()
 
     # ================================================================== building
@@ -107,12 +118,6 @@ class LabellingWidget(Container):
         self.open_button = PushButton(text="Open folder")
         self.multi_label = CheckBox(text="multi-label (an image may have several classes)")
         self.summary = Label(value="No project open: pick a folder or use File > Open Folder")
-        self.image_filter = ComboBox(label="Show", choices=self._filter_choices)
-        self.page_size = SpinBox(label="Page size", value=PAGE_SIZE, min=1, max=100)
-        self.channels = ComboBox(label="Channels", choices=self._channel_choices)
-        self.prev_button = PushButton(text="◀ Previous page")
-        self.page_label = Label(value="")
-        self.next_button = PushButton(text="Next page ▶")
         self.label_button = PushButton(text="Label (F1)")
         self.label_next_button = PushButton(text="Label + next (F2)")
         self.undo_button = PushButton(text="Undo (Ctrl+Z)")
@@ -125,71 +130,22 @@ class LabellingWidget(Container):
 
         self.extend([
             Container(widgets=[self.folder], labels=True), row(self.open_button, self.multi_label), self.summary,
-            self.classes,
-            Container(widgets=[self.image_filter, self.page_size, self.channels], labels=True),
-            row(self.prev_button, self.page_label, self.next_button),
+            self.classes, self.controls,
             row(self.label_button, self.label_next_button, self.undo_button, self.clear_button),
             self.help,
         ])
         compact_dock(self)  # rows scroll in a short dock; the window never outgrows the screen
         for signal, slot in ((self.open_button.changed, self._on_open_clicked),
                              (self.multi_label.changed, self._on_multi_label),
-                             (self.image_filter.changed, self._on_filter),
-                             (self.page_size.changed, self._on_page_size),
-                             (self.channels.changed, self._on_channels),
-                             (self.prev_button.changed, self.previous_page),
-                             (self.next_button.changed, self.next_page),
                              (self.label_button.changed, self.label_selected),
                              (self.label_next_button.changed, self.label_and_next),
                              (self.undo_button.changed, self.undo),
                              (self.clear_button.changed, self.clear_selected)):
             signal.connect(slot)
 
-    # the classes panel's controls, for scripts and tests
-    @property
-    def class_choice(self) -> ComboBox:
-        return self.classes.class_choice
-
-    @property
-    def class_name(self) -> Any:
-        return self.classes.class_name
-
-    @property
-    def counts(self) -> Label:
-        return self.classes.counts
-
-    @property
-    def add_button(self) -> PushButton:
-        return self.classes.add_button
-
-    @property
-    def rename_button(self) -> PushButton:
-        return self.classes.rename_button
-
-    @property
-    def color_button(self) -> PushButton:
-        return self.classes.color_button
-
-    @property
-    def remove_button(self) -> PushButton:
-        return self.classes.remove_button
-
     @property
     def _shown(self) -> dict[str, Shown]:
         return self.page.shown
-
-    def _filter_choices(self, _widget: Any = None) -> list[str]:
-        return list(SPECIAL_FILTERS) + (list(self.project.class_names) if self.project is not None else [])
-
-    def _channel_choices(self, _widget: Any = None) -> list[str]:
-        n = self.page.max_channels if hasattr(self, "page") else 1
-        return [COMPOSITE, BLEND] + [f"channel {k + 1}" for k in range(n if n > 1 else 0)]
-
-    def _display_mode(self) -> str | int:
-        value = self.channels.value or COMPOSITE
-        if value in (COMPOSITE, BLEND):
-            return value
-        return int(str(value).split()[-1]) - 1
 
     # ================================================================== hotkeys and lifetime
     def bind_hotkeys(self) -> None:
@@ -280,23 +236,13 @@ class LabellingWidget(Container):
             show_warning(problem)
 
     # ================================================================== pages
-    @reports_errors
     def next_page(self) -> None:
-        if self.pager is None:
-            return
-        if self.pager.next_page() is None:
-            show_info("this is the last page")
-            return
-        self.page.render()
+        """PageDown: the next page."""
+        self.controls.next_page()
 
-    @reports_errors
     def previous_page(self) -> None:
-        if self.pager is None:
-            return
-        if self.pager.previous_page() is None:
-            show_info("this is the first page")
-            return
-        self.page.render()
+        """PageUp: the previous page."""
+        self.controls.previous_page()
 
     def show_images(self, image_ids: Sequence[str], title: str = "") -> None:
         """Show these project images as the page, in this order (e.g. a confusion-matrix cell).
@@ -316,25 +262,6 @@ class LabellingWidget(Container):
     def select_image(self, image_id: str) -> None:
         """Make an image of the page the selected (active) layer."""
         self.page.select(image_id)
-
-    @reports_errors
-    def _on_filter(self, value: str | None) -> None:
-        if self.pager is None or not value or value == self.pager.image_filter:
-            return
-        self.pager.set_filter(value)
-        self.page.render()
-
-    @reports_errors
-    def _on_page_size(self, value: int) -> None:
-        if self.pager is None:
-            return
-        self.pager.set_page_size(value)
-        self.page.render()
-
-    @reports_errors
-    def _on_channels(self, _value: str | None) -> None:
-        if self.pager is not None:
-            self.page.render()
 
     # ================================================================== selection
     def selected(self) -> tuple[list[str], list[ScriptedLayer]]:
@@ -376,36 +303,7 @@ class LabellingWidget(Container):
         Default: every labelled scripted layer without a file (see :func:`~.scripted.save_layers`).
         Returns the new image ids.
         """
-        project = self.project
-        if project is None:
-            show_warning("open a project folder first: the layers are saved into it")
-            return []
-        if layers is None:
-            layers = [lyr for lyr in self.viewer.layers if unsaved_labels(lyr, project)]
-        ids = save_layers(project, layers)
-        for layer in layers:
-            self._draw_scripted(layer)
-        if ids:
-            show_info(f"saved {len(ids)} layer(s) into {project.root.name}/{ids[0].rsplit('/', 1)[0]}/ "
-                      "with their labels")
-        return ids
-
-    def _offer_to_save(self, targets: Sequence[ScriptedLayer]) -> None:
-        """Once per layer: say that its label lives in the layer only, with a button to save it."""
-        fresh = [t.layer for t in targets
-                 if unsaved_labels(t.layer, self.project) and id(t.layer) not in self._offered]
-        if not fresh or self.project is None:
-            return
-        self._offered.update(id(lyr) for lyr in fresh)
-        names = ", ".join(f"'{lyr.name}'" for lyr in fresh[:3]) + (" …" if len(fresh) > 3 else "")
-        notification_manager.dispatch(Notification(
-            f"{names} has no file: its label is kept in the layer only and is lost when napari "
-            "closes. Save it into the project as a TIFF to keep it.", severity="warning",
-            actions=[("Save into project", lambda *_: self.save_scripted_layers(fresh))]))
-
-    def _draw_scripted(self, layer: Layer) -> None:
-        if is_scripted(layer):
-            draw_scripted(layer, self.project, self._color_of)
+        return self.scripted.save(layers)
 
     # ================================================================== labelling
     def _require_selection(self) -> tuple[list[str], list[ScriptedLayer]] | None:
@@ -418,11 +316,6 @@ class LabellingWidget(Container):
             return None
         return ids, targets
 
-    def _labelled_targets(self, targets: Sequence[ScriptedLayer]) -> None:
-        for t in targets:
-            self._draw_scripted(t.layer)
-        self._offer_to_save(targets)
-
     @reports_errors
     def label_selected(self) -> None:
         """F1: give the selected class to the selected image(s); multi-label projects toggle."""
@@ -431,7 +324,7 @@ class LabellingWidget(Container):
             return
         assert self.session is not None
         self.session.label(*sel)
-        self._labelled_targets(sel[1])
+        self.scripted.labelled(sel[1])
 
     @reports_errors
     def label_and_next(self) -> None:
@@ -442,7 +335,7 @@ class LabellingWidget(Container):
         assert self.session is not None
         ids, targets = sel
         self.session.label(ids, targets)
-        self._labelled_targets(targets)
+        self.scripted.labelled(targets)
         if ids:
             self._go_after(ids[-1])
 
@@ -471,8 +364,7 @@ class LabellingWidget(Container):
             return
         assert self.session is not None
         self.session.clear(*sel)
-        for t in sel[1]:
-            self._draw_scripted(t.layer)
+        self.scripted.draw_all()
 
     @reports_errors
     def undo(self) -> None:
@@ -483,8 +375,7 @@ class LabellingWidget(Container):
             show_info("nothing to undo")
             return
         self.session.undo()
-        for layer in self.viewer.layers:
-            self._draw_scripted(layer)
+        self.scripted.draw_all()
 
     def next_class(self) -> None:
         """F4: select the next class."""
@@ -521,16 +412,12 @@ class LabellingWidget(Container):
             self._refresh_choices()
             for iid in self.page.shown:
                 self.page.draw(iid)
-            for layer in self.viewer.layers:
-                self._draw_scripted(layer)
+            self.scripted.draw_all()
         else:
             for iid in ids:
                 if iid in self.page.shown:
                     self.page.draw(iid)
-            changed = set(ids)  # scripted layers saved into the project show its labels
-            for layer in self.viewer.layers:
-                if saved_id(layer, self.project) in changed:
-                    self._draw_scripted(layer)
+            self.scripted.draw_all(ids)  # scripted layers saved into the project show its labels
         self._refresh_panel()
 
     def _color_of(self, name: str) -> str:
@@ -540,12 +427,7 @@ class LabellingWidget(Container):
 
     def _refresh_choices(self) -> None:
         self.classes.refresh()
-        with quiet(self.image_filter):
-            self.image_filter.reset_choices()
-            if self.pager is not None:
-                if self.pager.image_filter not in self._filter_choices():
-                    self.pager.image_filter = SPECIAL_FILTERS[0]
-                self.image_filter.value = self.pager.image_filter
+        self.controls.refresh_filters()
 
     def _refresh_panel(self) -> None:
         project = self.project
@@ -553,13 +435,3 @@ class LabellingWidget(Container):
             return
         self.summary.value = f"{project.root.name}: labelled {len(project.labelled_ids())} / {len(project)}"
         self.classes.refresh_counts()
-
-    def _refresh_page_label(self) -> None:
-        if self.pager is None:
-            return
-        self.page_label.value = self.pager.page_text()
-        with quiet(self.channels):
-            value = self.channels.value
-            self.channels.reset_choices()
-            if value in self._channel_choices():
-                self.channels.value = value

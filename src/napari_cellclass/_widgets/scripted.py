@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from napari.layers import Image, Layer
+from napari.utils.notifications import Notification, notification_manager, show_info, show_warning
 
 from ..core.project import Project
 from ..core.transfer import save_array_image
@@ -114,3 +116,59 @@ def draw_scripted(layer: Layer, project: Project | None, color_of: Callable[[str
     specs = image_border_specs(list(meta.get("labels", ())),
                                [pred] if isinstance(pred, str) else list(pred), color_of)
     apply_border(layer, specs)
+
+
+class ScriptedLayers:
+    """The scripted layers of a viewer: their borders, and saving them into the open project.
+
+    ``project`` returns the open project (or None); ``color_of`` a class's colour.
+    """
+
+    def __init__(self, viewer: Any, project: Callable[[], Project | None], color_of: Callable[[str], str]) -> None:
+        self.viewer = viewer
+        self._project = project
+        self._color_of = color_of
+        self._offered: set[int] = set()  # layers told that their labels are not saved
+
+    def draw(self, layer: Layer) -> None:
+        """Redraw a scripted layer's border (other layers are left alone)."""
+        if is_scripted(layer):
+            draw_scripted(layer, self._project(), self._color_of)
+
+    def draw_all(self, image_ids: Sequence[str] | None = None) -> None:
+        """Redraw every scripted layer (or only those saved as one of ``image_ids``)."""
+        wanted = set(image_ids) if image_ids is not None else None
+        for layer in self.viewer.layers:
+            if wanted is None or saved_id(layer, self._project()) in wanted:
+                self.draw(layer)
+
+    def labelled(self, targets: Sequence[ScriptedLayer]) -> None:
+        """After labelling: redraw, and offer once per layer to save one that has no file."""
+        for t in targets:
+            self.draw(t.layer)
+        project = self._project()
+        fresh = [t.layer for t in targets if unsaved_labels(t.layer, project) and id(t.layer) not in self._offered]
+        if not fresh or project is None:
+            return
+        self._offered.update(id(lyr) for lyr in fresh)
+        names = ", ".join(f"'{lyr.name}'" for lyr in fresh[:3]) + (" …" if len(fresh) > 3 else "")
+        notification_manager.dispatch(Notification(
+            f"{names} has no file: its label is kept in the layer only and is lost when napari "
+            "closes. Save it into the project as a TIFF to keep it.", severity="warning",
+            actions=[("Save into project", lambda *_: self.save(fresh))]))
+
+    def save(self, layers: Sequence[Layer] | None = None) -> list[str]:
+        """Save labelled in-memory layers into the project (default: all unsaved ones)."""
+        project = self._project()
+        if project is None:
+            show_warning("open a project folder first: the layers are saved into it")
+            return []
+        if layers is None:
+            layers = [lyr for lyr in self.viewer.layers if unsaved_labels(lyr, project)]
+        ids = save_layers(project, layers)
+        for layer in layers:
+            self.draw(layer)
+        if ids:
+            show_info(f"saved {len(ids)} layer(s) into {project.root.name}/{ids[0].rsplit('/', 1)[0]}/ "
+                      "with their labels")
+        return ids
