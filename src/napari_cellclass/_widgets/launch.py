@@ -1,4 +1,4 @@
-"""Open napari with a project and the plugin's dock widgets (used by ``napari-cellclass gui``)."""
+"""Open napari with a project and the plugin's dock widgets (``napari-cellclass gui`` runs this module)."""
 from __future__ import annotations
 
 import os
@@ -64,3 +64,16 @@ def fit_to_screen(viewer: Any) -> None:
     x = max(room.left(), min(frame.left(), room.left() + room.width() - width - extra_w))
     y = max(room.top(), min(frame.top(), room.top() + room.height() - height - extra_h))
     qt.move(x, y)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m napari_cellclass._widgets.launch [FOLDER]``: napari with the project and every dock."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    open_viewer(args[0] if args else None)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from ..core.errors import ProjectError
@@ -132,9 +133,15 @@ def cmd_gui(args: argparse.Namespace) -> dict[str, Any]:
         raise ProjectError("no display found; run on a desktop, or under Xvfb: xvfb-run napari-cellclass gui DIR")
     if args.folder is not None:
         Project.open(args.folder)  # a clear error now rather than inside napari
-    from .._widgets.launch import open_viewer
+    import subprocess
 
-    open_viewer(args.folder)
+    # napari runs in its own process: the command line never imports the napari floor
+    cmd = [sys.executable, "-m", "napari_cellclass._widgets.launch"]
+    if args.folder is not None:
+        cmd.append(str(Path(args.folder).expanduser().resolve()))
+    code = subprocess.call(cmd)
+    if code != 0:
+        raise ProjectError(f"napari ended with exit code {code} (its messages are above)")
     return {"ok": True}
 
 
