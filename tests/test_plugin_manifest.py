@@ -12,6 +12,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_one_manifest_inside_the_package():
+    """The manifest is one real file where npe2's entry point looks for it (no tracked copy)."""
+    manifest = ROOT / "src" / "napari_cellclass" / "napari.yaml"
+    assert manifest.is_file() and not manifest.is_symlink()
+    assert not (ROOT / "napari.yaml").exists()
+
+
 def test_npe2_validate_cli():
     npe2 = shutil.which("npe2", path=str(Path(sys.executable).parent))
     assert npe2, "npe2 command not installed"
@@ -42,7 +49,7 @@ def test_wheel_contains_manifest_and_napari_finds_it(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         manifest = z.read("napari_cellclass/napari.yaml").decode()
         entry_points = z.read(next(n for n in z.namelist() if n.endswith("entry_points.txt"))).decode()
-    assert manifest == (ROOT / "napari.yaml").read_text()  # the top-level file, packaged as a real file
+    assert manifest == (ROOT / "src" / "napari_cellclass" / "napari.yaml").read_text()  # the one manifest
     assert "napari_cellclass:napari.yaml" in entry_points
     target = tmp_path / "site"
     out = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
