@@ -41,6 +41,7 @@ def main() -> None:
 
     from napari_cellclass._widgets.labelling import LabellingWidget
     from napari_cellclass._widgets.metrics_dock import MetricsDock
+    from napari_cellclass._widgets.napari_private import main_window
     from napari_cellclass._widgets.predict_panel import PredictionsWidget
     from napari_cellclass._widgets.training import TrainingWidget
     from napari_cellclass.core.sample import make_sample_project
@@ -48,7 +49,7 @@ def main() -> None:
 
     project = make_sample_project(Path(tempfile.mkdtemp()) / "u2os_sample", n=200)
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(2200, 1200)
+    main_window(viewer).resize(2200, 1200)
     labelling = LabellingWidget(viewer, project)
     labelling.page_size.value = 16
     viewer.window.add_dock_widget(labelling, name="Labelling", area="left")
@@ -89,7 +90,7 @@ def main() -> None:
     viewer.reset_view()
     for _ in range(10):
         app.processEvents()
-    viewer.window._qt_window.grab().save(str(args.out / "predictions.png"))
+    main_window(viewer).grab().save(str(args.out / "predictions.png"))
     run = training.session.runs[-1]
     print(f"run: {run.label}; val accuracy per epoch {[round(a, 2) for a in run.val_accuracy]}")
     print(f"saved {', '.join(str(args.out / n) for n in ('training.png', 'metrics.png', 'predictions.png'))}")

@@ -73,10 +73,12 @@ def open_widget(make_napari_viewer, tmp_path) -> Callable:
 
 def press(viewer, key: str, ctrl: bool = False) -> None:
     """A real key press on the napari canvas (goes through napari's keymap handling)."""
-    from qtpy.QtCore import Qt
     from pytestqt.qtbot import QtBot  # noqa: F401  (imported for the side effect of Qt setup)
+    from qtpy.QtCore import Qt
     from qtpy.QtTest import QTest
+
+    from napari_cellclass._widgets.napari_private import canvas_widget
 
     qt_key = getattr(Qt.Key, f"Key_{key}")
     mod = Qt.KeyboardModifier.ControlModifier if ctrl else Qt.KeyboardModifier.NoModifier
-    QTest.keyClick(viewer.window._qt_viewer.canvas.native, qt_key, mod)
+    QTest.keyClick(canvas_widget(viewer), qt_key, mod)

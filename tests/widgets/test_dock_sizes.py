@@ -1,6 +1,8 @@
 """The cellclass docks fit a 1920x1080 screen: alone, stacked from the Plugins menu, or as tabs in ``gui``."""
 from __future__ import annotations
 
+from napari_cellclass._widgets.napari_private import main_window
+
 from .conftest import write_project
 
 PLUGIN = "napari-cellclass"
@@ -18,7 +20,7 @@ def test_four_docks_from_the_plugins_menu_keep_the_window_within_the_screen(make
     from qtpy.QtWidgets import QScrollArea
 
     viewer = make_napari_viewer(show=True)
-    window = viewer.window._qt_window
+    window = main_window(viewer)
     widgets = {}
     for name in DOCKS:
         dock, widgets[name] = viewer.window.add_plugin_dock_widget(PLUGIN, name)
@@ -54,7 +56,7 @@ def test_gui_opens_the_docks_as_tabs_with_labelling_in_front(make_napari_viewer,
     write_project(tmp_path / "p", n=4)
     viewer = make_napari_viewer(show=True)
     dock_all(viewer, tmp_path / "p")
-    window = viewer.window._qt_window
+    window = main_window(viewer)
     docks = _docks(viewer)
     labelling = docks["Labelling"]
     others = [docks[name] for name in DOCKS[1:]]
@@ -73,7 +75,7 @@ def test_gui_shrinks_a_window_taller_than_the_screen(make_napari_viewer, qtbot):
     from napari_cellclass._widgets.launch import fit_to_screen
 
     viewer = make_napari_viewer(show=True)
-    window = viewer.window._qt_window
+    window = main_window(viewer)
     window.resize(1089, 2866)
     qtbot.wait(10)
     fit_to_screen(viewer)

@@ -6,6 +6,8 @@ from qtpy.QtCore import Qt
 from qtpy.QtTest import QTest
 from qtpy.QtWidgets import QAbstractItemView, QApplication
 
+from napari_cellclass._widgets.napari_private import layer_list_view
+
 
 def _focus(widget) -> None:
     window = widget.window()
@@ -16,7 +18,7 @@ def _focus(widget) -> None:
 
 
 def _layer_list(viewer):
-    return viewer.window._qt_viewer.layers
+    return layer_list_view(viewer)
 
 
 def test_f2_on_the_layer_list_labels_and_never_renames(open_widget):

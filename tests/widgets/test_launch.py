@@ -1,6 +1,8 @@
 """``napari-cellclass gui``: napari opens with the project's images and the labelling widget."""
 from __future__ import annotations
 
+from napari_cellclass._widgets.napari_private import main_window
+
 from .conftest import write_project
 
 
@@ -21,7 +23,7 @@ def test_open_viewer_shows_project_and_docks_widgets(tmp_path, qtbot):
         # the four docks are tabs of one dock area, the Labelling tab in front
         docks = {k.split(" ")[0]: d for k, d in docked.items()}
         others = [docks[name] for name in ("Training", "Predictions", "Metrics")]
-        assert set(others) <= set(viewer.window._qt_window.tabifiedDockWidgets(docks["Labelling"]))
+        assert set(others) <= set(main_window(viewer).tabifiedDockWidgets(docks["Labelling"]))
         qtbot.waitUntil(lambda: not docks["Labelling"].visibleRegion().isEmpty())
         assert all(dock.visibleRegion().isEmpty() for dock in others)
     finally:
