@@ -192,27 +192,3 @@ def test_export_refuses_project_files(tmp_path):
     with pytest.raises(ProjectError, match="project"):
         export_csv(p, link)
     assert (tmp_path / "cellclass.json").read_bytes() == cfg
-
-
-def test_save_array_image_writes_a_project_tiff(tmp_path):
-    import numpy as np
-
-    from napari_cellclass.core.errors import ProjectError
-    from napari_cellclass.core.project import Project
-    from napari_cellclass.core.transfer import save_array_image
-
-    project = Project.open(tmp_path)
-    rgb = np.zeros((5, 6, 3), np.uint8)
-    rgb[..., 1] = 200
-    two = np.stack([np.zeros((5, 6)), np.ones((5, 6))], axis=-1)
-    i = save_array_image(project, rgb, "cell: 1/2")
-    j = save_array_image(project, two, "two", channel_axis=2)
-    assert i == "added_images/cell_1_2.tif" and i in project and j in project
-    assert project.read_image(i).pixels.shape == (3, 5, 6) and project.read_image(i).pixels[1].max() == 200
-    assert project.read_image(j).pixels.shape == (2, 5, 6) and project.read_image(j).pixels[1].min() == 1
-    try:
-        save_array_image(project, np.zeros((2, 2, 2, 2)), "4d")
-    except ProjectError as exc:
-        assert "4-D" in str(exc)
-    else:
-        raise AssertionError("a 4-D array was saved")
