@@ -181,7 +181,7 @@ def test_an_infinite_training_loss_stops_the_run(tiny_sample, fast_config, tmp_p
         return Boom()
 
     armed = False
-    monkeypatch.setattr("napari_cellclass.learn.engine.build_loss", exploding)
+    monkeypatch.setattr("napari_cellclass.learn.builders.build_loss", exploding)
     events = []
     for ev in run_training(tiny_sample, fast_config(epochs=3), tmp_path / "m"):
         events.append(ev)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from .backbones import BackboneInfo, backbones_command_result, list_backbones, resolve_backbone
 from .checkpoint import TrainedModel, load_model
 from .config import TrainConfig
-from .engine import Trainer, TrainResult, resolve_device, run_training, train
+from .device import resolve_device
+from .engine import Trainer, TrainResult, run_training, train
 from .evaluate import evaluate
 from .events import (
     BatchProgress,

@@ -6,33 +6,26 @@ TrainConfig, the exact train/val/test image lists, metrics history, best epoch, 
 versions). ``checkpoint/last.safetensors`` + ``checkpoint/last.json`` hold the state of the
 last finished epoch (weights, optimizer tensors, schedule, history) for resuming.
 
-Both pairs are written by :func:`_save_pair`: weights to a pending file (fsynced), then the
-JSON naming their ``weights_id`` (fsynced, atomic), then the pending file replaces the weights
-file; readers pick the weights whose id the JSON names, so a kill at any point leaves the old
-or the new complete state. Non-finite weights are never written.
+Both pairs are written by :func:`.weights_io.save_pair`, so a kill at any point leaves the old or
+the new complete state; non-finite weights are never written.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
 import json
-import math
 import os
 import platform
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..core.atomic import atomic_write_text, atomic_write_with
 from ..core.errors import CellclassError, ModelFolderError
-from .data import Normalisation
-
 from ..core.model_folder import (  # noqa: F401 - re-exported: the torch-free half of the model folder
     CONFIG_NAME,
     MODEL_FORMAT,
@@ -43,6 +36,16 @@ from ..core.model_folder import (  # noqa: F401 - re-exported: the torch-free ha
     read_model_config,
     read_safetensors_metadata,
     weights_path,
+)
+from .data import Normalisation
+from .weights_io import (  # noqa: F401 - non_finite_tensors and to_json_text re-exported for the trainer
+    non_finite_tensors,
+    read_safetensors,
+    refuse_non_finite,
+    save_error,
+    save_pair,
+    tensor_writer,
+    to_json_text,
 )
 
 STATE_DIR = "checkpoint"
@@ -67,162 +70,12 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-# ---------------------------------------------------------------------------- checks
-def non_finite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
-    """Names of floating-point tensors holding NaN or infinity."""
-    return [k for k, v in tensors.items()
-            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
-
-
-def _refuse_non_finite(where: Path, tensors: dict[str, torch.Tensor]) -> None:
-    bad = non_finite_tensors(tensors)
-    if bad:
-        raise ModelFolderError(f"{where}: not saved, {len(bad)} tensor(s) hold non-finite values (NaN or "
-                               f"infinity, e.g. {bad[0]}): the training diverged; train again with a lower "
-                               "learning rate")
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (_dt.date, _dt.time)):
-        return obj.isoformat()
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
-
-
-def to_json_text(data: dict[str, Any], indent: int | None = None) -> str:
-    """Strict JSON (no NaN/infinity: written as null) for model folders; TypeError for other objects."""
-    return json.dumps(_finite_or_none(data), indent=indent, ensure_ascii=False, default=_json_default,
-                      allow_nan=False) + "\n"
-
-
-def _finite_or_none(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    return obj
-
-
-# ---------------------------------------------------------------------------- safetensors I/O
-def _save_error(folder: Path, exc: BaseException) -> ModelFolderError:
-    """One line for a failed write (full disk, no permission, ...)."""
-    msg = " ".join(str(exc).split())
-    low = msg.lower()
-    if isinstance(exc, OSError):
-        reason = exc.strerror or type(exc).__name__
-    else:
-        reason = msg
-    if "no space" in low or "storagefull" in low or "code: 28" in low or getattr(exc, "errno", None) == 28:
-        return ModelFolderError(f"{folder}: cannot save the model (no space left on device); free some disk space "
-                                "and train again (or resume)")
-    if isinstance(exc, PermissionError) or "permission denied" in low or "read-only" in low:
-        return ModelFolderError(f"{folder}: cannot save the model (permission denied); choose a writable --out "
-                                "folder")
-    return ModelFolderError(f"{folder}: cannot save the model ({reason}); check the folder and disk")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make renames in ``folder`` durable (where the platform allows it)."""
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _tensor_writer(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Callable[[IO], None]:
-    from safetensors.torch import save
-
-    clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-
-    def write(fh: IO) -> None:
-        fh.write(save(clean, metadata=meta))
-
-    return write
-
-
-def _save_pair(folder: Path, weights: str, pending: str, tensors: dict[str, torch.Tensor],
-               tensor_meta: dict[str, str], json_name: str, data: dict[str, Any], *, indent: int | None) -> str:
-    """Write weights + JSON so that readers see the old or the new pair; returns the new weights id.
-
-    1. the weights go to ``pending`` (fsynced); 2. the JSON naming their id replaces the old one
-    (fsynced); 3. ``pending`` replaces ``weights``. A leftover of a killed save is completed
-    (when the JSON names it) or removed first. Errors are one-line :class:`ModelFolderError`.
-    """
-    from safetensors import SafetensorError
-
-    folder = Path(folder)
-    _refuse_non_finite(folder / weights, tensors)
-    wid = uuid.uuid4().hex
-    try:
-        text = to_json_text({**data, WEIGHTS_ID: wid}, indent)
-    except (TypeError, ValueError) as exc:
-        raise ModelFolderError(f"{folder / json_name}: cannot be saved ({exc}); use plain values (text, numbers, "
-                               "lists) in the settings") from None
-    created = not folder.exists()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _finish_pending(folder, weights, pending, json_name)
-        atomic_write_with(folder / pending, _tensor_writer(tensors, {**tensor_meta, WEIGHTS_ID: wid}), fsync=True)
-        try:
-            atomic_write_text(folder / json_name, text, fsync=True)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(folder / pending)  # not named by any JSON: the old pair stays as it was
-            raise
-        os.replace(folder / pending, folder / weights)
-        _fsync_dir(folder)
-    except (OSError, CellclassError, SafetensorError, RuntimeError, MemoryError) as exc:
-        if created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only when empty: a folder we made and could not fill
-        if isinstance(exc, ModelFolderError):
-            raise
-        raise _save_error(folder, exc) from None
-    return wid
-
-
-def _finish_pending(folder: Path, weights: str, pending: str, json_name: str) -> None:
-    """Complete (JSON names the pending weights) or drop (it does not) what a killed save left."""
-    path = folder / pending
-    if not path.exists():
-        return
-    try:
-        named = json.loads((folder / json_name).read_text(encoding="utf-8")).get(WEIGHTS_ID)
-        mine = read_safetensors_metadata(path).get(WEIGHTS_ID)
-    except (OSError, ValueError, AttributeError, ModelFolderError):
-        named = mine = None
-    if named is not None and named == mine:
-        os.replace(path, folder / weights)
-    else:
-        path.unlink()
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        msg = " ".join(str(exc).split())
-        raise ModelFolderError(f"{path}: unreadable weights file ({msg}); the file is damaged, retrain or "
-                               "copy it again") from None
-
 
 def save_model_folder(folder: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> str:
-    """Write ``model.safetensors`` and ``config.json`` as one step (see :func:`_save_pair`); returns the weights id."""
+    """Write ``model.safetensors`` and ``config.json`` as one step (see :func:`save_pair`); returns the weights id."""
     data = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, **meta,
             "package_versions": package_versions(), "saved": now_iso()}
-    return _save_pair(Path(folder), WEIGHTS_NAME, PENDING_WEIGHTS_NAME, model.state_dict(),
+    return save_pair(Path(folder), WEIGHTS_NAME, PENDING_WEIGHTS_NAME, model.state_dict(),
                       {"format": MODEL_FORMAT}, CONFIG_NAME, data, indent=1)
 
 
@@ -234,14 +87,14 @@ def save_weights(folder: Path, model: nn.Module) -> Path:
     folder = Path(folder)
     path = folder / WEIGHTS_NAME
     state = model.state_dict()
-    _refuse_non_finite(path, state)
+    refuse_non_finite(path, state)
     from safetensors import SafetensorError
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_with(path, _tensor_writer(state, {"format": MODEL_FORMAT}), fsync=True)
+        atomic_write_with(path, tensor_writer(state, {"format": MODEL_FORMAT}), fsync=True)
     except (OSError, CellclassError, SafetensorError, RuntimeError) as exc:
-        raise _save_error(folder, exc) from None
+        raise save_error(folder, exc) from None
     return path
 
 
@@ -266,7 +119,7 @@ def write_model_config(folder: Path, meta: dict[str, Any]) -> Path:
     try:
         atomic_write_text(path, text, fsync=True)
     except (OSError, CellclassError) as exc:
-        raise _save_error(folder, exc) from None
+        raise save_error(folder, exc) from None
     return path
 
 
@@ -377,7 +230,7 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
     except CellclassError as exc:  # a backbone or head this version does not know
         raise ModelFolderError(f"{folder / CONFIG_NAME}: {exc}") from None
     path = weights_path(folder, cfg)
-    state = _read_safetensors(path)
+    state = read_safetensors(path)
     bad = non_finite_tensors(state)
     if bad:
         raise ModelFolderError(f"{path}: {len(bad)} tensor(s) hold non-finite values (NaN or infinity, e.g. "
@@ -410,7 +263,7 @@ def save_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.O
     tensors.update(opt_tensors)
     data = {"format": MODEL_FORMAT + "/state", "format_version": MODEL_FORMAT_VERSION,
             "optimizer": opt_json, **state, "saved": now_iso()}
-    _save_pair(d, STATE_WEIGHTS, STATE_PENDING, tensors, {"format": MODEL_FORMAT + "/state"}, STATE_JSON, data,
+    save_pair(d, STATE_WEIGHTS, STATE_PENDING, tensors, {"format": MODEL_FORMAT + "/state"}, STATE_JSON, data,
                indent=None)
     return d
 
@@ -441,7 +294,7 @@ def read_training_state(folder: Path) -> tuple[dict[str, Any], dict[str, torch.T
                                    "train without resume")
     elif not chosen.exists():
         raise ModelFolderError(f"{folder}: nothing to resume (no {STATE_DIR}/{STATE_WEIGHTS}); train without resume")
-    return data, _read_safetensors(chosen)
+    return data, read_safetensors(chosen)
 
 
 def restore_training_state(model: nn.Module, optimizer: torch.optim.Optimizer, data: dict[str, Any],

@@ -27,7 +27,7 @@ from ..core.project import CONFIG_NAME, Project
 from ..core.scan import scan_images
 from .checkpoint import TrainedModel, load_model
 from .data import ImageStore, cache_dir_for
-from .engine import autocast, resolve_device, resolve_precision
+from .device import autocast, resolve_device, resolve_precision
 from .events import CancelToken
 
 Progress = Callable[[int, int], None]
@@ -86,13 +86,17 @@ class PredictionResult:
         """Predicted classes per image: the top class, or (multi-label) all above the threshold."""
         if not self.multi_label:
             return [(c,) for c in self.top_class]
-        return [tuple(c for c, p in zip(self.classes, row) if p >= self.threshold) for row in self.probabilities]
+        return [tuple(c for c, p in self._by_class(row).items() if p >= self.threshold) for row in self.probabilities]
+
+    def _by_class(self, row: np.ndarray) -> dict[str, float]:
+        """One image's probabilities by class name."""
+        return {c: float(p) for c, p in zip(self.classes, row, strict=True)}
 
     def records(self) -> list[Prediction]:
         """One :class:`Prediction` per image (for the project file or a CSV)."""
         preds = self.predicted()
         return [Prediction(iid, preds[i], float(self.confidence[i]),
-                           {c: float(p) for c, p in zip(self.classes, self.probabilities[i])},
+                           self._by_class(self.probabilities[i]),
                            self.model_name, self.timestamp) for i, iid in enumerate(self.ids)]
 
     def to_csv(self, path: str | os.PathLike) -> Path:
@@ -105,7 +109,7 @@ class PredictionResult:
         return {"model": self.model_name, "classes": list(self.classes), "n": len(self.ids),
                 "predictions": [{"image_id": iid, "predicted": list(preds[i]),
                                  "confidence": float(self.confidence[i]),
-                                 "probabilities": {c: float(p) for c, p in zip(self.classes, self.probabilities[i])}}
+                                 "probabilities": self._by_class(self.probabilities[i])}
                                 for i, iid in enumerate(self.ids)],
                 "skipped": [{"image_id": k, "reason": v} for k, v in self.skipped.items()],
                 "warnings": list(self.warnings)}

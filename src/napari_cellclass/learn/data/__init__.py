@@ -5,6 +5,7 @@
 - :mod:`.diskcache`: the shared on-disk cache folder (lock, index, memory-mapped rows);
 - :mod:`.cache`: :class:`ImageStore`, every image of a run decoded once (RAM or disk);
 - :mod:`.batching`: :class:`Batcher`, row indices to device batches (prefetch thread);
+- :mod:`.sampler`: the order of an epoch's training images, in batches;
 - :mod:`.augment`: :class:`BatchAugment`, batched augmentation on the device.
 """
 from __future__ import annotations
@@ -15,9 +16,10 @@ from .cache import ImageStore, cache_dir_for, load_store
 from .diskcache import CACHE_DIR, CACHE_VERSION, CacheLock
 from .normalise import Normalisation, choose_normalisation
 from .pixels import prepare_pixels, resize_image, resolve_scaling, scale_intensity
+from .sampler import balanced_weights, epoch_batches
 
 __all__ = [
     "BatchAugment", "Batcher", "CACHE_DIR", "CACHE_VERSION", "CacheLock", "ImageStore", "Normalisation",
     "cache_dir_for", "choose_normalisation", "dihedral", "gaussian_blur", "load_store", "prepare_pixels",
-    "resize_image", "resolve_scaling", "scale_intensity",
+    "resize_image", "resolve_scaling", "scale_intensity", "balanced_weights", "epoch_batches",
 ]

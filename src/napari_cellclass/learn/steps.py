@@ -1,0 +1,241 @@
+"""One epoch on built parts, timm style: a training epoch and a validation pass that return ordered metric
+dicts, and precise batch norm in between."""
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from collections.abc import Callable, Generator, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.errors import DeviceMemoryError, TrainingError
+from . import distributed as ddp
+from . import models
+from .builders import RunParts
+from .config import TrainConfig
+from .device import autocast, is_oom, largest_fitting_batch
+from .events import BatchProgress, Event
+from .metrics import compute_metrics
+
+__all__ = ["Cancelled", "Diverged", "epoch_generators", "recalibrate_batch_norm", "set_backbone_phase",
+           "train_one_epoch", "validate"]
+
+
+class Cancelled(Exception):
+    """Raised inside an epoch when the cancel token is set."""
+
+
+class Diverged(TrainingError):
+    """Raised inside an epoch when the training loss becomes NaN or infinite (``what`` says which).
+
+    The trainer turns it into a stop (or one error line when no epoch was good); callers of
+    ``Trainer.train_one_epoch`` see it as a :class:`TrainingError`.
+    """
+
+    def __init__(self, what: str, lr: float) -> None:
+        super().__init__(f"training diverged ({what}); train with a lower learning rate (lr={lr:g})")
+        self.what = what
+
+
+@contextlib.contextmanager
+def batch_norm_eval_for_one(model: nn.Module, batch: int) -> Iterator[None]:
+    """For a batch of one image, run training-mode batch-norm layers in eval mode (their running
+    statistics): a batch of one has no spread per channel after global pooling."""
+    if batch != 1:
+        yield
+        return
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for m in bns:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.train()
+
+
+def set_backbone_phase(cfg: TrainConfig, parts: RunParts, epoch: int) -> bool:
+    """Freeze or unfreeze the backbone for ``epoch``; True while it is frozen."""
+    frozen = cfg.fine_tune == "head" or (cfg.fine_tune == "head-then-all" and epoch <= cfg.freeze_epochs)
+    models.set_backbone_trainable(parts.model, not frozen)
+    if cfg.fine_tune == "head-then-all":
+        for g in parts.optimization.optimizer.param_groups:
+            if g.get("name") == "backbone":
+                g["lr_scale"] = cfg.backbone_lr_factor
+        parts.optimization.schedule.refresh()
+    return frozen
+
+
+def epoch_generators(seed: int, epoch: int, device: torch.device, rank: int
+                     ) -> tuple[np.random.Generator, torch.Generator]:
+    """Per-epoch random streams, so a resumed run repeats an uninterrupted one exactly.
+
+    The batch order (numpy) is the same on every rank; the augmentation draws (torch) differ.
+    """
+    torch_seed = (seed * 1_000_003 + epoch * 7919) % (2**63)
+    torch.manual_seed(torch_seed)
+    gen = torch.Generator(device=device if device.type == "cuda" else "cpu")
+    gen.manual_seed(torch_seed + 104_729 * rank)
+    return np.random.default_rng([seed, epoch]), gen
+
+
+def probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Sigmoid (multi-label) or softmax of float32 logits."""
+    logits = logits.float()
+    return torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=1)
+
+
+def train_one_epoch(parts: RunParts, net: nn.Module, cfg: TrainConfig, epoch: int, batches: list[np.ndarray],
+                    gen: torch.Generator, cancelled: Callable[[int, int], bool]
+                    ) -> Generator[Event, None, OrderedDict]:
+    """Train ``net`` (the model, or its distributed wrapper) on ``batches``; yields :class:`BatchProgress`
+    and returns the epoch's training metrics.
+
+    Raises :class:`Cancelled` when ``cancelled(batch, num_batches)`` says so between batches,
+    :class:`Diverged` on a non-finite loss, and :class:`DeviceMemoryError` (naming a batch size
+    that fits) when the GPU runs out of memory.
+    """
+    hw, images, data = parts.hardware, parts.images, parts.data
+    parts.model.train()  # a frozen backbone keeps its batch-norm statistics (CellClassifier.train)
+    rows = images.index["train"]
+    tgt = images.targets_dev["train"]
+    total = torch.zeros((), device=hw.device)
+    seen = 0
+    probs, targets = [], []
+    for b, x in enumerate(parts.batcher.iterate([rows[bi] for bi in batches], cfg.num_workers)):
+        if cancelled(b, len(batches)):
+            raise Cancelled
+        y = tgt.index_select(0, torch.as_tensor(batches[b], device=hw.device))
+        try:
+            loss, logits = train_step(parts, net, cfg, x, y, gen)
+        except RuntimeError as exc:
+            if hw.device.type == "cuda" and is_oom(exc):
+                raise oom_error(parts, cfg) from None
+            raise
+        n = len(batches[b])
+        total += loss.detach() * n
+        seen += n
+        probs.append(probabilities(logits.detach(), data.multi_label))
+        targets.append(y)
+        show = b == len(batches) - 1 or b % 10 == 0
+        yield BatchProgress("train", epoch, b + 1, len(batches), float(total / seen) if show else None)
+    if cancelled(0, 1):
+        raise Cancelled
+    total = ddp.sum_scalar(hw.dist, total)
+    seen = int(ddp.sum_scalar(hw.dist, torch.tensor(float(seen), device=hw.device)).item())
+    p = ddp.gather_rows(hw.dist, torch.cat(probs).float())
+    t = ddp.gather_rows(hw.dist, torch.cat(targets))
+    return compute_metrics(t.cpu().numpy(), p.cpu().numpy(), multi_label=data.multi_label, class_names=data.classes,
+                           loss=float(total / max(seen, 1)), threshold=cfg.threshold)
+
+
+def train_step(parts: RunParts, net: nn.Module, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor,
+               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch (augmented on its device); returns the loss and the logits."""
+    hw, opt = parts.hardware, parts.optimization
+    x = parts.augment(x, gen)
+    if hw.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with batch_norm_eval_for_one(parts.model, x.shape[0]), autocast(hw.device, hw.precision):
+        logits = net(x)
+    loss = opt.criterion(logits.float(), y)
+    if not torch.isfinite(loss):
+        raise Diverged(f"training loss {float(loss.detach())}", cfg.lr)
+    opt.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.grad_clip)
+    opt.optimizer.step()
+    opt.schedule.step_batch()
+    return loss, logits
+
+
+def oom_error(parts: RunParts, cfg: TrainConfig) -> DeviceMemoryError:
+    """One line for a GPU out of memory, naming a batch size that fits (found by halving)."""
+    hw, images = parts.hardware, parts.images
+    bs = cfg.batch_size
+    fit = largest_fitting_batch(parts.model, parts.optimization.optimizer,
+                                (images.in_chans, images.input_size, images.input_size), hw.device, hw.precision, bs)
+    where = f"{cfg.backbone} at {images.input_size} px, {hw.precision}"
+    if fit is None:
+        return DeviceMemoryError(f"the GPU ran out of memory even at batch size 1 ({where}); use a smaller "
+                                 "input size or backbone, or device=cpu")
+    return DeviceMemoryError(f"the GPU ran out of memory at batch size {bs} ({where}); batch size {fit} fits: "
+                             f"rerun with --batch-size {fit}")
+
+
+def validate(parts: RunParts, cfg: TrainConfig, subset: str, epoch: int) -> Generator[Event, None, OrderedDict]:
+    """Metrics of the model on ``'train'``, ``'val'`` or ``'test'`` (no augmentation); yields progress.
+
+    Under torchrun each rank predicts its share and the probabilities are gathered in order.
+    """
+    hw, images, data = parts.hardware, parts.images, parts.data
+    rows = images.index[subset]
+    tgt = images.targets_dev[subset]
+    bs = max(1, cfg.batch_size * 2)
+    mine = ddp.shard_rows(hw.dist, len(rows))  # positions this rank validates; gathered in order below
+    batches = [mine[i:i + bs] for i in range(0, len(mine), bs)]
+    parts.model.eval()
+    probs = []
+    with torch.inference_mode():
+        total = torch.zeros((), device=hw.device)
+        for b, x in enumerate(parts.batcher.iterate([rows[bi] for bi in batches], cfg.num_workers)):
+            logits = _forward(parts, x).float()
+            y = tgt[batches[b][0]:batches[b][-1] + 1]
+            total += parts.optimization.criterion(logits, y) * len(batches[b])
+            probs.append(probabilities(logits, data.multi_label))
+            yield BatchProgress("val", epoch, b + 1, len(batches))
+    p = torch.cat(probs) if probs else torch.zeros((0, len(data.classes)), device=hw.device)
+    p = ddp.gather_rows(hw.dist, p).cpu().numpy()
+    total = ddp.sum_scalar(hw.dist, total)
+    return compute_metrics(images.targets[subset], p, multi_label=data.multi_label, class_names=data.classes,
+                           loss=float(total / max(len(rows), 1)), threshold=cfg.threshold)
+
+
+def _forward(parts: RunParts, x: torch.Tensor) -> torch.Tensor:
+    """The model's output on a normalised, unaugmented batch."""
+    hw = parts.hardware
+    x = parts.augment.normalise(x)
+    if hw.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(hw.device, hw.precision):
+        return parts.model(x)
+
+
+def recalibrate_batch_norm(parts: RunParts, cfg: TrainConfig, epoch: int) -> None:
+    """Re-estimate the running statistics of trainable batch-norm layers ("precise BN").
+
+    With few optimizer steps per epoch (small projects) the running averages lag far behind
+    the weights and the model in eval mode predicts one class; a forward pass over up to
+    ``bn_recalibrate`` training images (cumulative average) fixes that for about a third of an
+    epoch's compute. A frozen backbone keeps its own statistics.
+    """
+    model = parts.model
+    skip = set(model.backbone.modules()) if getattr(model, "backbone_frozen", False) else set()
+    bns = [m for m in model.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m not in skip]
+    if not cfg.bn_recalibrate or not bns:
+        return
+    rows = parts.images.index["train"]
+    rng = np.random.default_rng([cfg.seed, epoch, 1])
+    pick = np.sort(rng.permutation(len(rows))[:cfg.bn_recalibrate])
+    bs = max(2, cfg.batch_size * 2)
+    batches = [b for b in (rows[pick[i:i + bs]] for i in range(0, len(pick), bs))
+               if len(b) >= 2]  # one image has no batch statistics
+    if not batches:
+        return
+    dist = parts.hardware.dist
+    batches = batches[dist.rank::dist.world_size]  # the statistics are combined below
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the pass
+    model.train()
+    with torch.no_grad():
+        for x in parts.batcher.iterate(batches, cfg.num_workers):
+            _forward(parts, x)
+    ddp.average_batch_norm(dist, bns)
+    for m, mom in zip(bns, saved, strict=True):
+        m.momentum = mom
