@@ -1,6 +1,7 @@
 """Command line: train / predict / evaluate with --json on a tiny sample; bad input is one line, exit 2."""
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -43,6 +44,38 @@ def test_train_predict_evaluate_json(tiny_sample, tmp_path, capsys):
 
     code, out, _ = _run(capsys, "evaluate", str(tiny_sample.root), "--model", str(model))
     assert code == 0 and "confusion matrix" in out and "precision" in out
+
+    # --out writes the Metrics dock's three CSV files
+    folder = tmp_path / "eval"
+    code, out, _ = _run(capsys, "evaluate", str(tiny_sample.root), "--model", str(model), "--split", "all",
+                        "--out", str(folder), "--json")
+    assert code == 0
+    res = json.loads(out)
+    stem = f"model_{res['split']}"
+    assert res["files"] == [str(folder / f"{stem}_{kind}.csv") for kind in ("metrics", "predictions",
+                                                                           "confusion_matrix")]
+    with open(folder / f"{stem}_metrics.csv", newline="") as fh:
+        metrics = list(csv.reader(fh))
+    assert metrics[0] == ["class", "precision", "recall", "f1", "support"]
+    assert [r[0] for r in metrics[1:len(res["classes"]) + 1]] == res["classes"]
+    with open(folder / f"{stem}_predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == res["n"] and set(rows[0]) == {"image_id", "true", "predicted", "confidence", "correct"}
+    with open(folder / f"{stem}_confusion_matrix.csv", newline="") as fh:
+        cm = list(csv.reader(fh))
+    assert cm[0][1:] == res["classes"] and sum(int(v) for r in cm[1:] for v in r[1:]) == res["n"]
+    assert res["metrics"]["confusion_matrix"] == [[int(v) for v in r[1:]] for r in cm[1:]]
+    code, out, _ = _run(capsys, "evaluate", str(tiny_sample.root), "--model", str(model), "--out", str(folder))
+    assert code == 0 and f"written: {folder}" in out
+
+
+def test_evaluate_help_names_the_files(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for kind in ("metrics", "predictions", "confusion_matrix"):
+        assert f"<model>_<split>_{kind}.csv" in text
+    assert "--out DIR" in text
 
 
 @pytest.mark.parametrize("argv,pattern", [

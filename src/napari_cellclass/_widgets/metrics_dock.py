@@ -18,8 +18,9 @@ from qtpy.QtGui import QBrush, QColor
 
 from ..core.errors import CellclassError
 from ..core.project import Project
+from ..learn.evaluate import METRIC_COLUMNS, Evaluation, evaluate_split
 from .compact import compact_dock, show_rows
-from .training_model import METRIC_COLUMNS, Evaluation, Failed, evaluate_split, import_learning_libraries, user_message
+from .training_model import Failed, import_learning_libraries, user_message
 from .napari_private import real_viewer
 from .session import session_for
 from .workers import DockJob

@@ -13,7 +13,6 @@ Torch is imported only inside the functions that train, predict or evaluate.
 """
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -28,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..core.atomic import atomic_write_text
 from ..core.errors import CellclassError, ModelFolderError
 from ..core.model_folder import read_model_config
 from ..core.predictions import (
@@ -494,98 +492,6 @@ def copy_model_folder(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
             raise ModelFolderError(f"{dest}: already exists; pick another folder")
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("checkpoint"), dirs_exist_ok=True)
     return dest
-
-
-# ---------------------------------------------------------------------------- evaluation
-@dataclass
-class Evaluation:
-    """Per-image results of a model on one split, and its metrics."""
-
-    model: str
-    split: str
-    classes: tuple[str, ...]
-    ids: list[str]
-    true: np.ndarray          # (N,) class index
-    pred: np.ndarray          # (N,) class index
-    confidence: np.ndarray    # (N,) probability of the predicted class
-    metrics: dict[str, Any]
-    skipped: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def confusion(self) -> np.ndarray:
-        return np.asarray(self.metrics["confusion_matrix"], dtype=np.int64)
-
-    def cell_ids(self, true: int, pred: int | None = None) -> list[str]:
-        """Images of a confusion cell (``pred=None``: the whole row), misclassified and most
-        confident first."""
-        rows = np.flatnonzero((self.true == true) & ((self.pred == pred) if pred is not None else True))
-        order = sorted(rows, key=lambda i: (self.true[i] == self.pred[i], -float(self.confidence[i])))
-        return [self.ids[i] for i in order]
-
-    def metrics_rows(self) -> list[list[Any]]:
-        """Table rows: one per class, then accuracy, balanced accuracy, macro and weighted."""
-        m = self.metrics
-        rows: list[list[Any]] = []
-        for name, d in m["per_class"].items():
-            rows.append([name, d["precision"], d["recall"], d["f1"], d["support"]])
-        n = int(m.get("n", len(self.ids)))
-        rows.append(["accuracy", "", "", m["accuracy"], n])
-        if "balanced_accuracy" in m:
-            rows.append(["balanced accuracy", "", "", m["balanced_accuracy"], n])
-        rows.append(["macro avg", m["precision_macro"], m["recall_macro"], m["f1_macro"], n])
-        if "precision_weighted" in m:
-            rows.append(["weighted avg", m["precision_weighted"], m["recall_weighted"], m["f1_weighted"], n])
-        return rows
-
-    def export_metrics(self, path: str | os.PathLike) -> Path:
-        """Write the metrics table as CSV."""
-        return _write_csv(path, METRIC_COLUMNS, self.metrics_rows())
-
-    def export_confusion(self, path: str | os.PathLike) -> Path:
-        """Write the confusion matrix as CSV (rows: true class, columns: predicted class)."""
-        cm = self.confusion
-        rows = [[c, *map(int, cm[i])] for i, c in enumerate(self.classes)]
-        return _write_csv(path, ["true \\ predicted", *self.classes], rows)
-
-    def export_predictions(self, path: str | os.PathLike) -> Path:
-        """Write the per-image true and predicted classes as CSV."""
-        rows = [[iid, self.classes[t], self.classes[p], f"{c:.6f}", bool(t == p)]
-                for iid, t, p, c in zip(self.ids, self.true, self.pred, self.confidence)]
-        return _write_csv(path, ["image_id", "true", "predicted", "confidence", "correct"], rows)
-
-
-METRIC_COLUMNS = ["class", "precision", "recall", "f1", "support"]
-
-
-def _write_csv(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
-    import io
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    for r in rows:
-        w.writerow([f"{v:.6f}" if isinstance(v, float) else v for v in r])
-    path = Path(path).expanduser()
-    atomic_write_text(path, buf.getvalue(), fsync=False)
-    return path
-
-
-def evaluate_split(model_dir: str | os.PathLike, project: Project, split: str = "auto",
-                   progress: Callable[[int, int], None] | None = None,
-                   cancel: CancelToken | None = None) -> Evaluation:
-    """Evaluate a model on a split of ``project`` keeping per-image results (single-label)."""
-    from ..learn import load_model
-    from ..learn.evaluate import evaluate_arrays
-
-    trained = load_model(model_dir)
-    if trained.multi_label:
-        raise CellclassError("the metrics dock shows single-label models; for multi-label models use "
-                             "`napari-cellclass evaluate`")
-    ev = evaluate_arrays(trained, project, split=split, progress=progress, cancel=cancel)
-    top = ev.probabilities.argmax(axis=1) if len(ev.ids) else np.zeros(0, np.int64)
-    confidence = ev.probabilities.max(axis=1) if len(ev.ids) else np.zeros(0)
-    return Evaluation(trained.name, ev.split, trained.classes, ev.ids, ev.targets, top, confidence,
-                      ev.metrics, ev.skipped)
 
 
 # ---------------------------------------------------------------------------- predictions

@@ -50,12 +50,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("evaluate", help="metrics of a model on a project's labelled images",
                        description="Evaluate a model folder on the labelled images of its test split (its "
-                                   "validation split when there is no test split), or on val/train/all.")
+                                   "validation split when there is no test split), or on val/train/all. With "
+                                   "--out DIR, also write the files the Metrics dock exports: "
+                                   "<model>_<split>_metrics.csv (per-class precision, recall, F1, support and the "
+                                   "averages), <model>_<split>_predictions.csv (each image's true and predicted "
+                                   "class) and <model>_<split>_confusion_matrix.csv (rows: true class, columns: "
+                                   "predicted; multi-label: each class's true/false positives and negatives).")
     p.add_argument("folder", help="project folder")
     p.add_argument("--model", required=True, metavar="MODEL", help="model folder")
     p.add_argument("--split", choices=("auto", "test", "val", "train", "all"), default="auto")
     p.add_argument("--tta", action="store_true", help="average over flipped copies")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--out", metavar="DIR", help="also write the metrics, per-image predictions and confusion-matrix "
+                                                "CSV files into this folder (created when missing)")
     add_common(p)
     p.set_defaults(handler=cmd_evaluate)
 
@@ -287,7 +294,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from . import emit, stderr_progress
 
     result = evaluate(args.model, args.folder, split=args.split, tta=args.tta, device=args.device,
-                      progress=stderr_progress("evaluating"))
+                      progress=stderr_progress("evaluating"), out=args.out)
 
     def human(r: dict[str, Any]) -> str:
         m = r["metrics"]
@@ -303,6 +310,8 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
                 lines.append(f"  {name:<24}" + "".join(f"{v:>6}" for v in row))
         for s in r["skipped"]:
             lines.append(f"  skipped {s['image_id']}: {s['reason']}")
+        for f in r.get("files", []):
+            lines.append(f"  written: {f}")
         return "\n".join(lines)
 
     emit(args, result, human)

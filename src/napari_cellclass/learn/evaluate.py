@@ -1,21 +1,26 @@
-"""Evaluate a trained model on a project's labelled images: every metric, as a JSON-able dict."""
+"""Evaluate a trained model on a project's labelled images: every metric, per-image results and their CSV files."""
 from __future__ import annotations
 
+import csv
+import io
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..core.atomic import atomic_write_text
 from ..core.errors import CellclassError
 from ..core.project import Project
-from .checkpoint import TrainedModel
+from .checkpoint import TrainedModel, load_model
 from .data import ImageStore, cache_dir_for
-from .engine import open_project, resolve_device
+from .device import resolve_device
 from .events import CancelToken
 from .metrics import compute_metrics
 from .predict import as_trained_model, infer
+from .rundata import open_project
 
 SPLITS = ("auto", "test", "val", "train", "all")
 _UNKNOWN = "is not one of the model's classes"
@@ -137,8 +142,9 @@ def evaluate_arrays(trained: TrainedModel, project: Project, *, split: str = "au
 
 def evaluate(model: TrainedModel | str | os.PathLike, data: Project | str | os.PathLike, *, split: str = "auto",
              tta: bool = False, batch_size: int = 128, device: str = "auto",
-             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Metrics of ``model`` on labelled images of ``data``.
+             progress: Callable[[int, int], None] | None = None,
+             out: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Metrics of ``model`` on labelled images of ``data``; with ``out``, also their CSV files there.
 
     Returns
     -------
@@ -146,12 +152,151 @@ def evaluate(model: TrainedModel | str | os.PathLike, data: Project | str | os.P
         ``split``, ``n``, ``model``, ``metrics`` (loss, accuracy, balanced accuracy,
         precision/recall/F1 per class, macro and weighted, confusion matrix; multi-label:
         per-class and micro/macro F1, exact match), ``skipped`` (unreadable images or labels
-        the model does not know).
+        the model does not know); with ``out``, ``files``: the metrics, per-image predictions
+        and confusion-matrix CSV files written (see :meth:`Evaluation.export`).
     """
     trained = as_trained_model(model)
     project = open_project(data)
     ev = evaluate_arrays(trained, project, split=split, tta=tta, batch_size=batch_size, device=device,
                          progress=progress)
-    return {"ok": True, "model": str(trained.path), "project": str(project.root), "split": ev.split,
-            "n": len(ev.ids), "classes": list(trained.classes), "multi_label": trained.multi_label, "tta": tta,
-            "metrics": ev.metrics, "skipped": [{"image_id": k, "reason": v} for k, v in ev.skipped.items()]}
+    result = {"ok": True, "model": str(trained.path), "project": str(project.root), "split": ev.split,
+              "n": len(ev.ids), "classes": list(trained.classes), "multi_label": trained.multi_label, "tta": tta,
+              "metrics": ev.metrics, "skipped": [{"image_id": k, "reason": v} for k, v in ev.skipped.items()]}
+    if out is not None:
+        result["files"] = [str(p) for p in evaluation_of(trained, ev).export(out)]
+    return result
+
+
+# ---------------------------------------------------------------------------- per-image results and their CSV files
+METRIC_COLUMNS = ["class", "precision", "recall", "f1", "support"]
+#: What :meth:`Evaluation.export` writes: ``<model>_<split>_<kind>.csv`` for each kind.
+EXPORT_KINDS = ("metrics", "predictions", "confusion_matrix")
+
+
+@dataclass
+class Evaluation:
+    """Per-image results of a model on one split, and its metrics.
+
+    Single-label: ``true`` and ``pred`` are class indices ``(N,)``; multi-label
+    (``multi_label``): 0/1 rows ``(N, K)``, ``pred`` thresholded. ``confidence`` is the top
+    probability of each image, ``probabilities`` (when kept) every class's.
+    """
+
+    model: str
+    split: str
+    classes: tuple[str, ...]
+    ids: list[str]
+    true: np.ndarray
+    pred: np.ndarray
+    confidence: np.ndarray
+    metrics: dict[str, Any]
+    skipped: dict[str, str] = field(default_factory=dict)
+    multi_label: bool = False
+    probabilities: np.ndarray | None = None
+
+    @property
+    def confusion(self) -> np.ndarray:
+        """The ``(K, K)`` confusion matrix (single-label; rows: true class, columns: predicted)."""
+        return np.asarray(self.metrics["confusion_matrix"], dtype=np.int64)
+
+    def cell_ids(self, true: int, pred: int | None = None) -> list[str]:
+        """Images of a confusion cell (``pred=None``: the whole row), misclassified and most
+        confident first."""
+        rows = np.flatnonzero((self.true == true) & ((self.pred == pred) if pred is not None else True))
+        order = sorted(rows, key=lambda i: (self.true[i] == self.pred[i], -float(self.confidence[i])))
+        return [self.ids[i] for i in order]
+
+    def metrics_rows(self) -> list[list[Any]]:
+        """Table rows: one per class, then accuracy, balanced accuracy, macro and weighted."""
+        m = self.metrics
+        rows: list[list[Any]] = []
+        for name, d in m["per_class"].items():
+            rows.append([name, d["precision"], d["recall"], d["f1"], d["support"]])
+        n = int(m.get("n", len(self.ids)))
+        rows.append(["accuracy", "", "", m["accuracy"], n])
+        if "balanced_accuracy" in m:
+            rows.append(["balanced accuracy", "", "", m["balanced_accuracy"], n])
+        rows.append(["macro avg", m["precision_macro"], m["recall_macro"], m["f1_macro"], n])
+        if "precision_weighted" in m:
+            rows.append(["weighted avg", m["precision_weighted"], m["recall_weighted"], m["f1_weighted"], n])
+        return rows
+
+    def export(self, folder: str | os.PathLike) -> list[Path]:
+        """Write ``<model>_<split>_metrics.csv``, ``..._predictions.csv`` and ``..._confusion_matrix.csv``."""
+        folder = Path(folder).expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{self.model}_{self.split}"
+        return [self.export_metrics(folder / f"{stem}_metrics.csv"),
+                self.export_predictions(folder / f"{stem}_predictions.csv"),
+                self.export_confusion(folder / f"{stem}_confusion_matrix.csv")]
+
+    def export_metrics(self, path: str | os.PathLike) -> Path:
+        """Write the metrics table as CSV."""
+        return write_csv(path, METRIC_COLUMNS, self.metrics_rows())
+
+    def export_confusion(self, path: str | os.PathLike) -> Path:
+        """Write the confusion matrix as CSV (rows: true class, columns: predicted class); multi-label:
+        each class's true/false positives and negatives."""
+        if self.multi_label:
+            t, p = self.true.astype(bool), self.pred.astype(bool)
+            rows = [[c, int((t[:, k] & p[:, k]).sum()), int((~t[:, k] & p[:, k]).sum()),
+                     int((t[:, k] & ~p[:, k]).sum()), int((~t[:, k] & ~p[:, k]).sum())]
+                    for k, c in enumerate(self.classes)]
+            return write_csv(path, ["class", "true positive", "false positive", "false negative", "true negative"],
+                             rows)
+        cm = self.confusion
+        rows = [[c, *map(int, cm[i])] for i, c in enumerate(self.classes)]
+        return write_csv(path, ["true \\ predicted", *self.classes], rows)
+
+    def export_predictions(self, path: str | os.PathLike) -> Path:
+        """Write the per-image true and predicted classes as CSV (multi-label: ``;``-joined, with every
+        class's probability)."""
+        if self.multi_label:
+            probs = self.probabilities if self.probabilities is not None else np.zeros(self.pred.shape)
+            rows = [[iid, self._names(t), self._names(p), bool((t == p).all()), *(f"{v:.6f}" for v in pr)]
+                    for iid, t, p, pr in zip(self.ids, self.true, self.pred, probs, strict=True)]
+            return write_csv(path, ["image_id", "true", "predicted", "correct", *(f"p:{c}" for c in self.classes)],
+                             rows)
+        rows = [[iid, self.classes[t], self.classes[p], f"{c:.6f}", bool(t == p)]
+                for iid, t, p, c in zip(self.ids, self.true, self.pred, self.confidence, strict=True)]
+        return write_csv(path, ["image_id", "true", "predicted", "confidence", "correct"], rows)
+
+    def _names(self, row: np.ndarray) -> str:
+        return ";".join(c for c, v in zip(self.classes, row, strict=True) if v)
+
+
+def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
+    """Write a CSV file atomically (floats with 6 decimals); returns its path."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for r in rows:
+        w.writerow([f"{v:.6f}" if isinstance(v, float) else v for v in r])
+    path = Path(path).expanduser()
+    atomic_write_text(path, buf.getvalue(), fsync=False)
+    return path
+
+
+def evaluation_of(trained: TrainedModel, ev: EvaluationArrays) -> Evaluation:
+    """The :class:`Evaluation` of per-image results (multi-label predictions at the model's threshold)."""
+    probs = ev.probabilities
+    n = len(ev.ids)
+    confidence = probs.max(axis=1) if n else np.zeros(0)
+    if trained.multi_label:
+        pred = (probs >= trained.threshold).astype(np.int64) if n else np.zeros((0, len(trained.classes)), np.int64)
+        return Evaluation(trained.name, ev.split, trained.classes, ev.ids, ev.targets.astype(np.int64), pred,
+                          confidence, ev.metrics, ev.skipped, True, probs)
+    top = probs.argmax(axis=1) if n else np.zeros(0, np.int64)
+    return Evaluation(trained.name, ev.split, trained.classes, ev.ids, ev.targets, top, confidence, ev.metrics,
+                      ev.skipped, False, probs)
+
+
+def evaluate_split(model_dir: str | os.PathLike, project: Project, split: str = "auto",
+                   progress: Callable[[int, int], None] | None = None,
+                   cancel: CancelToken | None = None) -> Evaluation:
+    """Evaluate a model on a split of ``project`` keeping per-image results (single-label models)."""
+    trained = load_model(model_dir)
+    if trained.multi_label:
+        raise CellclassError("the metrics dock shows single-label models; for multi-label models use "
+                             "`napari-cellclass evaluate`")
+    return evaluation_of(trained, evaluate_arrays(trained, project, split=split, progress=progress, cancel=cancel))
