@@ -10,8 +10,15 @@ from PIL import Image
 
 from napari_cellclass.core.errors import ChannelMismatchError
 from napari_cellclass.learn.config import TrainConfig
-from napari_cellclass.learn.data import (BatchAugment, Batcher, ImageStore, Normalisation, choose_normalisation,
-                                         load_store, scale_intensity)
+from napari_cellclass.learn.data import (
+    BatchAugment,
+    Batcher,
+    ImageStore,
+    Normalisation,
+    choose_normalisation,
+    load_store,
+    scale_intensity,
+)
 
 
 def _pngs(folder, n=6, size=40, channels=1, seed=0):
@@ -31,7 +38,7 @@ def test_memory_store_decodes_scales_and_resizes(tmp_path):
     store = load_store(paths, 24)
     assert store.location == "memory" and store.ok.all()
     assert store.array.shape == (6, 1, 24, 24) and store.array.dtype == np.float16
-    assert 0 <= store.array.min() and store.array.max() <= 1  # 8-bit: divided by 255
+    assert store.array.min() >= 0 and store.array.max() <= 1  # 8-bit: divided by 255
     assert store.gather(np.array([2, 0])).shape == (2, 1, 24, 24)
 
 
@@ -121,7 +128,7 @@ def test_batcher_and_prefetch_thread_give_the_same_batches(tmp_path):
     batches = [np.array([0, 1]), np.array([4, 2]), np.array([3])]
     plain = list(b.iterate(batches, threads=0))
     threaded = list(b.iterate(batches, threads=1))
-    assert all(torch.equal(p, t) for p, t in zip(plain, threaded))
+    assert all(torch.equal(p, t) for p, t in zip(plain, threaded, strict=True))
     assert plain[1].dtype == torch.float32 and plain[1].shape == (2, 1, 16, 16)
 
 

@@ -7,8 +7,18 @@ import torch
 from safetensors.torch import load_file
 
 from napari_cellclass.core.errors import TrainingError
-from napari_cellclass.learn import (BatchProgress, CancelToken, CheckpointSaved, EpochEnd, Finished, Log, Started,
-                                    load_model, run_training, train)
+from napari_cellclass.learn import (
+    BatchProgress,
+    CancelToken,
+    CheckpointSaved,
+    EpochEnd,
+    Finished,
+    Log,
+    Started,
+    load_model,
+    run_training,
+    train,
+)
 from napari_cellclass.learn.engine import Trainer
 
 

@@ -3,6 +3,7 @@ the new one, never a mix; a full disk is one line and leaves the previous state;
 cannot be saved are refused before training."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import json
@@ -62,10 +63,8 @@ def test_a_kill_between_the_writes_leaves_the_old_or_the_new_model(tmp_path, mon
     ckpt.save_model_folder(folder, old, _meta(1))
     with monkeypatch.context() as mp:
         _kill_at(mp, survive)
-        try:
+        with contextlib.suppress(_Kill):
             ckpt.save_model_folder(folder, new, _meta(2))
-        except _Kill:
-            pass
     loaded = load_model(folder)
     epoch = loaded.config["best_epoch"]
     assert _same(loaded.model, old if epoch == 1 else new), f"weights do not belong to epoch {epoch}"
@@ -100,10 +99,8 @@ def test_a_kill_between_the_state_writes_never_resumes_on_the_wrong_weights(tmp_
     ckpt.save_training_state(folder, old, _optimizer(old), {"epoch": 1})
     with monkeypatch.context() as mp:
         _kill_at(mp, survive)
-        try:
+        with contextlib.suppress(_Kill):
             ckpt.save_training_state(folder, new, _optimizer(new), {"epoch": 2})
-        except _Kill:
-            pass
     data, tensors = ckpt.read_training_state(folder)
     expected = old if data["epoch"] == 1 else new
     for k, v in expected.state_dict().items():

@@ -79,5 +79,6 @@ def test_predictions_module_is_torch_free():
     import sys
 
     code = ("import sys, napari_cellclass.core.predictions as p; "
-            "assert 'torch' not in sys.modules and not any(m.startswith(('qtpy', 'PyQt', 'napari.')) for m in sys.modules)")
+            "assert 'torch' not in sys.modules and "
+            "not any(m.startswith(('qtpy', 'PyQt', 'napari.')) for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -74,10 +74,8 @@ def test_pretrained_stem_is_adapted_to_the_channel_count(lite0_file, in_chans):
     stem = model.backbone.conv_stem.weight
     assert stem.shape == (32, in_chans, 3, 3)
     assert report.adapted == ("conv_stem.weight",) and report.missing == 0
-    if in_chans == 1:
-        expected = rgb.sum(1, keepdim=True)
-    else:  # RGB kernels repeated, scaled so that the summed response stays the same
-        expected = rgb.repeat(1, 2, 1, 1)[:, :in_chans] * (3 / in_chans)
+    # 1 channel: the RGB kernels summed; more: repeated, scaled so that the summed response stays the same
+    expected = rgb.sum(1, keepdim=True) if in_chans == 1 else rgb.repeat(1, 2, 1, 1)[:, :in_chans] * (3 / in_chans)
     assert torch.allclose(stem, expected)
 
 

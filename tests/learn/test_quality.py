@@ -25,7 +25,7 @@ def test_sample_dataset_reaches_high_accuracy(shared_sample, tmp_path):
     assert result.best_metrics["accuracy"] >= 0.9, result.history
     res = predict(result.model_dir, shared_sample, write=False)
     truth = ground_truth(shared_sample.root)
-    acc = np.mean([truth[i] == c for i, c in zip(res.ids, res.top_class)])
+    acc = np.mean([truth[i] == c for i, c in zip(res.ids, res.top_class, strict=True)])
     assert acc >= 0.85, acc
 
 

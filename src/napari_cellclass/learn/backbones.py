@@ -147,7 +147,7 @@ def resolve_backbone(name: str) -> BackboneInfo:
     return _resolve(key)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resolve(key: str) -> BackboneInfo:
     import timm
 
@@ -198,7 +198,7 @@ def _suggest(key: str) -> str:
     return "; run 'napari-cellclass backbones' for the list"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def parameter_count(name: str) -> float:
     """Number of parameters of the backbone with a 1000-way classifier, in millions.
 

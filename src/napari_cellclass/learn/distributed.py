@@ -142,7 +142,7 @@ def gather_rows(info: DistInfo, rows: torch.Tensor) -> torch.Tensor:
     padded[:rows.shape[0]] = rows
     parts = [torch.empty_like(padded) for _ in range(info.world_size)]
     dist.all_gather(parts, padded)
-    return torch.cat([p[:c] for p, c in zip(parts, counts)])
+    return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)])
 
 
 def average_batch_norm(info: DistInfo, layers: Sequence[nn.modules.batchnorm._BatchNorm]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pickle
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -175,37 +175,65 @@ def match_state_dict(
     """
     discard = tuple(discard_prefixes)
     tgt_keys = [k for k in target if _significant(k)]
+    is_classifier = _classifier_test(classifier_prefix)
+    by_name = _match_by_name(source, target, tgt_keys, stem_key)  # 1. by name
+    if len(by_name) == len(tgt_keys):
+        pairs, mapped_by = list(by_name.items()), "name"
+    else:  # 2. by order and shape (foreign implementations of the same architecture)
+        by_order = _match_by_order(source, target, tgt_keys, stem_key, is_classifier)
+        if isinstance(by_order, str):
+            raise WeightsError(f"{label} does not fit {model_name}: only {len(by_name)} of "
+                               f"{len(tgt_keys)} tensors match by name, and by order {by_order}; "
+                               "nothing was loaded")
+        pairs, mapped_by = by_order, "order"
+    mapped, adapted, used = _take(source, target, pairs, stem_key)
+    leftovers = [(k, v) for k, v in source.items() if k not in used and _significant(k)]
+    extra = [k for k, _v in leftovers if not is_classifier(k) and not k.startswith(discard)]
+    if extra:
+        raise WeightsError(f"{label} holds {len(extra)} tensors more than {model_name} (e.g. "
+                           f"'{extra[0]}'): it is a different or bigger model; nothing was loaded")
+    return mapped, mapped_by, adapted, leftovers
 
+
+def _classifier_test(classifier_prefix: str | None) -> Callable[[str], bool]:
+    """Whether a source key belongs to a classifier (the model's own prefix or a usual name)."""
     def is_classifier(key: str) -> bool:
-        if classifier_prefix and (key == classifier_prefix or key.startswith(classifier_prefix
-                                                                             + ".")):
+        if classifier_prefix and (key == classifier_prefix or key.startswith(classifier_prefix + ".")):
             return True
         return bool(_CLASSIFIER_RE.search(key))
 
-    # 1. by name, trying the prefixes checkpoints commonly wrap backbones in
+    return is_classifier
+
+
+def _match_by_name(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], tgt_keys: list[str],
+                   stem_key: str | None) -> dict[str, str]:
+    """Target key -> source key, trying the prefixes checkpoints commonly wrap backbones in (the best one)."""
     best: dict[str, str] = {}
     for prefix in _NAME_PREFIXES:
         found = {k: prefix + k for k in tgt_keys if prefix + k in source
                  and _fit(source[prefix + k], target[k], k == stem_key) is not None}
         if len(found) > len(best):
             best = found
+    return best
+
+
+def _match_by_order(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], tgt_keys: list[str],
+                    stem_key: str | None, is_classifier: Callable[[str], bool]) -> list[tuple[str, str]] | str:
+    """``(target key, source key)`` pairs in order, or why the order and shapes do not fit."""
+    body = [(k, v) for k, v in source.items() if _significant(k) and not is_classifier(k)]
+    if len(body) > len(tgt_keys) and len(body) - len(tgt_keys) <= 2:
+        body = body[:len(tgt_keys)]  # a trailing classifier under an unknown name
+    bad = _order_mismatch(body, tgt_keys, target, stem_key)
+    if bad is not None:
+        return bad
+    return [(t, s) for t, (s, _v) in zip(tgt_keys, body, strict=True)]
+
+
+def _take(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], pairs: list[tuple[str, str]],
+          stem_key: str | None) -> tuple[dict[str, torch.Tensor], list[str], set[str]]:
+    """The tensors to load for ``pairs`` (stem adapted where needed), the adapted keys, the source keys used."""
     mapped: dict[str, torch.Tensor] = {}
     adapted: list[str] = []
-    if len(best) == len(tgt_keys):
-        pairs = list(best.items())
-        mapped_by = "name"
-    else:
-        # 2. by order and shape (foreign implementations of the same architecture)
-        body = [(k, v) for k, v in source.items() if _significant(k) and not is_classifier(k)]
-        if len(body) > len(tgt_keys) and len(body) - len(tgt_keys) <= 2:
-            body = body[:len(tgt_keys)]  # a trailing classifier under an unknown name
-        bad = _order_mismatch(body, tgt_keys, target, stem_key)
-        if bad is not None:
-            raise WeightsError(f"{label} does not fit {model_name}: only {len(best)} of "
-                               f"{len(tgt_keys)} tensors match by name, and by order {bad}; "
-                               "nothing was loaded")
-        pairs = [(t, s) for t, (s, _v) in zip(tgt_keys, body)]
-        mapped_by = "order"
     used: set[str] = set()
     for tkey, skey in pairs:
         value = _fit(source[skey], target[tkey], tkey == stem_key)
@@ -215,19 +243,14 @@ def match_state_dict(
         mapped[tkey] = value
         used.add(skey)
         _carry_bn_counter(source, target, skey, tkey, mapped, used)
-    leftovers = [(k, v) for k, v in source.items() if k not in used and _significant(k)]
-    extra = [k for k, _v in leftovers if not is_classifier(k) and not k.startswith(discard)]
-    if extra:
-        raise WeightsError(f"{label} holds {len(extra)} tensors more than {model_name} (e.g. "
-                           f"'{extra[0]}'): it is a different or bigger model; nothing was loaded")
-    return mapped, mapped_by, adapted, leftovers
+    return mapped, adapted, used
 
 
 def _order_mismatch(body: list[tuple[str, torch.Tensor]], tgt_keys: list[str],
                     target: Mapping[str, torch.Tensor], stem_key: str | None) -> str | None:
     if len(body) != len(tgt_keys):
         return f"the file has {len(body)} backbone tensors where the model has {len(tgt_keys)}"
-    for i, (tkey, (skey, value)) in enumerate(zip(tgt_keys, body)):
+    for i, (tkey, (skey, value)) in enumerate(zip(tgt_keys, body, strict=True)):
         if _fit(value, target[tkey], tkey == stem_key) is None:
             return (f"tensor #{i} differs ('{skey}' {list(value.shape)} vs '{tkey}' "
                     f"{list(target[tkey].shape)})")

@@ -70,7 +70,8 @@ class LRSchedule:
         """After each epoch's validation, with the monitored value."""
         if self.kind != "plateau" or value is None:
             return
-        better = self.plateau_best is None or (value > self.plateau_best if self.mode == "max" else value < self.plateau_best)
+        best = self.plateau_best
+        better = best is None or (value > best if self.mode == "max" else value < best)
         if better:
             self.plateau_best = value
             self.plateau_bad = 0
