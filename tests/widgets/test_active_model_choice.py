@@ -36,9 +36,9 @@ def test_worse_run_keeps_the_active_model(two_models):
 
 
 def test_training_dock_says_so_and_keeps_the_better_model(two_models, make_napari_viewer, notifications):
+    from napari_cellclass._widgets.session import session_for
     from napari_cellclass._widgets.training import TrainingWidget
     from napari_cellclass._widgets.training_model import TrainingSession
-    from napari_cellclass._widgets.session import session_for
     from napari_cellclass.learn.events import Finished
 
     project, good, worse = two_models

@@ -46,7 +46,8 @@ def test_tables_show_a_useful_number_of_rows(make_napari_viewer):
     metrics = viewer.window.add_plugin_dock_widget(PLUGIN, "Metrics")[1]
     for table, rows in ((predictions.table, 8), (metrics.table, 5), (metrics.confusion, 5)):
         qt = table.native
-        assert qt.minimumHeight() >= qt.horizontalHeader().sizeHint().height() + rows * qt.verticalHeader().defaultSectionSize()
+        header, row = qt.horizontalHeader().sizeHint().height(), qt.verticalHeader().defaultSectionSize()
+        assert qt.minimumHeight() >= header + rows * row
 
 
 def test_gui_opens_the_docks_as_tabs_with_labelling_in_front(make_napari_viewer, tmp_path, qtbot):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from napari_cellclass._widgets.borders import border_colors
 from napari_cellclass._widgets.labelling import LabellingWidget

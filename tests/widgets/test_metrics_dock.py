@@ -70,6 +70,7 @@ def test_metrics_fill_and_confusion_cell_opens_images(qtbot, make_napari_viewer,
     paths = dock.export(tmp_path / "export")
     names = sorted(p.name.split("_", 1)[-1] for p in paths)
     assert any(n.endswith("metrics.csv") for n in names)
-    rows = list(csv.reader(open(paths[2])))
+    with open(paths[2], newline="") as fh:
+        rows = list(csv.reader(fh))
     assert rows[0][1:] == ["negative control", "positive control"]
     assert sum(int(v) for r in rows[1:] for v in r[1:]) == len(ev.ids)

@@ -1,8 +1,8 @@
 """The private napari API we use still exists in the napari installed (fails loudly on an upgrade)."""
 from __future__ import annotations
 
-import numpy as np
 import napari
+import numpy as np
 
 from napari_cellclass._widgets import napari_private as private
 

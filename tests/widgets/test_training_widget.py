@@ -9,8 +9,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from napari_cellclass._widgets.training import TrainingWidget  # noqa: E402
 from napari_cellclass._widgets.session import session_for  # noqa: E402
+from napari_cellclass._widgets.training import TrainingWidget  # noqa: E402
 from napari_cellclass.core.sample import make_sample_project  # noqa: E402
 from napari_cellclass.learn import TrainConfig  # noqa: E402
 

@@ -90,7 +90,7 @@ _RGB = {"blue": (0.0, 0.0, 1.0), "green": (0.0, 1.0, 0.0), "magenta": (1.0, 0.0,
 def blend_channels(pixels: np.ndarray) -> np.ndarray:
     """Channels ``(C, Y, X)`` as one additive RGB ``float32`` image ``(Y, X, 3)`` in 0-1."""
     out = np.zeros(pixels.shape[1:] + (3,), dtype=np.float32)
-    for c, cmap in zip(pixels, _channel_colormaps(pixels.shape[0])):
+    for c, cmap in zip(pixels, _channel_colormaps(pixels.shape[0]), strict=True):
         lo, hi = contrast_limits(c)
         norm = np.clip((c.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
         out += norm[..., None] * np.asarray(_RGB[cmap], dtype=np.float32)

@@ -20,11 +20,11 @@ from ..core.errors import CellclassError
 from ..core.project import Project
 from ..learn.evaluate import METRIC_COLUMNS, Evaluation, evaluate_split
 from .compact import compact_dock, show_rows
-from .training_model import Failed, import_learning_libraries, user_message
 from .napari_private import real_viewer
 from .session import session_for
-from .workers import DockJob
+from .training_model import Failed, import_learning_libraries, user_message
 from .viewer_link import current_project, show_images
+from .workers import DockJob
 
 if TYPE_CHECKING:
     import napari

@@ -73,13 +73,14 @@ def panel_layout(key: str, title: str, runs: Sequence[RunHistory], current: RunH
     if show_all:
         for run in runs:
             if run is not current and run.epochs:
-                series.append(Series(list(zip(run.epochs, getattr(run, f"val_{key}"))), FADED_COLOR,
+                series.append(Series(list(zip(run.epochs, getattr(run, f"val_{key}"), strict=True)), FADED_COLOR,
                                      markers=False, faded=True))
     best = None
     legend: list[tuple[str, str]] = []
     if current is not None and current.epochs:
-        series.append(Series(list(zip(current.epochs, getattr(current, f"train_{key}"))), TRAIN_COLOR, "train"))
-        series.append(Series(list(zip(current.epochs, getattr(current, f"val_{key}"))), VAL_COLOR, "validation"))
+        epochs = current.epochs
+        series.append(Series(list(zip(epochs, getattr(current, f"train_{key}"), strict=True)), TRAIN_COLOR, "train"))
+        series.append(Series(list(zip(epochs, getattr(current, f"val_{key}"), strict=True)), VAL_COLOR, "validation"))
         legend = [("train", TRAIN_COLOR), ("validation", VAL_COLOR)]
         point = current.best_point(f"val_{key}")
         if point is not None:
@@ -263,4 +264,4 @@ class TrainingPlots(Container):
         cur = self.current
         if cur is None:
             return []
-        return list(zip(cur.epochs, getattr(cur, curve)))
+        return list(zip(cur.epochs, getattr(cur, curve), strict=True))

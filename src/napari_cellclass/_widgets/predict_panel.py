@@ -19,26 +19,23 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..core.errors import CellclassError
-from ..core.predictions import Prediction
-from ..core.project import Project
-from .compact import compact_dock, show_rows
-from .dialogs import ask_yes_no
-from .training_model import (
+from ..core.prediction_review import (
     PREDICT_SCOPES,
     SORT_CHOICES,
-    Failed,
     accept_predictions,
     acceptable,
     export_project_predictions,
     filter_predictions,
-    import_learning_libraries,
     predict_ids,
     project_predictions,
-    run_prediction,
 )
+from ..core.predictions import Prediction
+from ..core.project import Project
+from .compact import compact_dock, show_rows
+from .dialogs import ask_yes_no
 from .napari_private import real_viewer
 from .session import session_for
-from .workers import DockJob
+from .training_model import Failed, import_learning_libraries, run_prediction
 from .viewer_link import (
     PredictionLayers,
     current_project,
@@ -46,6 +43,7 @@ from .viewer_link import (
     selected_image_ids,
     show_images,
 )
+from .workers import DockJob
 
 if TYPE_CHECKING:
     import napari

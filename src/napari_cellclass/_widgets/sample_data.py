@@ -23,10 +23,7 @@ def sample_folder() -> Path:
 def u2os_sample() -> list[tuple[Any, dict[str, Any], str]]:
     """Create the sample project if needed and return its first page as layers."""
     folder = sample_folder()
-    if (folder / CONFIG_NAME).exists():
-        project = Project.open(folder)
-    else:
-        project = make_sample_project(folder)
+    project = Project.open(folder) if (folder / CONFIG_NAME).exists() else make_sample_project(folder)
     viewer = _current_viewer()
     if viewer is not None:
         # napari inserts these layers one by one: with the grid on, each insert re-lays out

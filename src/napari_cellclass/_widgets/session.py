@@ -19,7 +19,6 @@ from psygnal import Signal
 from ..core.project import Project
 
 
-
 class PageView(Protocol):
     """What the labelling dock offers the other docks and the reader."""
 

@@ -37,7 +37,9 @@ from qtpy.QtWidgets import QCompleter
 from ..core.errors import CellclassError
 from ..core.project import Project
 from .compact import compact_dock
+from .napari_private import real_viewer
 from .plots import TrainingPlots
+from .session import session_for
 from .training_model import (
     Failed,
     SettingSpec,
@@ -51,8 +53,6 @@ from .training_model import (
     settings_spec,
     values_from_config,
 )
-from .session import session_for
-from .napari_private import real_viewer
 from .viewer_link import current_project
 
 if TYPE_CHECKING:
@@ -376,7 +376,6 @@ class TrainingWidget(Container):
             self.status.value = f"done in {event.seconds:.0f} s; {text}"
         # the status line tells; a notification toast would stall the viewer (~100 ms on software GL)
         log.info("training %s: %s", "stopped" if event.cancelled else "done", text)
-        project = self.session.project
         try:
             choice = choose_active_model(where, self.shared.model)
         except CellclassError as exc:

@@ -22,13 +22,27 @@ from .labelling_model import fallback_color, image_border_specs
 from .layers import METADATA_KEY, image_layer_data
 from .napari_private import real_viewer
 from .session import session_for
-from .training_model import PREDICTION_KEYS, prediction_metadata
 
 if TYPE_CHECKING:
     import napari
 
 #: Marks layers this module added to show images (review of a confusion-matrix cell).
 REVIEW_KEY = "review"
+
+
+PREDICTION_KEYS = ("prediction", "confidence", "probabilities", "model")
+
+
+def prediction_metadata(pred: Prediction, multi_label: bool = False) -> dict[str, Any]:
+    """What goes into ``layer.metadata['cellclass']`` for a prediction.
+
+    ``prediction`` is the predicted class (a list for multi-label), ``probabilities`` every
+    class's probability, ``confidence`` the top probability and ``model`` the model folder name.
+    """
+    predicted: str | list[str] | None
+    predicted = list(pred.classes) if multi_label else (pred.top_class or "")
+    return {"prediction": predicted, "confidence": float(pred.confidence),
+            "probabilities": dict(pred.probabilities), "model": pred.model}
 
 
 def current_project(viewer: napari.viewer.Viewer) -> Project | None:
