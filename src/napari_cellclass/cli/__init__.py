@@ -40,10 +40,12 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args: Sequence[str] | None = None,
                          namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        """Add the deferred flags, then parse."""
         self._add_deferred()
         return super().parse_known_args(args, namespace)
 
     def format_help(self) -> str:
+        """Add the deferred flags, then format the help."""
         self._add_deferred()
         return super().format_help()
 

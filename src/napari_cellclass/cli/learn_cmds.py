@@ -19,6 +19,7 @@ FREEZE = {"none": "full", "head": "head", "head-then-all": "head-then-all"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the backbones, train, predict and evaluate subcommands."""
     from . import add_common
 
     p = sub.add_parser("backbones", help="list the backbones (MIA names mapped to timm, AlexNet, any timm model)",
@@ -69,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------------- backbones
 def cmd_backbones(args: argparse.Namespace) -> dict[str, Any]:
+    """List the backbones."""
     from ..learn.backbones import backbones_command_result, backbones_human
     from . import emit
 
@@ -238,6 +240,7 @@ def read_truth(path: str) -> dict[str, str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
+    """Predict a project's (or files') classes; store them and optionally write a CSV."""
     from ..learn.predict import predict
     from . import emit, stderr_progress
 
@@ -290,6 +293,7 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Metrics of a model on a split (and with --out, their CSV files)."""
     from ..learn.evaluate import evaluate
     from . import emit, stderr_progress
 

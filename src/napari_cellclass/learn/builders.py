@@ -275,4 +275,5 @@ class RunParts:
 
     @property
     def model(self) -> nn.Module:
+        """The model (``network.model``)."""
         return self.network.model

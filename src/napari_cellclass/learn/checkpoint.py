@@ -67,6 +67,7 @@ def package_versions() -> dict[str, str]:
 
 
 def now_iso() -> str:
+    """The current UTC time in ISO-8601 (seconds)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -143,38 +144,47 @@ class TrainedModel:
 
     @property
     def name(self) -> str:
+        """The model folder's name."""
         return self.path.name
 
     @property
     def classes(self) -> tuple[str, ...]:
+        """The class names, in output order."""
         return tuple(self.config["classes"])
 
     @property
     def multi_label(self) -> bool:
+        """Whether the model predicts several classes per image."""
         return bool(self.config.get("multi_label", False))
 
     @property
     def in_chans(self) -> int:
+        """Input channels."""
         return int(self.config["in_chans"])
 
     @property
     def input_size(self) -> int:
+        """Input size in pixels (square)."""
         return int(self.config["input_size"])
 
     @property
     def backbone(self) -> str:
+        """The backbone name."""
         return str(self.config["backbone"])
 
     @property
     def normalisation(self) -> Normalisation:
+        """Intensity scaling and per-channel mean/std of the inputs."""
         return Normalisation.from_json(self.config["normalisation"])
 
     @property
     def threshold(self) -> float:
+        """Multi-label decision threshold."""
         return float(self.config.get("train_config", {}).get("threshold", 0.5))
 
     @property
     def split(self) -> dict[str, list[str]]:
+        """The image ids of the train/val/test split it was trained with."""
         return {k: list(v) for k, v in self.config.get("split", {}).get("ids", {}).items()}
 
     def __repr__(self) -> str:

@@ -31,10 +31,12 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
+        """Whether more than one process trains."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0 (which writes files and reports)."""
         return self.rank == 0
 
 
@@ -47,6 +49,7 @@ def env_rank() -> int:
 
 
 def launched_by_torchrun() -> bool:
+    """Whether torchrun started this process with more than one rank."""
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
@@ -73,11 +76,6 @@ def leave(info: DistInfo | None = None) -> None:
     """Destroy the process group if this process created it (also after errors)."""
     if dist.is_available() and dist.is_initialized() and (info is None or info.owns_group):
         dist.destroy_process_group()
-
-
-def barrier(info: DistInfo) -> None:
-    if info.enabled:
-        dist.barrier()
 
 
 def broadcast_object(info: DistInfo, obj: T) -> T:

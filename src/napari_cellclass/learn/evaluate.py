@@ -225,10 +225,9 @@ class Evaluation:
         """Write ``<model>_<split>_metrics.csv``, ``..._predictions.csv`` and ``..._confusion_matrix.csv``."""
         folder = Path(folder).expanduser()
         folder.mkdir(parents=True, exist_ok=True)
-        stem = f"{self.model}_{self.split}"
-        return [self.export_metrics(folder / f"{stem}_metrics.csv"),
-                self.export_predictions(folder / f"{stem}_predictions.csv"),
-                self.export_confusion(folder / f"{stem}_confusion_matrix.csv")]
+        write = {"metrics": self.export_metrics, "predictions": self.export_predictions,
+                 "confusion_matrix": self.export_confusion}
+        return [write[kind](folder / f"{self.model}_{self.split}_{kind}.csv") for kind in EXPORT_KINDS]
 
     def export_metrics(self, path: str | os.PathLike) -> Path:
         """Write the metrics table as CSV."""

@@ -24,6 +24,7 @@ class CancelToken:
         self._event.set()
 
     def is_set(self) -> bool:
+        """Whether cancelling was asked for."""
         return self._event.is_set()
 
 

@@ -1,5 +1,4 @@
-"""The schedule of a whole run on a :class:`~.engine.Trainer`: its epochs, the best epoch, early stopping,
-divergence and cancelling, and the final model folder."""
+"""A whole run on a Trainer: its epochs, the best epoch, early stopping, divergence, cancelling, final config."""
 from __future__ import annotations
 
 import math

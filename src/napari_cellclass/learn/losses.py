@@ -34,6 +34,7 @@ class FocalLoss(nn.Module):
         self.register_buffer("weight", weight if weight is not None else None)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean focal loss of logits ``(N, K)`` against class indices ``(N,)``."""
         logp = F.log_softmax(logits.float(), dim=1)
         q = smoothed_targets(target, logits.shape[1], self.smoothing)
         focal = (1.0 - logp.exp()).pow(self.gamma)
@@ -54,6 +55,7 @@ class KLDivergenceLoss(nn.Module):
         self.register_buffer("weight", weight if weight is not None else None)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean KL divergence of the smoothed targets from the predicted distribution."""
         logp = F.log_softmax(logits.float(), dim=1)
         q = smoothed_targets(target, logits.shape[1], self.smoothing)
         per_sample = F.kl_div(logp, q, reduction="none").sum(dim=1)
@@ -72,6 +74,7 @@ class CrossEntropyLoss(nn.Module):
         self.register_buffer("weight", weight if weight is not None else None)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean (weighted, smoothed) cross entropy."""
         return F.cross_entropy(logits.float(), target.long(), weight=self.weight,
                                label_smoothing=self.smoothing)
 
@@ -85,6 +88,7 @@ class MultiLabelBCELoss(nn.Module):
         self.register_buffer("weight", weight if weight is not None else None)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean binary cross entropy against multi-hot targets ``(N, K)``."""
         t = target.float()
         if self.smoothing:
             t = t * (1.0 - self.smoothing) + 0.5 * self.smoothing

@@ -32,6 +32,7 @@ class LinearHead(nn.Module):
         self.fc = nn.Linear(num_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of pooled features."""
         return self.fc(self.drop(x))
 
 
@@ -61,6 +62,7 @@ class AlexNetBackbone(nn.Module):
             self.num_features = 256
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features of a batch."""
         x = torch.flatten(self.avgpool(self.features(x)), 1)
         return self.classifier(x) if self.classic else x
 

@@ -70,6 +70,7 @@ class PredictionResult:
 
     @property
     def top_index(self) -> np.ndarray:
+        """Index of each image's most probable class."""
         return self.probabilities.argmax(axis=1) if len(self.ids) else np.zeros(0, np.int64)
 
     @property
@@ -116,6 +117,7 @@ class PredictionResult:
 
 
 def as_trained_model(model: TrainedModel | str | os.PathLike) -> TrainedModel:
+    """A loaded model from itself or its folder."""
     return model if isinstance(model, TrainedModel) else load_model(model)
 
 

@@ -1,5 +1,4 @@
-"""Learning-rate schedules with JSON-able state: cosine with warm-up and one-cycle (per batch),
-reduce-on-plateau (per epoch) and constant."""
+"""Learning-rate schedules with JSON-able state: cosine and one-cycle (per batch), plateau (per epoch), constant."""
 from __future__ import annotations
 
 import math
@@ -38,6 +37,7 @@ class LRSchedule:
         self._apply()
 
     def multiplier(self, step: int | None = None) -> float:
+        """The learning-rate factor at ``step`` (default: the current step)."""
         s = self.step_count if step is None else step
         if self.kind == "cosine":
             if s < self.warmup:
@@ -92,10 +92,12 @@ class LRSchedule:
         return float(self.optimizer.param_groups[-1]["lr"])
 
     def state_dict(self) -> dict[str, Any]:
+        """The JSON-able state (for resuming)."""
         return {"kind": self.kind, "step_count": self.step_count, "plateau_scale": self.plateau_scale,
                 "plateau_best": self.plateau_best, "plateau_bad": self.plateau_bad}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a saved state."""
         self.step_count = int(state["step_count"])
         self.plateau_scale = float(state["plateau_scale"])
         self.plateau_best = state["plateau_best"]

@@ -95,10 +95,12 @@ class Setting:
 
     @property
     def lower_open(self) -> bool:
+        """Whether the lower limit itself is refused."""
         return self.exclusive_minimum is not None
 
     @property
     def upper_open(self) -> bool:
+        """Whether the upper limit itself is refused."""
         return self.exclusive_maximum is not None
 
     def allows(self, value: Any) -> bool:

@@ -1,5 +1,4 @@
-"""One epoch on built parts, timm style: a training epoch and a validation pass that return ordered metric
-dicts, and precise batch norm in between."""
+"""One epoch on built parts, timm style: train_one_epoch and validate return ordered metric dicts; precise BN."""
 from __future__ import annotations
 
 import contextlib

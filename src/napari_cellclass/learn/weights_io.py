@@ -1,5 +1,6 @@
-"""Weights and their JSON written as one step (a reader sees the old or the new pair), in strict JSON,
-never with non-finite tensors; and weights read back with one-line errors.
+"""Weights and their JSON written as one step (old or new pair, never mixed), strict JSON, finite tensors only.
+
+Weights are read back with one-line errors.
 
 :func:`save_pair` writes the weights to a pending file (fsynced), then the JSON naming their
 ``weights_id`` (fsynced, atomic), then the pending file replaces the weights file; readers pick

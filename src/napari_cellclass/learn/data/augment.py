@@ -73,6 +73,7 @@ class BatchAugment:
         self.mean, self.std = norm.tensors(device)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / std`` per channel."""
         return (x - self.mean) / self.std
 
     @property

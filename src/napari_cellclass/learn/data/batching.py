@@ -32,10 +32,6 @@ class Batcher:
                 self._resident = torch.from_numpy(np.ascontiguousarray(store.array)).to(device)
                 self._rows_dev = torch.from_numpy(store.rows).to(device)
 
-    @property
-    def resident(self) -> bool:
-        return self._resident is not None
-
     def _host(self, index: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(self.store.gather(index))
         if self.device.type == "cuda":

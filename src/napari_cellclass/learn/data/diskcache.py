@@ -151,6 +151,7 @@ class DiskCache:
 
     @property
     def index_path(self) -> Path:
+        """``index.json`` of the locked folder."""
         assert self.folder is not None, "acquire() first"
         return self.folder / "index.json"
 

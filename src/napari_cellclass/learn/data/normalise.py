@@ -22,14 +22,17 @@ class Normalisation:
     source: str  # 'imagenet' or 'dataset'
 
     def to_json(self) -> dict[str, Any]:
+        """As saved in a model's ``config.json``."""
         return {"scaling": self.scaling, "mean": list(self.mean), "std": list(self.std), "source": self.source}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Normalisation:
+        """From a model's ``config.json`` entry."""
         return cls(str(data["scaling"]), tuple(float(v) for v in data["mean"]),
                    tuple(float(v) for v in data["std"]), str(data.get("source", "dataset")))
 
     def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std as ``(1, C, 1, 1)`` float32 tensors on ``device``."""
         mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         return mean, std
