@@ -1,7 +1,7 @@
 """The metrics dock: per-class precision / recall / F1, a clickable confusion matrix, CSV export.
 
-Evaluation runs in a worker (:func:`~.training_model.evaluate_split`); the widget shows
-:class:`~.training_model.Evaluation` in two magicgui tables. Clicking a confusion-matrix cell
+Evaluation runs in a worker (:func:`~napari_cellclass.learn.evaluate.evaluate_split`); the widget shows
+:class:`~napari_cellclass.learn.evaluate.Evaluation` in two magicgui tables. Clicking a confusion-matrix cell
 shows its images as layers (misclassified, most confident first) so they can be relabelled
 with the labelling widget's hotkeys. When a model becomes active (training finished or a
 model folder loaded) its validation split is evaluated automatically.

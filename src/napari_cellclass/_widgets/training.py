@@ -1,7 +1,7 @@
 """The training dock widget: every engine setting, Train / Stop in a worker, live curves, models.
 
-The widget is thin: settings map onto :class:`~napari_cellclass.learn.TrainConfig` through
-:func:`~.training_model.settings_spec`, the run and its curves live in
+The widget is thin: the settings form (:mod:`~.settings_form`) edits a
+:class:`~napari_cellclass.learn.TrainConfig`, the run and its curves live in
 :class:`~.training_model.TrainingSession`. The engine trains in a child process
 (:mod:`napari_cellclass.learn.process`), so the viewer's event loop never shares the GIL or a
 core with the training loop; a napari generator worker iterates its event stream (batch
@@ -18,21 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
     Container,
     FileEdit,
-    FloatSpinBox,
     Label,
-    LineEdit,
     PushButton,
-    SpinBox,
     Widget,
 )
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import QCompleter
 
 from ..core.errors import CellclassError
 from ..core.project import Project
@@ -40,18 +34,14 @@ from .compact import compact_dock
 from .napari_private import real_viewer
 from .plots import TrainingPlots
 from .session import session_for
+from .settings_form import SettingsForm
 from .training_model import (
     Failed,
-    SettingSpec,
     TrainingSession,
-    backbone_choices,
     check_model_folder,
     choose_active_model,
-    config_from_values,
     copy_model_folder,
     import_learning_libraries,
-    settings_spec,
-    values_from_config,
 )
 from .viewer_link import current_project
 
@@ -93,7 +83,6 @@ class TrainingWidget(Container):
         self.worker: GeneratorWorker | None = None
         self._pbar: progress | None = None
         self._closed = False
-        self._specs = settings_spec()
         self.settings: dict[str, Widget] = {}
         self._build()
         self.shared.model_changed.connect(self._on_active_model)
@@ -109,24 +98,9 @@ class TrainingWidget(Container):
     # ================================================================== building
     def _build(self) -> None:
         self.project_label = Label(value="")
-        basic = Container(labels=True)
-        advanced = Container(labels=True)
-        for spec in self._specs:
-            w = self._make_setting(spec)
-            self.settings[spec.name] = w
-            (basic if spec.basic else advanced).append(w)
-            if spec.name == "pretrained":
-                self.weights_file = FileEdit(label="weights file", mode="r",
-                                             filter="Weights (*.safetensors *.pth *.pt *.bin)")
-                basic.append(self.weights_file)
-        self.advanced = advanced
-        self.show_advanced = CheckBox(text="show all settings and settings files", value=False)
-        self.settings["pretrained"].changed.connect(self._on_pretrained)
-        self.weights_file.visible = False
-
-        self.settings_file = FileEdit(label="settings file", mode="w", filter="Settings (*.json *.yaml *.yml)")
-        self.save_settings_button = PushButton(text="Save settings")
-        self.load_settings_button = PushButton(text="Load settings")
+        self.form = SettingsForm()
+        self.settings = self.form.settings  # by TrainConfig field name, for scripts and tests
+        self.weights_file = self.form.weights_file
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop (keep best)")
         self.status = Label(value=CPU_HINT)
@@ -141,13 +115,8 @@ class TrainingWidget(Container):
         def row(*widgets: Widget) -> Container:
             return Container(widgets=list(widgets), layout="horizontal", labels=False)
 
-        # rarely used: the other settings and the settings files, behind one check box
-        more = Container(widgets=[advanced, Container(widgets=[self.settings_file], labels=True),
-                                  row(self.save_settings_button, self.load_settings_button)], labels=False)
-        more.visible = False
-        self.show_advanced.changed.connect(lambda v: setattr(more, "visible", bool(v)))
         self.extend([
-            self.project_label, basic, self.show_advanced, more,
+            self.project_label, self.form,
             row(self.train_button, self.stop_button), self.status, self.plots,
             self.active_label, Container(widgets=[self.model_folder], labels=True),
             row(self.load_model_button, self.save_model_button),
@@ -155,96 +124,29 @@ class TrainingWidget(Container):
         compact_dock(self)  # rows scroll in a short dock; the window never outgrows the screen
         self.train_button.changed.connect(lambda _v: self.train())
         self.stop_button.changed.connect(lambda _v: self.stop())
-        self.save_settings_button.changed.connect(lambda _v: self._on_save_settings())
-        self.load_settings_button.changed.connect(lambda _v: self._on_load_settings())
         self.load_model_button.changed.connect(lambda _v: self._on_load_model())
         self.save_model_button.changed.connect(lambda _v: self._on_save_model())
-
-    def _make_setting(self, spec: SettingSpec) -> Widget:
-        label = spec.name.replace("_", " ")
-        if spec.name == "backbone":
-            w = ComboBox(label=label, choices=backbone_choices(), value=spec.default)
-            box = w.native
-            box.setEditable(True)
-            box.setInsertPolicy(box.InsertPolicy.NoInsert)
-            completer = QCompleter([c[1] for c in backbone_choices()], box)
-            completer.setFilterMode(Qt.MatchFlag.MatchContains)
-            completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
-            box.setCompleter(completer)
-            box.setToolTip("MIA's backbone names first; type to search. Any timm model name also works "
-                           "(set it with Load settings).")
-            return w
-        if spec.kind == "choice":
-            return ComboBox(label=label, choices=list(spec.choices), value=spec.default)
-        if spec.kind == "bool":
-            return CheckBox(label=label, value=bool(spec.default))
-        if spec.kind == "int":
-            return SpinBox(label=label, value=int(spec.default), min=int(spec.minimum), max=int(spec.maximum),
-                           step=max(1, int(spec.step)))
-        if spec.kind == "float":
-            w = FloatSpinBox(label=label, value=float(spec.default), min=spec.minimum, max=spec.maximum,
-                             step=spec.step)
-            w.native.setDecimals(6 if spec.step < 0.01 else 3)
-            return w
-        return LineEdit(label=label, value=str(spec.default))
 
     # ================================================================== settings
     def values(self) -> dict[str, Any]:
         """The current widget values, by TrainConfig field name."""
-        return {name: w.value for name, w in self.settings.items()}
+        return self.form.values()
 
     def config(self) -> TrainConfig:
         """The validated :class:`TrainConfig` of the current values (ConfigError when invalid)."""
-        return config_from_values(self.values(), self.weights_file.value if self.weights_file.value else None)
+        return self.form.config()
 
     def set_config(self, config: TrainConfig) -> None:
         """Show a TrainConfig's values in the widgets."""
-        values, weights = values_from_config(config)
-        for name, value in values.items():
-            w = self.settings.get(name)
-            if w is None:
-                continue
-            if name == "backbone" and value not in [c[1] for c in backbone_choices()]:
-                w.set_choice(value, value)  # any timm model name
-            w.value = value
-        if weights:
-            self.weights_file.value = weights
+        self.form.set_config(config)
 
     def save_settings(self, path: str | Path) -> Path:
         """Write the current settings to a JSON or YAML file."""
-        path = Path(path)
-        self.config().save(path)
-        return path
+        return self.form.save_settings(path)
 
     def load_settings(self, path: str | Path) -> None:
         """Read settings from a JSON/YAML file (a model folder's ``config.json`` works too)."""
-        from ..learn import TrainConfig
-
-        self.set_config(TrainConfig.from_file(path))
-
-    def _on_pretrained(self, value: str) -> None:
-        self.weights_file.visible = value == "file"
-
-    def _on_save_settings(self) -> None:
-        path = self.settings_file.value
-        if not path or Path(path).is_dir():
-            show_warning("pick a settings file (.json or .yaml) in 'settings file' first")
-            return
-        try:
-            show_info(f"settings saved to {self.save_settings(path)}")
-        except CellclassError as exc:
-            show_error(f"cannot save the settings: {exc}")
-
-    def _on_load_settings(self) -> None:
-        path = self.settings_file.value
-        if not path or not Path(path).is_file():
-            show_warning("pick an existing settings file (.json or .yaml) in 'settings file' first")
-            return
-        try:
-            self.load_settings(path)
-            show_info(f"settings loaded from {path}")
-        except CellclassError as exc:
-            show_error(f"cannot load the settings: {exc}")
+        self.form.load_settings(path)
 
     # ================================================================== project
     @property
@@ -449,9 +351,7 @@ class TrainingWidget(Container):
         running = self.running
         self.train_button.enabled = not running
         self.stop_button.enabled = running
-        for w in self.settings.values():
-            w.enabled = not running
-        self.load_settings_button.enabled = not running
+        self.form.set_editable(not running)
         self.load_model_button.enabled = not running
         project = self.project
         if project is None:
