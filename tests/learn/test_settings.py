@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cellclass._widgets.training_model import config_from_values, settings_spec, values_from_config
+from napari_cellclass._widgets.settings_spec import config_from_values, settings_spec, values_from_config
 from napari_cellclass.cli import build_parser
 from napari_cellclass.cli.learn_cmds import setting_flag
 from napari_cellclass.core.errors import ConfigError

@@ -2,7 +2,7 @@
 
 The basic settings are always shown; the others and the settings files (save / load JSON or
 YAML) sit behind one check box. Widget kinds, limits, choices, labels and tooltips all come from
-:func:`~.training_model.settings_spec`, which reads the one declaration in ``learn/config.py``.
+:func:`~.settings_spec.settings_spec`, which reads the one declaration in ``learn/config.py``.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QCompleter
 
 from ..core.errors import CellclassError
-from .training_model import (
+from .settings_spec import (
     WEIGHTS_FILE_CHOICE,
     SettingSpec,
     backbone_choices,
