@@ -40,11 +40,10 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
 
     from napari_cellclass._widgets.labelling import LabellingWidget
+    from napari_cellclass._widgets.plots import CurvesCanvas
     from napari_cellclass._widgets.training import TrainingWidget
     from napari_cellclass.core.sample import make_sample_project
     from napari_cellclass.learn import TrainConfig
-
-    from napari_cellclass._widgets.plots import CurvesCanvas
 
     draw_ms: list[float] = []
     paint = CurvesCanvas.paintEvent
@@ -113,12 +112,14 @@ def main() -> None:
         "benchmark": "gui_responsiveness_during_training",
         "mode": "in-thread" if args.in_thread else "child process",
         "backbone": args.backbone, "input_size": args.input_size, "images": args.n,
-        "epochs_run": len(run.epochs), "status": run.status, "message": widget.status.value, "train_seconds": round(seconds, 1),
+        "epochs_run": len(run.epochs), "status": run.status, "message": widget.status.value,
+        "train_seconds": round(seconds, 1),
         "timer_interval_ms": 10, "ticks": int(len(ticks)),
         "max_stall_ms": round(float(gaps.max()), 1), "median_gap_ms": round(float(np.median(gaps)), 1),
         "p99_gap_ms": round(float(np.percentile(gaps, 99)), 1),
         "reference_ideal_gap_ms": 10.0,
-        "idle_viewer_max_stall_ms": round(float(idle.max()), 1), "idle_viewer_median_gap_ms": round(float(np.median(idle)), 1),
+        "idle_viewer_max_stall_ms": round(float(idle.max()), 1),
+        "idle_viewer_median_gap_ms": round(float(np.median(idle)), 1),
         "idle_viewer_p99_gap_ms": round(float(np.percentile(idle, 99)), 1),
         "train_click_ms": round(next(((e - s) * 1000 for s, e, w in marks if w == "train() call"), 0.0), 1),
         "events_handled": len(handler_ms), "max_event_handler_ms": round(max(handler_ms, default=0), 1),

@@ -27,6 +27,7 @@ workers are separate processes, not counted) and on CUDA peak GPU memory are giv
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import inspect
 import json
@@ -66,10 +67,8 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
 
 def reset_peaks(device: torch.device) -> None:
     """Reset the peak resident set size (Linux ``clear_refs``) and the CUDA peak."""
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -282,11 +281,11 @@ def pipeline_training(trainer: Trainer, epochs: int, pure_batch: int = 0,
     batch_s: list[float] = []
     step_s: list[float] = []
     for epoch in range(1, epochs + 1):
-        s, times = timed(lambda: epoch_with_batch_times(trainer, epoch), dev)
+        s, times = timed(lambda e=epoch: epoch_with_batch_times(trainer, e), dev)
         train_s.append(s)
         if epoch > 1:
             batch_s += times[1:-1]  # whole batches (the first also draws the epoch's order)
-        v, _ = timed(lambda: (trainer.recalibrate_batch_norm(epoch), trainer.validate("val")), dev)
+        v, _ = timed(lambda e=epoch: (trainer.recalibrate_batch_norm(e), trainer.validate("val")), dev)
         val_s.append(v)
         if pure is not None:
             if epoch == 1:
@@ -294,7 +293,7 @@ def pipeline_training(trainer: Trainer, epochs: int, pure_batch: int = 0,
             else:
                 pure_s.append(timed(lambda: pure.run(steps, step_s), dev)[0])
         if naive is not None:
-            ns, naive_seen = timed(lambda: naive.epoch(naive_batch_s if epoch > 1 else None), dev)
+            ns, naive_seen = timed(lambda e=epoch: naive.epoch(naive_batch_s if e > 1 else None), dev)
             naive_s.append(ns)
     out: dict[str, Any] = {
         "train_images": n_train, "val_images": len(trainer.ids["val"]), "steps_per_epoch": steps,
@@ -311,7 +310,7 @@ def pipeline_training(trainer: Trainer, epochs: int, pure_batch: int = 0,
     if pure_s:
         # each pure round runs right after the epoch it is paired with: the median of the paired
         # ratios is robust against bursts of load from other processes on a shared machine
-        paired = [p / e for p, e in zip(pure_s, train_s[1:])]
+        paired = [p / e for p, e in zip(pure_s, train_s[1:], strict=False)]
         out["_pure"] = {"img_s": rate(pure_batch * steps * len(pure_s), sum(pure_s)),
                         "round_seconds": [round(s, 3) for s in pure_s],
                         "paired_ratios": [round(r, 3) for r in paired],
@@ -324,7 +323,7 @@ def pipeline_training(trainer: Trainer, epochs: int, pure_batch: int = 0,
                          "epoch_seconds": [round(s, 3) for s in naive_s], "workers": naive.workers,
                          "precision": "fp32"}
         if len(naive_s) > 1:
-            paired = [e / n for e, n in zip(train_s[1:], naive_s[1:])]
+            paired = [e / n for e, n in zip(train_s[1:], naive_s[1:], strict=False)]
             out["_naive"]["later_epochs_img_s"] = rate(naive_seen * (len(naive_s) - 1), sum(naive_s[1:]))
             out["_naive"]["paired_ratios"] = [round(1 / r, 3) for r in paired]
             out["_naive"]["paired_median_ratio"] = round(float(np.median([1 / r for r in paired])), 3)

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Set everything up (see setup.sh) and run the whole test suite, under a virtual display
-# when no display is present. Extra arguments go to pytest.
+# Set everything up (see setup.sh), lint with ruff and run the whole test suite, under a
+# virtual display when no display is present. Extra arguments go to pytest (and skip the lint).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 export CELLCLASS_SAMPLE_DIR="${CELLCLASS_SAMPLE_DIR:-$(mktemp -d)/sample}"
 export NAPARI_CONFIG="${NAPARI_CONFIG:-$(mktemp -d)/napari-settings.yaml}"
+if [ $# -eq 0 ]; then  # the whole suite: lint first (the rules are in pyproject.toml)
+  .venv/bin/python -m ruff check . || { echo "test: ruff found problems (fix them, or run ruff check --fix .)" >&2; exit 1; }
+fi
 run=(.venv/bin/python -m pytest "$@")
 if [ -z "${DISPLAY:-}" ] && command -v xvfb-run >/dev/null 2>&1; then
   exec xvfb-run -a -s "-screen 0 1600x1200x24" "${run[@]}"

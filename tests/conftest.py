@@ -35,5 +35,6 @@ def tiny_folder(tmp_path) -> Path:
     for sub in ("a", "b"):
         (tmp_path / "imgs" / sub).mkdir(parents=True)
         for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(tmp_path / "imgs" / sub / f"img{i}.png")
+            pixels = rng.integers(0, 255, (32, 32), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / sub / f"img{i}.png")
     return tmp_path / "imgs"
