@@ -101,11 +101,7 @@ class MetricsDock(Container):
     def evaluate(self, split: str | None = None) -> GeneratorWorker | None:
         """Evaluate the active model on ``split`` (default: the chosen one) in a worker."""
         project, model = self.project, self.model
-        if project is None or model is None:
-            show_warning("no active model: train one or load a model folder in the Training widget")
-            return None
-        if self.running:
-            show_warning("an evaluation is already running")
+        if not self.job.ready_for(project, model):
             return None
         if split is not None:
             self.split.value = split

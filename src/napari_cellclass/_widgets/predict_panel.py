@@ -172,11 +172,7 @@ class PredictionsWidget(Container):
     def predict(self, scope: str | None = None) -> GeneratorWorker | None:
         """Predict the images of ``scope`` (default: the chosen one) in a worker."""
         project, model = self.project, self.model
-        if project is None or model is None:
-            show_warning("no active model: train one or load a model folder in the Training widget")
-            return None
-        if self.running:
-            show_warning("a prediction is already running")
+        if not self.job.ready_for(project, model):
             return None
         if scope is not None:
             self.scope.value = scope

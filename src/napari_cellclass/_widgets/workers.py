@@ -40,6 +40,16 @@ class DockJob:
     def running(self) -> bool:
         return self.worker is not None
 
+    def ready_for(self, project: Any, model: Any) -> bool:
+        """True when a project is open with an active model and the job is idle (else says why)."""
+        if project is None or model is None:
+            show_warning("no active model: train one or load a model folder in the Training widget")
+            return False
+        if self.running:
+            show_warning(f"{self.what} is already running")
+            return False
+        return True
+
     def start(self, steps: Callable[..., Iterator[Any]], *args: Any, on_item: Callable[[Any], None],
               on_done: Callable[[], None] | None = None,
               progress: dict[str, Any] | None = None) -> GeneratorWorker | None:
