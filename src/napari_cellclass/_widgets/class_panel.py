@@ -73,9 +73,12 @@ class ClassPanel(Container):
             for n, c in project.counts().items()
         ) or "No classes yet: type a name and press Add class"
 
-    def show_class(self, name: str) -> None:
-        """Show ``name`` as the selected class (after F3/F4)."""
-        self.class_choice.value = name
+    def cycle(self, step: int) -> None:
+        """F3/F4: select the previous (``-1``) or next (``1``) class, wrapping around."""
+        session = self._owner.session
+        name = session.cycle_class(step) if session is not None else None
+        if name is not None:
+            self.class_choice.value = name
 
     # ------------------------------------------------------------------ editing
     def _on_class_choice(self, value: str | None) -> None:

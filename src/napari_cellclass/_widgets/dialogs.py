@@ -1,4 +1,4 @@
-"""Small Qt dialogs the docks share (injected as callables so tests can answer them)."""
+"""Small Qt helpers the docks share: dialogs (injected as callables so tests answer them), raising a dock."""
 from __future__ import annotations
 
 from typing import Any
@@ -19,3 +19,15 @@ def ask_color(parent: Any, current: str) -> str | None:
 
     color = QColorDialog.getColor(QColor(current), parent, "Class colour")
     return color.name() if color.isValid() else None
+
+
+def raise_dock(widget: Any) -> None:
+    """Show the dock (and its tab) that holds ``widget`` in front."""
+    from qtpy.QtWidgets import QDockWidget
+
+    dock = widget.parent()
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parent()
+    if dock is not None:
+        dock.show()
+        dock.raise_()

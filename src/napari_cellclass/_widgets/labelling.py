@@ -19,14 +19,14 @@ from qtpy.QtCore import QEvent, QObject
 from ..core.project import Project
 from .class_panel import ClassPanel
 from .compact import compact_dock
-from .dialogs import ask_color, ask_yes_no
+from .dialogs import ask_color, ask_yes_no, raise_dock
 from .guards import quiet, reports_errors
 from .hotkeys import HOTKEY_HELP, Hotkeys
 from .labelling_model import LabellingSession, Pager, fallback_color
 from .napari_private import real_viewer
 from .page_controls import PageControls
 from .page_view import PageView, Shown
-from .scripted import ScriptedLayer, ScriptedLayers, is_scripted, project_meta, saved_id
+from .scripted import ScriptedLayer, ScriptedLayers, selection_targets
 from .session import session_for
 
 if TYPE_CHECKING:
@@ -168,14 +168,7 @@ class LabellingWidget(Container):
 
     def raise_dock(self) -> None:
         """Show this widget's dock (and its tab) in front."""
-        from qtpy.QtWidgets import QDockWidget
-
-        dock = self.native.parent()
-        while dock is not None and not isinstance(dock, QDockWidget):
-            dock = dock.parent()
-        if dock is not None:
-            dock.show()
-            dock.raise_()
+        raise_dock(self.native)
 
     # ================================================================== project
     @reports_errors
@@ -266,35 +259,8 @@ class LabellingWidget(Container):
     # ================================================================== selection
     def selected(self) -> tuple[list[str], list[ScriptedLayer]]:
         """Project image ids (page order) and scripted layers among the selected layers."""
-        ids: set[str] = set()
-        targets: list[ScriptedLayer] = []
-        root = str(self.project.root) if self.project is not None else None
-        for layer in self.viewer.layers.selection:
-            meta = project_meta(layer)
-            if meta is not None:
-                if meta["project"] == root:
-                    ids.add(meta["image_id"])
-                continue
-            if not is_scripted(layer):
-                continue
-            iid = self._project_id_of_source(layer) or saved_id(layer, self.project)
-            if iid is not None:
-                ids.add(iid)
-            else:
-                targets.append(ScriptedLayer(layer))
         page = self.pager.page_ids if self.pager is not None else ()
-        ordered = [i for i in page if i in ids] + sorted(i for i in ids if i not in page)
-        return ordered, targets
-
-    def _project_id_of_source(self, layer: Layer) -> str | None:
-        """The project image id of a layer opened from a file inside the project, if any."""
-        if self.project is None or not layer.source.path:
-            return None
-        try:
-            rel = Path(layer.source.path).resolve().relative_to(self.project.root).as_posix()
-        except ValueError:
-            return None
-        return rel if rel in self.project else None
+        return selection_targets(list(self.viewer.layers.selection), self.project, page)
 
     # ================================================================== scripted layers
     def save_scripted_layers(self, layers: Sequence[Layer] | None = None) -> list[str]:
@@ -379,19 +345,13 @@ class LabellingWidget(Container):
 
     def next_class(self) -> None:
         """F4: select the next class."""
-        self._cycle(1)
+        self.classes.cycle(1)
+        self.viewer.status = f"class: {self.class_choice.value}"
 
     def previous_class(self) -> None:
         """F3: select the previous class."""
-        self._cycle(-1)
-
-    def _cycle(self, step: int) -> None:
-        if self.session is None:
-            return
-        name = self.session.cycle_class(step)
-        if name is not None:
-            self.classes.show_class(name)
-            self.viewer.status = f"class: {name}"
+        self.classes.cycle(-1)
+        self.viewer.status = f"class: {self.class_choice.value}"
 
     @reports_errors
     def _on_multi_label(self, value: bool) -> None:

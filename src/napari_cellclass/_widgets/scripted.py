@@ -60,6 +60,44 @@ class ScriptedLayer:
         return isinstance(other, ScriptedLayer) and other.layer is self.layer
 
 
+def selection_targets(layers: Sequence[Layer], project: Project | None,
+                      page_ids: Sequence[str] = ()) -> tuple[list[str], list[ScriptedLayer]]:
+    """What selected layers stand for: project image ids (page order first) and scripted layers.
+
+    A page layer stands for its image; a scripted layer opened from a file inside the project,
+    or saved into it, stands for that image; any other image layer is a scripted target.
+    """
+    ids: set[str] = set()
+    targets: list[ScriptedLayer] = []
+    root = str(project.root) if project is not None else None
+    for layer in layers:
+        meta = project_meta(layer)
+        if meta is not None:
+            if meta["project"] == root:
+                ids.add(meta["image_id"])
+            continue
+        if not is_scripted(layer):
+            continue
+        iid = _project_id_of_source(layer, project) or saved_id(layer, project)
+        if iid is not None:
+            ids.add(iid)
+        else:
+            targets.append(ScriptedLayer(layer))
+    ordered = [i for i in page_ids if i in ids] + sorted(i for i in ids if i not in page_ids)
+    return ordered, targets
+
+
+def _project_id_of_source(layer: Layer, project: Project | None) -> str | None:
+    """The project image id of a layer opened from a file inside the project, if any."""
+    if project is None or not layer.source.path:
+        return None
+    try:
+        rel = Path(layer.source.path).resolve().relative_to(project.root).as_posix()
+    except ValueError:
+        return None
+    return rel if rel in project else None
+
+
 def is_scripted(layer: Layer) -> bool:
     """True for an image layer that is not a page layer of a project."""
     return isinstance(layer, Image) and project_meta(layer) is None

@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import (
     Container,
-    FileEdit,
     Label,
     PushButton,
     Widget,
 )
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt, QTimer
+from napari.utils.notifications import show_error, show_warning
+from qtpy.QtCore import QTimer
 
 from ..core.errors import CellclassError
 from ..core.project import Project
 from .compact import compact_dock
+from .model_panel import ModelPanel, fixed_lines
 from .napari_private import real_viewer
 from .plots import TrainingPlots
 from .session import session_for
@@ -38,9 +38,7 @@ from .settings_form import SettingsForm
 from .training_model import (
     Failed,
     TrainingSession,
-    check_model_folder,
     choose_active_model,
-    copy_model_folder,
     import_learning_libraries,
 )
 from .viewer_link import current_project
@@ -104,28 +102,21 @@ class TrainingWidget(Container):
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop (keep best)")
         self.status = Label(value=CPU_HINT)
-        _fixed_lines(self.status, 3)
+        fixed_lines(self.status, 3)
         self.plots = TrainingPlots()
-        self.active_label = Label(value="active model: none")
-        _fixed_lines(self.active_label, 2)
-        self.model_folder = FileEdit(label="model folder", mode="d")
-        self.load_model_button = PushButton(text="Load model")
-        self.save_model_button = PushButton(text="Save model to folder")
+        self.models = ModelPanel(self.shared)
+        self.active_label = self.models.active_label  # for scripts and tests
 
         def row(*widgets: Widget) -> Container:
             return Container(widgets=list(widgets), layout="horizontal", labels=False)
 
         self.extend([
             self.project_label, self.form,
-            row(self.train_button, self.stop_button), self.status, self.plots,
-            self.active_label, Container(widgets=[self.model_folder], labels=True),
-            row(self.load_model_button, self.save_model_button),
+            row(self.train_button, self.stop_button), self.status, self.plots, self.models,
         ])
         compact_dock(self)  # rows scroll in a short dock; the window never outgrows the screen
         self.train_button.changed.connect(lambda _v: self.train())
         self.stop_button.changed.connect(lambda _v: self.stop())
-        self.load_model_button.changed.connect(lambda _v: self._on_load_model())
-        self.save_model_button.changed.connect(lambda _v: self._on_save_model())
 
     # ================================================================== settings
     def values(self) -> dict[str, Any]:
@@ -305,38 +296,11 @@ class TrainingWidget(Container):
     # ================================================================== models
     def load_model(self, folder: str | Path) -> Path:
         """Make a model folder the active model of the project."""
-        project = self.project
-        if project is None:
-            raise CellclassError("open a project first (Labelling widget or File > Open Folder)")
-        path = check_model_folder(folder)
-        self.shared.set_model(path)
-        return path
+        return self.models.load_model(folder)
 
     def save_model(self, dest: str | Path) -> Path:
         """Copy the active model folder to ``dest``."""
-        project = self.project
-        model = self.shared.model if project is not None else None
-        if model is None:
-            raise CellclassError("no active model: train one or load a model folder first")
-        return copy_model_folder(model, dest)
-
-    def _on_load_model(self) -> None:
-        folder = self.model_folder.value
-        try:
-            if not folder or str(folder) in ("", "."):
-                raise CellclassError("pick a model folder in 'model folder' first")
-            show_info(f"active model: {self.load_model(folder)}")
-        except CellclassError as exc:
-            show_error(f"cannot load the model: {exc}")
-
-    def _on_save_model(self) -> None:
-        folder = self.model_folder.value
-        try:
-            if not folder or str(folder) in ("", "."):
-                raise CellclassError("pick a destination folder in 'model folder' first")
-            show_info(f"model saved to {self.save_model(folder)}")
-        except (CellclassError, OSError) as exc:
-            show_error(f"cannot save the model: {exc}")
+        return self.models.save_model(dest)
 
     def _on_shared_change(self, *_args: Any) -> None:
         if not self._closed:
@@ -352,7 +316,7 @@ class TrainingWidget(Container):
         self.train_button.enabled = not running
         self.stop_button.enabled = running
         self.form.set_editable(not running)
-        self.load_model_button.enabled = not running
+        self.models.load_model_button.enabled = not running
         project = self.project
         if project is None:
             self.project_label.value = "No project: open one in the Labelling widget"
@@ -360,10 +324,8 @@ class TrainingWidget(Container):
         counts = project.counts()
         self.project_label.value = (f"{project.root.name}: {len(project.labelled_ids())} labelled of "
                                     f"{len(project)} · " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-        model = self.shared.model
         if not running:
-            self.active_label.value = f"active model: {model.name if model else 'none'}"
-            self.active_label.tooltip = str(model) if model else ""
+            self.models.show_active()
 
     def close(self) -> None:
         """Stop a run (its process keeps the best model and ends) and disconnect from the registry."""
@@ -377,11 +339,3 @@ class TrainingWidget(Container):
         self.shared.labels_changed.disconnect(self._on_shared_change)
         self._refresh_timer.stop()
         super().close()
-
-
-def _fixed_lines(label: Label, lines: int) -> None:
-    """Word-wrap a label in a fixed height of ``lines`` lines: new text never relayouts the dock."""
-    native = label.native
-    native.setWordWrap(True)
-    native.setFixedHeight(native.fontMetrics().lineSpacing() * lines + 4)
-    native.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
