@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .errors import ImageReadError, ProjectError
 from .images import ImageData, read_image
+from .outputs import check_output_file
 from .predictions import PREDICTIONS_NAME
 from .scan import PROJECT_DIRS, scan_images
 from .settings_file import CONFIG_NAME, LOCK_NAME
@@ -82,7 +83,7 @@ class ImageFolder:
         anything inside a label folder (``cellclass_labels``), a model or cache folder are
         refused, also when ``path`` is a link to them.
         """
-        given = Path(path).expanduser()
+        given = check_output_file(path)  # any project's files, images, non-regular files
         what = self._own_file_kind(Path(os.path.realpath(given)))
         if what is not None:
             raise ProjectError(f"{given}: this is {what} of the project {self.root}; "

@@ -21,6 +21,7 @@ from typing import IO
 
 from .atomic import atomic_write_text
 from .errors import ProjectError
+from .outputs import check_output_file
 
 PREDICTIONS_NAME = "cellclass_predictions.csv"
 PROB_PREFIX = "p:"
@@ -232,8 +233,11 @@ def write_predictions(root: str | os.PathLike, predictions: Iterable[Prediction]
 
 def export_predictions_csv(path: str | os.PathLike,
                            predictions: Iterable[Prediction] | Mapping[str, Prediction]) -> Path:
-    """Write predictions to any CSV file (atomic; NaN or infinite values are refused)."""
+    """Write predictions to a CSV file of the user's (atomic; NaN or infinite values are refused).
+
+    A project's own files, images and other precious files are refused (see :mod:`.outputs`).
+    """
     items = _check_finite(predictions.values() if isinstance(predictions, Mapping) else predictions)
-    path = Path(path).expanduser()
+    path = check_output_file(path)
     atomic_write_text(path, to_csv_text(items), fsync=False)
     return path

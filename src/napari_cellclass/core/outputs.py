@@ -1,0 +1,57 @@
+"""Files a user names for us to write (a CSV, a settings file): never one a project depends on.
+
+Every writer of a user-chosen file (label and prediction exports, ``predict --csv``, saved
+training settings, evaluation exports) calls :func:`check_output_file` first. It refuses, with
+one line naming the file, a path (or a link to one) that is a project's settings, lock, split or
+predictions file, anything inside a label, model or cache folder, an existing image, label
+sidecar or weights file, or anything that is not a regular file.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from .errors import ProjectError
+from .images import IMAGE_SUFFIXES
+
+#: Files a project folder owns at its top.
+PROJECT_FILES = {"cellclass.json": "the settings file", ".cellclass.lock": "the lock file",
+                 "cellclass_split.csv": "the split file", "cellclass_predictions.csv": "the predictions file"}
+#: Folders whose whole content belongs to the project.
+PROJECT_FOLDERS = ("cellclass_labels", "cellclass_models", "cellclass_cache")
+#: Suffixes of files an overwrite would destroy: images, label sidecars, weights.
+PRECIOUS_SUFFIXES = IMAGE_SUFFIXES | {".npz", ".safetensors", ".pth", ".pt", ".ckpt"}
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """The path to write, or a :class:`ProjectError` when writing it would damage a project.
+
+    Links are followed to the file they name (that is what a write replaces).
+    """
+    given = Path(path).expanduser()
+    real = Path(os.path.realpath(given))
+    what = _what_it_is(real)
+    if what is not None:
+        raise ProjectError(f"{given}: this is {what}; choose another file to write")
+    return given
+
+
+def _what_it_is(real: Path) -> str | None:
+    """Why ``real`` must not be written, or None."""
+    try:
+        st = os.stat(real)
+    except OSError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a folder, a pipe or a device)"
+    for folder in PROJECT_FOLDERS:
+        if folder in real.parts[:-1]:
+            return f"inside a project's {folder} folder"
+    if real.name in PROJECT_FILES and (real.parent / "cellclass.json").is_file():
+        return f"{PROJECT_FILES[real.name]} of the project {real.parent}"
+    if st is not None and real.suffix.lower() in PRECIOUS_SUFFIXES:
+        return "an existing image, label or weights file"
+    if real.name == "config.json" and (real.parent / "model.safetensors").exists():
+        return f"the settings of the model {real.parent}"
+    return None
