@@ -42,3 +42,18 @@ def test_remove_confirmation_says_it_cannot_be_undone(open_widget):
     assert project.labels(ids[1]) == ()
     press(viewer, "Z", ctrl=True)  # the step stays undoable; alpha does not come back
     assert project.class_names == ("beta",) and project.labels(ids[0]) == ()
+
+
+def test_removing_the_shown_class_updates_the_panels_and_f1_uses_the_class_shown(open_widget):
+    viewer, w, project = open_widget(n=6)
+    ids = project.image_ids
+    project.assign(list(ids[:2]), "beta")
+    w.image_filter.value = "beta"
+    w.class_choice.value = "beta"
+    w.remove_button.clicked.emit()  # the fixture answers yes
+    assert project.class_names == ("alpha",)
+    assert w.class_choice.choices == ("alpha",) and w.class_choice.value == "alpha"
+    assert w.image_filter.value == "all images" and w.page_label.value.startswith("page 1 / 1 (6 images)")
+    w.select_image(ids[3])
+    press(viewer, "F1")
+    assert project.labels(ids[3]) == (w.class_choice.value,) == ("alpha",)

@@ -88,6 +88,7 @@ class LabellingWidget(Container):
         self.session: LabellingSession | None = None
         self.confirm: Callable[[str], bool] = confirm or (lambda q: ask_yes_no(self.native, q))
         self.pick_color: Callable[[str], str | None] = pick_color or (lambda c: ask_color(self.native, c))
+        self._classes_shown: tuple[str, ...] = ()  # the class names the panels list
         self.scripted = ScriptedLayers(self.viewer, lambda: self.project, self._color_of)
         self.controls = PageControls(self)
         self.page = PageView(self.viewer, mode=self.controls.display_mode, color_of=self._color_of,
@@ -368,11 +369,13 @@ class LabellingWidget(Container):
         """Labels of ``ids`` changed (empty: the classes changed)."""
         if self.project is None:
             return
-        if not ids:
+        if not ids or self.project.class_names != self._classes_shown:  # the classes changed
             self._refresh_choices()
             for iid in self.page.shown:
                 self.page.draw(iid)
             self.scripted.draw_all()
+            if self.controls.filter_fell_back:  # the page showed a class that is gone
+                self.page.render()
         else:
             for iid in ids:
                 if iid in self.page.shown:
@@ -386,6 +389,7 @@ class LabellingWidget(Container):
         return fallback_color(name)
 
     def _refresh_choices(self) -> None:
+        self._classes_shown = self.project.class_names if self.project is not None else ()
         self.classes.refresh()
         self.controls.refresh_filters()
 

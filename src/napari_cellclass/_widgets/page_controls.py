@@ -27,6 +27,7 @@ class PageControls(Container):
     def __init__(self, owner: PageOwner) -> None:
         super().__init__(labels=False)
         self._owner = owner
+        self.filter_fell_back = False  # the last refresh replaced a filter on a class that is gone
         self.image_filter = ComboBox(label="Show", choices=self._filter_choices)
         self.page_size = SpinBox(label="Page size", value=PAGE_SIZE, min=1, max=100)
         self.channels = ComboBox(label="Channels", choices=self._channel_choices)
@@ -106,11 +107,13 @@ class PageControls(Container):
     def refresh_filters(self) -> None:
         """The filter choices after the classes changed (a removed class falls back to all)."""
         pager = self._owner.pager
+        self.filter_fell_back = False
         with quiet(self.image_filter):
             self.image_filter.reset_choices()
             if pager is not None:
                 if pager.image_filter not in self._filter_choices():
-                    pager.image_filter = SPECIAL_FILTERS[0]
+                    pager.set_filter(SPECIAL_FILTERS[0])
+                    self.filter_fell_back = True
                 self.image_filter.value = pager.image_filter
 
     def refresh_page(self) -> None:
