@@ -96,9 +96,15 @@ def test_opening_the_open_project_again_keeps_the_page(open_widget, qtbot):
 def test_opening_another_project_switches_without_inserting_into_the_grid(open_widget, tmp_path):
     viewer, w, project = open_widget(n=8, channels=2, page_size=4)
     other = write_project(tmp_path / "other", n=5, channels=2)
+    before = list(viewer.layers)
+    changes = []
+    viewer.layers.events.inserted.connect(lambda e: changes.append("inserted"))
+    viewer.layers.events.removed.connect(lambda e: changes.append("removed"))
     viewer.open(str(other.root), plugin="napari-cellclass")
     assert w.project.root == other.root
     assert cells(viewer) == [{i} for i in other.image_ids[:4]]
+    assert changes == [] and set(viewer.layers) == set(before)  # the layers were recycled
+    assert {lyr.metadata["cellclass"]["project"] for lyr in viewer.layers} == {str(other.root)}
 
 
 def test_extra_layer_gets_its_own_cell_and_the_grid_is_refitted(open_widget, qtbot):

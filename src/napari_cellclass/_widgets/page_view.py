@@ -128,9 +128,13 @@ class PageView:
         self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
 
     def attach(self, project: Project, pager: Pager) -> None:
-        """Show ``project`` from now on (the old page's layers are removed)."""
+        """Show ``project`` from now on.
+
+        The old page's layers are kept and recycled for the new project's first page: removing
+        layers one by one from napari's grid costs seconds each.
+        """
         if self.project is not None and project is not self.project:
-            self.remove_page_layers(list(self.shown))
+            self._reload = True
         self.project, self.pager = project, pager
 
     # ------------------------------------------------------------------ rendering
