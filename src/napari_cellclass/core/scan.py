@@ -1,13 +1,17 @@
 """Finding image files below a project folder, without reading pixels.
 
 Folder symlinks are never followed (a link to ``/`` or a loop back up would list the same
-images many times or never end); they are reported instead. Only regular files (or links to
-regular files) count as images, so a FIFO named ``x.png`` cannot hang a read.
+images many times or never end); they are reported instead. A subfolder that is a project of
+its own (it holds ``cellclass.json``) is not entered either: its images, label files and
+classes belong to it, so opening a parent folder never lists, reads or changes them. Only
+regular files (or links to regular files) count as images, so a FIFO named ``x.png`` cannot
+hang a read.
 """
 from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from .images import IMAGE_SUFFIXES
@@ -38,9 +42,11 @@ def scan_images(root: Path, skipped: list[str] | None = None) -> list[str]:
     """Relative POSIX paths of all image files below ``root``, naturally sorted.
 
     Hidden files and folders, label folders and model folders are skipped. Symlinked folders
-    are not followed; when ``skipped`` is given, one line per such folder is appended to it.
+    and subfolders that are projects of their own (holding ``cellclass.json``) are not entered;
+    when ``skipped`` is given, one line per such folder is appended to it.
     """
     found: list[str] = []
+    notes: list[str] = []
     stack = [(Path(root), "")]
     while stack:
         folder, prefix = stack.pop()
@@ -58,24 +64,44 @@ def scan_images(root: Path, skipped: list[str] | None = None) -> list[str]:
             except OSError:
                 continue
             if is_dir:
-                if name not in SKIP_DIRS and not os.path.exists(os.path.join(e.path, "model.safetensors")):
-                    stack.append((Path(e.path), f"{prefix}{name}/"))
+                if name in SKIP_DIRS or os.path.exists(os.path.join(e.path, "model.safetensors")):
+                    continue
+                if os.path.lexists(os.path.join(e.path, CONFIG_NAME)):
+                    notes.append(f"skipped the project '{prefix}{name}' inside this folder; "
+                                 "open it on its own")
+                    continue
+                stack.append((Path(e.path), f"{prefix}{name}/"))
             elif is_file:
                 if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
                     found.append(prefix + name)
             elif skipped is not None and name not in SKIP_DIRS and _is_dir_link(e):
-                skipped.append(f"skipped symlinked folder '{prefix}{name}' (links to folders are not "
-                               "followed; move or copy the images into the project to include them)")
+                notes.append(f"skipped symlinked folder '{prefix}{name}' (links to folders are not "
+                             "followed; move or copy the images into the project to include them)")
     found.sort(key=natural_key)
+    if skipped is not None:
+        skipped.extend(sorted(notes, key=natural_key))
     return found
+
+
+def _is_too_wide(root: Path) -> bool:
+    """True for a folder no one means as a project: a filesystem root, the home or the temp folder."""
+    try:
+        real = root.resolve()
+        wide = {Path(real.anchor), Path.home().resolve(), Path(tempfile.gettempdir()).resolve(),
+                Path("/tmp").resolve()}
+    except (OSError, RuntimeError):
+        return True
+    return real in wide
 
 
 def looks_like_project(folder: str | os.PathLike, *, depth: int = 2, max_entries: int = 5000) -> bool:
     """True when ``folder`` holds ``cellclass.json`` or image files within ``depth`` levels.
 
-    A cheap, bounded check for readers that must not claim every folder: at most
-    ``max_entries`` directory entries are looked at, hidden and cellclass folders are skipped
-    and symlinked folders are not followed.
+    ``depth=2`` looks at the folder and its subfolders (not deeper). A cheap, bounded check for
+    readers that must not claim every folder: at most ``max_entries`` directory entries are
+    looked at, hidden and cellclass folders are skipped and symlinked folders are not followed.
+    A filesystem root, the home folder and the temporary folder are claimed only when they
+    hold ``cellclass.json``.
     """
     root = Path(folder).expanduser()
     try:
@@ -84,6 +110,8 @@ def looks_like_project(folder: str | os.PathLike, *, depth: int = 2, max_entries
         if (root / CONFIG_NAME).is_file():
             return True
     except OSError:
+        return False
+    if _is_too_wide(root):
         return False
     seen = 0
     level = [root]
