@@ -129,3 +129,26 @@ def test_extra_layer_gets_its_own_cell_and_the_grid_is_refitted(open_widget, qtb
     assert abs(h - wd) <= 3 and red.sum() > 0.95 * h * wd  # the whole square image, not a clipped part
     viewer.layers.remove(extra)
     assert cells(viewer) == [{i} for i in ids[4:8]]
+
+
+def test_the_page_is_refitted_when_the_canvas_changes_size(open_widget, qtbot):
+    from napari_cellclass._widgets.napari_private import main_window
+
+    viewer, w, project = open_widget(n=8, channels=2, page_size=4)
+    window = main_window(viewer)
+    qtbot.wait(300)
+    zoom = viewer.scene.camera.zoom
+    window.resize(window.width() + 400, window.height() + 300)
+    qtbot.waitUntil(lambda: viewer.scene.camera.zoom != zoom, timeout=3000)
+
+
+def test_open_with_an_empty_folder_field_opens_nothing(make_napari_viewer, notifications, monkeypatch, tmp_path):
+    from napari_cellclass._widgets.labelling import LabellingWidget
+
+    write_project(tmp_path / "here", n=2)
+    monkeypatch.chdir(tmp_path / "here")  # an empty field must not mean "the working directory"
+    viewer = make_napari_viewer()
+    w = LabellingWidget(viewer)
+    w.open_button.clicked.emit()
+    assert w.project is None and len(viewer.layers) == 0
+    assert any("pick the project folder" in m for _, m in notifications)

@@ -32,7 +32,7 @@ class ClassPanel(Container):
         self.counts.native.setWordWrap(True)
         self.class_name = LineEdit(label="Name", value="")
         self.add_button = PushButton(text="Add class")
-        self.rename_button = PushButton(text="Rename to name")
+        self.rename_button = PushButton(text="Rename", tooltip="rename the class to the name typed above")
         self.color_button = PushButton(text="Colour…")
         self.remove_button = PushButton(text="Remove class")
         self.extend([

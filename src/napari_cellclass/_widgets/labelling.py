@@ -117,7 +117,7 @@ class LabellingWidget(Container):
     def _build(self) -> None:
         self.folder = FileEdit(mode="d", label="Project folder")
         self.open_button = PushButton(text="Open folder")
-        self.multi_label = CheckBox(text="multi-label (an image may have several classes)")
+        self.multi_label = CheckBox(text="multi-label", tooltip="an image may have several classes")
         self.summary = Label(value="No project open: pick a folder or use File > Open Folder")
         self.label_button = PushButton(text="Label (F1)")
         self.label_next_button = PushButton(text="Label + next (F2)")
@@ -175,8 +175,8 @@ class LabellingWidget(Container):
     @reports_errors
     def _on_open_clicked(self) -> None:
         folder = self.folder.value
-        if not folder or not Path(folder).is_dir():
-            show_warning("pick the project folder first")
+        if not folder or str(folder) in ("", ".") or not Path(folder).is_dir():
+            show_warning("pick the project folder first (Choose directory)")
             return
         self.open_project(folder)
 

@@ -31,9 +31,9 @@ class PageControls(Container):
         self.image_filter = ComboBox(label="Show", choices=self._filter_choices)
         self.page_size = SpinBox(label="Page size", value=PAGE_SIZE, min=1, max=100)
         self.channels = ComboBox(label="Channels", choices=self._channel_choices)
-        self.prev_button = PushButton(text="◀ Previous page")
+        self.prev_button = PushButton(text="◀ Previous", tooltip="previous page (PageUp)")
         self.page_label = Label(value="")
-        self.next_button = PushButton(text="Next page ▶")
+        self.next_button = PushButton(text="Next ▶", tooltip="next page (PageDown)")
         self.extend([
             Container(widgets=[self.image_filter, self.page_size, self.channels], labels=True),
             Container(widgets=[self.prev_button, self.page_label, self.next_button], layout="horizontal",

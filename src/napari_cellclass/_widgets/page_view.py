@@ -14,7 +14,7 @@ from typing import Any
 
 from napari.layers import Layer
 from napari.utils.notifications import show_warning
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QObject, QTimer
 
 from ..core.errors import ImageReadError
 from ..core.images import ImageData
@@ -23,10 +23,15 @@ from .borders import apply_border, prepare_border
 from .guards import reports_errors
 from .labelling_model import Pager, image_border_specs
 from .layers import BLEND, COMPOSITE, layer_data_from_image, layer_metadata, natural_layer_count
+from .napari_private import canvas_widget
 from .scripted import project_meta
 
 log = logging.getLogger(__name__)
 GRID_SPACING = 0.06
+#: Milliseconds a resized canvas must stay still before the page is fitted to it again.
+REFIT_DELAY_MS = 150
+#: Room around the grid when it is fitted to the canvas (the class borders of the outer cells show whole).
+FIT_MARGIN = 0.1
 
 
 @dataclass
@@ -83,6 +88,19 @@ def bring_to_front(layers: Any, order: Sequence[Layer]) -> None:
     layers.events.reordered(value=layers)
 
 
+class _ResizeFilter(QObject):
+    """Calls ``on_resize()`` when the widget it watches changes size."""
+
+    def __init__(self, on_resize: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_resize = on_resize
+
+    def eventFilter(self, _obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
+        if event.type() == QEvent.Type.Resize:
+            self._on_resize()
+        return False
+
+
 class PageView:
     """The page of a project in a viewer's grid.
 
@@ -121,11 +139,23 @@ class PageView:
         self._adopt_scheduled = False
         viewer.layers.events.inserted.connect(self._on_layer_inserted)
         viewer.layers.events.removed.connect(self._on_layer_removed)
+        # the canvas changes size when docks come or go: fit the page again once it settles
+        self._refit = QTimer()
+        self._refit.setSingleShot(True)
+        self._refit.setInterval(REFIT_DELAY_MS)
+        self._refit.timeout.connect(self._reset_view_later)
+        self._canvas = canvas_widget(viewer)
+        self._resize_filter = _ResizeFilter(self._refit.start)
+        if self._canvas is not None:
+            self._canvas.installEventFilter(self._resize_filter)
 
     def close(self) -> None:
-        """Stop following the viewer's layer list."""
+        """Stop following the viewer's layer list and canvas."""
         self.viewer.layers.events.inserted.disconnect(self._on_layer_inserted)
         self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
+        self._refit.stop()
+        if self._canvas is not None:
+            self._canvas.removeEventFilter(self._resize_filter)
 
     def attach(self, project: Project, pager: Pager) -> None:
         """Show ``project`` from now on.
@@ -315,13 +345,13 @@ class PageView:
         if shape != self._grid_shape:
             self._grid_shape = shape
             if shape is not None:
-                self.viewer.reset_view()
+                self.viewer.reset_view(margin=FIT_MARGIN)
                 # once more when Qt has laid the window out (a new dock shrinks the canvas)
                 QTimer.singleShot(0, self._reset_view_later)
 
     def _reset_view_later(self) -> None:
         if self.project is not None and self.viewer.canvas.grid.enabled:
-            self.viewer.reset_view()
+            self.viewer.reset_view(margin=FIT_MARGIN)
 
     @reports_errors
     def _adopt_layers(self) -> None:
