@@ -214,10 +214,19 @@ class TrainConfig:
             raise ConfigError(f"{path}: {exc}") from None
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the settings as JSON or YAML (by suffix)."""
-        from ..core.atomic import atomic_write_text
+        """Write the settings as JSON or YAML (by suffix).
 
-        path = Path(path)
+        Raises
+        ------
+        ProjectError
+            When ``path`` (or the file a link names) is a project's settings, lock, split or
+            predictions file, an image, a label sidecar, or lies in a label, model or cache
+            folder: one line, nothing written (see :mod:`napari_cellclass.core.outputs`).
+        """
+        from ..core.atomic import atomic_write_text
+        from ..core.outputs import check_output_file
+
+        path = check_output_file(path)
         if _is_yaml(path):
             import yaml
 

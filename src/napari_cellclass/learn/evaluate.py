@@ -13,6 +13,7 @@ import numpy as np
 
 from ..core.atomic import atomic_write_text
 from ..core.errors import CellclassError
+from ..core.outputs import check_output_file
 from ..core.project import Project
 from .checkpoint import TrainedModel, load_model
 from .data import ImageStore, cache_dir_for
@@ -157,6 +158,8 @@ def evaluate(model: TrainedModel | str | os.PathLike, data: Project | str | os.P
     """
     trained = as_trained_model(model)
     project = open_project(data)
+    if out is not None:  # a folder that cannot take the files is refused before the images are predicted
+        export_paths(out, trained.name, evaluation_ids(trained, project, split)[0])
     ev = evaluate_arrays(trained, project, split=split, tta=tta, batch_size=batch_size, device=device,
                          progress=progress)
     result = {"ok": True, "model": str(trained.path), "project": str(project.root), "split": ev.split,
@@ -222,12 +225,20 @@ class Evaluation:
         return rows
 
     def export(self, folder: str | os.PathLike) -> list[Path]:
-        """Write ``<model>_<split>_metrics.csv``, ``..._predictions.csv`` and ``..._confusion_matrix.csv``."""
-        folder = Path(folder).expanduser()
-        folder.mkdir(parents=True, exist_ok=True)
+        """Write ``<model>_<split>_metrics.csv``, ``..._predictions.csv`` and ``..._confusion_matrix.csv``.
+
+        The folder is created when missing; nothing is created or written when one of the files
+        would replace a project's file (see :func:`export_paths`).
+        """
+        paths = export_paths(folder, self.model, self.split)
+        try:
+            paths[0].parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CellclassError(f"{paths[0].parent}: cannot create the folder ({exc.strerror or exc}); "
+                                 "choose another folder") from None
         write = {"metrics": self.export_metrics, "predictions": self.export_predictions,
                  "confusion_matrix": self.export_confusion}
-        return [write[kind](folder / f"{self.model}_{self.split}_{kind}.csv") for kind in EXPORT_KINDS]
+        return [write[kind](path) for kind, path in zip(EXPORT_KINDS, paths, strict=True)]
 
     def export_metrics(self, path: str | os.PathLike) -> Path:
         """Write the metrics table as CSV."""
@@ -264,14 +275,33 @@ class Evaluation:
         return ";".join(c for c, v in zip(self.classes, row, strict=True) if v)
 
 
+def export_paths(folder: str | os.PathLike, model: str, split: str) -> list[Path]:
+    """The files :meth:`Evaluation.export` writes into ``folder``, each checked.
+
+    Raises
+    ------
+    CellclassError
+        One line when ``folder`` is an existing file, or a file would replace a project's
+        settings, an image, a label sidecar, a model or cache file (``ProjectError``).
+    """
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise CellclassError(f"{folder}: is a file, not a folder; give a folder for the evaluation files")
+    return [check_output_file(folder / f"{model}_{split}_{kind}.csv") for kind in EXPORT_KINDS]
+
+
 def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
-    """Write a CSV file atomically (floats with 6 decimals); returns its path."""
+    """Write a CSV file atomically (floats with 6 decimals); returns its path.
+
+    A project's own files, images, sidecars and weights are refused (``ProjectError``, see
+    :func:`~napari_cellclass.core.outputs.check_output_file`).
+    """
+    path = check_output_file(path)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     for r in rows:
         w.writerow([f"{v:.6f}" if isinstance(v, float) else v for v in r])
-    path = Path(path).expanduser()
     atomic_write_text(path, buf.getvalue(), fsync=False)
     return path
 

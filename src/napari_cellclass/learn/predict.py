@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..core.errors import CellclassError, ConfigError, ModelError
+from ..core.outputs import check_output_file
 from ..core.predictions import (
     Prediction,
     export_predictions_csv,
@@ -224,7 +225,8 @@ def predict(model: TrainedModel | str | os.PathLike, images: Any, *, ids: Sequen
         When that file cannot be written (a read-only project) the results are still returned,
         with the reason in ``warnings`` and ``stored_in`` None.
     csv
-        Also write the results to this CSV file (written first).
+        Also write the results to this CSV file (written first). A path that would replace a
+        project's own file, an image or a label sidecar is refused before anything is predicted.
     progress
         ``progress(done, total)`` during decoding and prediction.
 
@@ -236,7 +238,11 @@ def predict(model: TrainedModel | str | os.PathLike, images: Any, *, ids: Sequen
         ``batch_size`` below 1.
     ModelError
         The model gives NaN or infinite outputs (nothing is stored).
+    ProjectError
+        ``csv`` names a file of a project (settings, image, sidecar, ...) or a non-regular file.
     """
+    if csv is not None:
+        csv = check_output_file(csv)
     trained = as_trained_model(model)
     batch_size = check_batch_size(batch_size)
     items, keys, project = _inputs(images, ids, all_images)
