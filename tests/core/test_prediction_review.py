@@ -51,3 +51,18 @@ def test_scopes(project):
     assert predict_ids(project, "unlabelled") == list(project.image_ids[1:])
     assert predict_ids(project, "current page", ["img2.tif", "nope.tif"]) == ["img2.tif"]
     assert predict_ids(project, "whole project") == list(project.image_ids)
+
+
+def test_a_protected_image_does_not_block_accepting_the_others(project):
+    import numpy as np
+
+    bad = project.root / "cellclass_labels" / "img2.npz"
+    bad.parent.mkdir(exist_ok=True)
+    np.savez(bad, format_version=np.array(1, np.int32), classes=np.array(["a/b"]), image=np.array("img2.tif"),
+             timestamp=np.array(""), source=np.array("human"))
+    reopened = Project.open(project.root, fsync=False)
+    preds = {i: Prediction(i, ("beta",), 0.95, {"alpha": 0.05, "beta": 0.95}, "m") for i in reopened.image_ids}
+    ids = acceptable(reopened, preds, 0.5)
+    assert "img2.tif" not in ids and len(ids) == 2
+    assert sorted(accept_predictions(reopened, preds, ids)) == sorted(ids)
+    assert bad.exists()  # the untrusted label file is kept as it is

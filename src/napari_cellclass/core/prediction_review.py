@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .errors import CellclassError
+from .errors import CellclassError, ProjectError
 from .predictions import Prediction, export_predictions_csv, meets_confidence, read_predictions
 from .project import Project
 
@@ -22,7 +22,9 @@ SORT_CHOICES = ("confidence (low first)", "confidence (high first)", "predicted 
 
 def acceptable(project: Project, predictions: Mapping[str, Prediction], min_confidence: float = 0.0,
                only_unlabelled: bool = True) -> list[str]:
-    """Ids whose prediction can become a label: confident enough and (by default) unlabelled."""
+    """Ids whose prediction can become a label: confident enough, (by default) unlabelled, of a
+    known class, and whose label file may be written (an image protected because its label file
+    cannot be trusted is left out)."""
     out = []
     for iid, p in predictions.items():
         if iid not in project or not p.classes or not meets_confidence(p, min_confidence, math.inf):
@@ -30,6 +32,10 @@ def acceptable(project: Project, predictions: Mapping[str, Prediction], min_conf
         if only_unlabelled and project.labels(iid):
             continue
         if any(c not in project.class_names for c in p.classes):
+            continue
+        try:
+            project.check_targets([iid])
+        except ProjectError:
             continue
         out.append(iid)
     return out
