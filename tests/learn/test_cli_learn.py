@@ -98,3 +98,32 @@ def test_backbones_listed(capsys):
     assert code == 0
     names = {b["name"] for b in json.loads(out)["backbones"]}
     assert {"resnet18", "mobilenetv2"} <= names
+
+
+def test_truth_file_is_read_bounded_and_before_predicting(tmp_path, capsys):
+    import os
+    import threading
+    import time
+
+    from napari_cellclass.cli.learn_cmds import read_truth
+    from napari_cellclass.core.errors import CellclassError
+
+    fifo = tmp_path / "truth.csv"
+    os.mkfifo(fifo)
+
+    def unblock():  # if the read waits on the FIFO, give it an end after 10 s (the test then fails)
+        time.sleep(10)
+        with open(fifo, "w") as fh:
+            fh.write("a.tif,x\n")
+
+    threading.Thread(target=unblock, daemon=True).start()
+    for path in (fifo, "/dev/zero"):
+        with pytest.raises(CellclassError, match="not a regular file") as info:
+            read_truth(str(path))
+        assert "\n" not in str(info.value)
+    (tmp_path / "t.csv").write_bytes(b"\xef\xbb\xbfimage_id,class\na.tif,x\n")
+    assert read_truth(str(tmp_path / "t.csv")) == {"a.tif": "x"}
+    # a bad --truth is refused before the model is even opened
+    code, out, err = _run(capsys, "predict", str(tmp_path), "--model", str(tmp_path / "none"), "--truth",
+                          str(tmp_path / "missing.csv"))
+    assert code == 2 and "missing.csv" in err and len(err.strip().splitlines()) == 1

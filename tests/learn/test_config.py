@@ -72,3 +72,66 @@ def test_model_config_json_is_accepted(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"format": "napari-cellclass/model", "train_config": TrainConfig(epochs=7).to_dict()}))
     assert TrainConfig.from_file(path).epochs == 7
+
+
+def _from_file_within(path, seconds=10.0):
+    """``TrainConfig.from_file(path)`` run in a thread: (result or exception); fails the test if it hangs."""
+    import threading
+
+    box: list = []
+
+    def read():
+        try:
+            box.append(TrainConfig.from_file(path))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box.append(exc)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():  # unblock the reader of a FIFO so the thread ends
+        import os
+
+        with open(os.open(path, os.O_WRONLY | os.O_NONBLOCK), "w") as fh:
+            fh.write("{}")
+        pytest.fail(f"reading {path} hangs")
+    return box[0]
+
+
+def test_config_files_are_read_bounded(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.json"
+    big.write_text('{"extra": {"x": "' + "a" * (9 * 2 ** 20) + '"}}')
+    for path, words in ((fifo, "not a regular file"), ("/dev/zero", "not a regular file"),
+                        (tmp_path, "not a regular file"), (big, "too large")):
+        err = _from_file_within(path)
+        assert isinstance(err, ConfigError), err
+        assert words in str(err) and str(path) in str(err) and "\n" not in str(err)
+    (tmp_path / "bom.json").write_bytes(b'\xef\xbb\xbf{"epochs": 4}')
+    assert _from_file_within(tmp_path / "bom.json").epochs == 4
+    (tmp_path / "latin.yaml").write_bytes(b"extra: {note: caf\xe9}\n")
+    assert isinstance(_from_file_within(tmp_path / "latin.yaml"), ConfigError)
+
+
+def test_train_config_fifo_is_one_line(tmp_path, capsys):
+    import os
+    import threading
+    import time
+
+    from napari_cellclass.cli import main
+
+    fifo = tmp_path / "cfg.yaml"
+    os.mkfifo(fifo)
+
+    def unblock():  # if the command waits on the FIFO, give it an end after 10 s (the test then fails)
+        time.sleep(10)
+        with open(fifo, "w") as fh:
+            fh.write("epochs: x\n")
+
+    threading.Thread(target=unblock, daemon=True).start()
+    code = main(["train", str(tmp_path), "--config", str(fifo)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "not a regular file" in err

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -228,12 +229,15 @@ def _silent(*_args: Any) -> None:
 
 # ---------------------------------------------------------------------------- predict
 def read_truth(path: str) -> dict[str, str]:
-    """``{image_id: class}`` from a CSV whose first two columns are image id and class."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.reader(fh))
-    except OSError as exc:
-        raise CellclassError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    """``{image_id: class}`` from a CSV whose first two columns are image id and class.
+
+    Read without blocking and bounded: a FIFO, a device or a huge file is one error line.
+    """
+    from ..core.textfiles import MAX_CSV_BYTES, read_text_bounded
+
+    text = read_text_bounded(path, MAX_CSV_BYTES, "CSV file of true classes",
+                             fix="give a CSV file of image_id,class rows", error=CellclassError)
+    rows = list(csv.reader(io.StringIO(text or "", newline="")))
     if rows and rows[0] and rows[0][0].strip().lower() in ("image_id", "id", "image", "file"):
         rows = rows[1:]
     return {r[0].strip(): r[1].strip() for r in rows if len(r) >= 2}
@@ -244,6 +248,7 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     from ..learn.predict import predict
     from . import emit, stderr_progress
 
+    truth = read_truth(args.truth) if args.truth else None  # a bad file is refused before predicting
     result = predict(args.model, args.folder, all_images=args.all, tta=args.tta, batch_size=args.batch_size,
                      device=args.device, csv=args.csv, progress=stderr_progress("predicting"))
     out = {"ok": True, **result.to_dict(), "csv": args.csv, "tta": args.tta}
@@ -257,8 +262,7 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
         out["error"] = " ".join(result.warnings[0].split()) if result.warnings else "the predictions were not saved"
     for w in result.warnings if out["ok"] else result.warnings[1:]:
         _err(f"warning: {' '.join(w.split())}")
-    if args.truth:
-        truth = read_truth(args.truth)
+    if truth is not None:
         pairs = [(truth[i], p) for i, p in zip(result.ids, result.top_class, strict=False) if i in truth]
         if not pairs:
             raise CellclassError(f"{args.truth}: none of the {len(result)} predicted images is listed")

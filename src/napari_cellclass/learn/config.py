@@ -25,6 +25,8 @@ MONITORS = ("auto", "loss", "accuracy", "balanced_accuracy", "f1_macro", "f1_wei
 #: The largest seed: what ``numpy.random.seed`` accepts (``torch.manual_seed`` takes up to 2**64 - 1).
 SEED_MAX = 2**32 - 1
 _PERCENT = {"maximum": 100, "step": 5}
+#: The largest settings file read (settings are a few kB; a bigger file is a mistake).
+MAX_CONFIG_BYTES = 4 * 2**20
 
 
 @dataclass
@@ -244,11 +246,19 @@ def _is_yaml(path: Path) -> bool:
 
 
 def _read_mapping(path: Path) -> Any:
-    """The parsed content of a JSON or YAML settings file; ConfigError when unreadable or invalid."""
+    """The parsed content of a JSON or YAML settings file; ConfigError when unreadable or invalid.
+
+    The read never blocks and is bounded: a FIFO, a device (``/dev/zero``), a folder or a file
+    over :data:`MAX_CONFIG_BYTES` is refused with one line.
+    """
+    from ..core.textfiles import decode_text, read_bytes_bounded
+
+    fix = "give a JSON or YAML file of settings"
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
+        raw, _ = read_bytes_bounded(path, MAX_CONFIG_BYTES, "config file", fix=fix, error=ConfigError)
+    except FileNotFoundError as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+    text = decode_text(raw, path, "config file", fix="save it as UTF-8 text", error=ConfigError)
     import yaml
 
     try:
