@@ -82,6 +82,23 @@ def test_a_nan_validation_loss_is_never_best(tiny_sample, fast_config, tmp_path,
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("loss", [5e4, 1e30])
+def test_a_huge_finite_loss_counts_as_divergence(tiny_sample, fast_config, tmp_path, monkeypatch, loss):
+    """A loss a thousand times that of guessing (lr far too high, fp16 overflow) is not a model to keep."""
+    original = Trainer.train_epoch_events
+
+    def exploded(self, epoch):
+        metrics = yield from original(self, epoch)
+        return {**metrics, "loss": loss} if epoch >= 2 else metrics
+
+    monkeypatch.setattr(Trainer, "train_epoch_events", exploded)
+    events = list(run_training(tiny_sample, fast_config(epochs=3), tmp_path / "m"))
+    assert [e.is_best for e in events if isinstance(e, EpochEnd)] == [True, False]
+    assert any(isinstance(e, WarningEvent) and "diverged" in e.message and "learning rate" in e.message
+               for e in events)
+    assert json.loads((tmp_path / "m" / "checkpoint" / "last.json").read_text())["epoch"] == 1
+
+
 def test_non_finite_weights_are_never_written(tmp_path):
     from napari_cellclass.learn.models import build_model
 

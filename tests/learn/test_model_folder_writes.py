@@ -187,3 +187,79 @@ def test_yaml_dates_train_end_to_end(tiny_sample, tmp_path, capsys):
     code = main(["train", str(tiny_sample.root), "--config", str(cfg), "--out", str(tmp_path / "m"), "--json"])
     assert code == 0, capsys.readouterr().err
     assert load_model(tmp_path / "m").config["train_config"]["extra"] == {"when": "2020-01-01"}
+
+
+def _no_epoch(monkeypatch):
+    """Fail the test when an epoch starts (an unwritable model folder must be found before)."""
+    from napari_cellclass.learn.engine import Trainer
+
+    def boom(self, epoch):
+        raise AssertionError("an epoch ran before the model folder was found unwritable")
+        yield
+
+    monkeypatch.setattr(Trainer, "train_epoch_events", boom)
+
+
+def test_an_existing_file_as_out_is_one_line(tiny_sample, tmp_path, capsys, monkeypatch):
+    from napari_cellclass.cli import main
+
+    _no_epoch(monkeypatch)
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    code = main(["train", str(tiny_sample.root), "--epochs", "1", "--device", "cpu", "--out", str(target)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Errno" not in err
+    assert str(target) in err and "not a folder" in err and "--out" in err
+    assert target.read_text() == "keep me"
+    code = main(["train", str(tiny_sample.root), "--epochs", "1", "--device", "cpu", "--out", str(target / "m")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Errno" not in err and "--out" in err
+
+
+def test_an_unwritable_out_folder_fails_before_the_first_epoch(tiny_sample, fast_config, tmp_path, monkeypatch):
+    _no_epoch(monkeypatch)
+    out = tmp_path / "m"
+    real_open = os.open
+
+    def read_only(path, flags, *a, **k):  # tests run as root: chmod cannot make a folder read-only
+        if flags & os.O_CREAT and os.path.dirname(os.path.abspath(path)) == str(out):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(ModelFolderError, match="permission denied") as info:
+        train(tiny_sample, fast_config(epochs=2), out)
+    assert str(out) in str(info.value) and "\n" not in str(info.value)
+    assert not out.exists()  # the folder made for the check is removed again
+
+
+def test_a_read_only_project_fails_before_the_first_epoch(tiny_sample, tmp_path, capsys, monkeypatch):
+    from napari_cellclass.cli import main
+
+    _no_epoch(monkeypatch)
+    root = tiny_sample.root
+    real_mkdir = os.mkdir
+
+    def read_only(path, *a, **k):
+        if os.path.abspath(path).startswith(str(root) + os.sep):
+            raise PermissionError(errno.EROFS, "Read-only file system", str(path))
+        return real_mkdir(path, *a, **k)
+
+    monkeypatch.setattr(os, "mkdir", read_only)
+    models = root / "cellclass_models"
+    had_models = models.exists()
+    code = main(["train", str(root), "--backbone", "mobilenetv3_small_050", "--input-size", "32", "--epochs", "2",
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "cellclass_models" in err
+    assert "cannot save the model" in err and "--out" in err
+    assert models.exists() == had_models
+
+
+def test_a_model_folder_never_goes_into_a_label_or_cache_folder(tiny_sample, fast_config, monkeypatch):
+    _no_epoch(monkeypatch)
+    labels = next(tiny_sample.root.rglob("cellclass_labels"))
+    for out in (labels / "m", tiny_sample.root / "cellclass_cache" / "m"):
+        with pytest.raises(ModelFolderError, match="choose another --out") as info:
+            train(tiny_sample, fast_config(epochs=1), out)
+        assert str(out) in str(info.value) and not out.exists()

@@ -35,6 +35,18 @@ def test_worse_run_keeps_the_active_model(two_models):
     assert not choose_active_model(worse, None).keep_active  # nothing active yet
 
 
+def test_models_validated_on_different_images_are_not_compared(two_models, tmp_path):
+    """More labels mean a new validation set: its figures say nothing against the old ones."""
+    _project, good, worse = two_models
+    other = tmp_path / "other"
+    shutil.copytree(worse, other)
+    cfg = json.loads((other / "config.json").read_text())
+    assert cfg["split"]["ids"]["val"]  # the folder records its validation images
+    cfg["split"]["ids"]["val"] = cfg["split"]["ids"]["val"][:-1]
+    (other / "config.json").write_text(json.dumps(cfg))
+    assert not choose_active_model(other, good).keep_active
+
+
 def test_training_dock_says_so_and_keeps_the_better_model(two_models, make_napari_viewer, notifications):
     from napari_cellclass._widgets.session import session_for
     from napari_cellclass._widgets.training import TrainingWidget

@@ -313,17 +313,21 @@ class ModelChoice:
 def choose_active_model(new_dir: str | os.PathLike, active_dir: str | os.PathLike | None) -> ModelChoice:
     """Compare a finished run's model with the active one on their monitored validation metric.
 
-    The new model becomes active unless the active model monitored the same metric and did
-    strictly better (a second run stopped early must not silently replace a better model).
+    The new model becomes active unless the active model monitored the same metric on the
+    same validation images and did strictly better (a second run stopped early must not
+    silently replace a better model; figures on other images say nothing either way).
     """
     new_cfg = read_model_config(new_dir)
     new = _monitored(new_cfg)
     if active_dir is None or Path(active_dir) == Path(new_dir):
         return ModelChoice(False, "")
     try:
-        old = _monitored(read_model_config(active_dir))
+        old_cfg = read_model_config(active_dir)
     except ModelFolderError:
         return ModelChoice(False, "")
+    if _validation_ids(new_cfg) != _validation_ids(old_cfg):
+        return ModelChoice(False, "")
+    old = _monitored(old_cfg)
     if new is None or old is None or new[0] != old[0] or new[1] != old[1]:
         return ModelChoice(False, "")
     metric, mode, new_value = new
@@ -333,6 +337,12 @@ def choose_active_model(new_dir: str | os.PathLike, active_dir: str | os.PathLik
         return ModelChoice(False, "")
     return ModelChoice(True, f"its best validation {metric} {new_value:.3f} is worse than "
                              f"{old_value:.3f} of the active model {Path(active_dir).name}, which stays active")
+
+
+def _validation_ids(cfg: Mapping[str, Any]) -> list[str] | None:
+    """The validation image ids a model's config.json records (None when it records none)."""
+    ids = ((cfg.get("split") or {}).get("ids") or {}).get("val")
+    return sorted(map(str, ids)) if isinstance(ids, list) and ids else None
 
 
 def _monitored(cfg: Mapping[str, Any]) -> tuple[str, str, float] | None:

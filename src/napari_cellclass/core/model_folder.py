@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelFolderError
+from .textfiles import read_bytes_bounded
 
 MODEL_FORMAT = "napari-cellclass/model"
 MODEL_FORMAT_VERSION = 1
@@ -188,9 +189,11 @@ def read_model_config(folder: str | os.PathLike) -> dict[str, Any]:
         others = sorted(p.name for p in folder.iterdir())[:3]
         hint = f" (it holds {', '.join(others)}: written by another tool?)" if others else " (it is empty)"
         raise ModelFolderError(f"{folder}: not a napari-cellclass model folder, no {CONFIG_NAME}{hint}")
+    raw, _ = read_bytes_bounded(path, _MAX_HEADER, "model settings", fix="the folder is damaged",
+                                error=ModelFolderError)
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        cfg = json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ModelFolderError(f"{path}: unreadable ({' '.join(str(exc).split())}); the folder is damaged") from None
     if not isinstance(cfg, dict) or cfg.get("format") != MODEL_FORMAT:
         raise ModelFolderError(f"{path}: not a napari-cellclass model (written by another tool); "

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, resolve_target
 from .errors import ProjectError
 from .outputs import check_output_file
+from .textfiles import MAX_CSV_BYTES, read_text_bounded
 
 PREDICTIONS_NAME = "cellclass_predictions.csv"
 PROB_PREFIX = "p:"
@@ -155,12 +156,13 @@ def read_predictions_csv(path: str | os.PathLike, problems: list[str] | None = N
     :class:`ProjectError`.
     """
     path = Path(path)
-    if not path.exists():
+    text = read_text_bounded(path, MAX_CSV_BYTES, "predictions", fix="delete the file to start afresh",
+                             missing_ok=True)
+    if text is None:
         return {}
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            return _read_rows(path, fh, problems)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return _read_rows(path, io.StringIO(text, newline=""), problems)
+    except csv.Error as exc:
         raise ProjectError(f"{path}: cannot read the predictions ({' '.join(str(exc).split())}); delete the file "
                            "to start afresh") from None
 
@@ -210,6 +212,7 @@ def write_predictions(root: str | os.PathLike, predictions: Iterable[Prediction]
     described in ``problems`` when a list is given. NaN or infinite values are refused.
     """
     path = predictions_path(root)
+    resolve_target(path)  # a FIFO or folder in its place is refused, never moved aside or read
     new = _check_finite(predictions)
     notes: list[str] = []
     merged: dict[str, Prediction] = {}

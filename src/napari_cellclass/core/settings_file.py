@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 from .atomic import atomic_write_text, file_lock
 from .classes import ClassInfo, ClassList, validate_color, validate_name
 from .errors import ClassNameError, ProjectError
+from .textfiles import read_bytes_bounded
 
 CONFIG_NAME = "cellclass.json"
 CONFIG_FORMAT = "napari-cellclass/project"
@@ -121,18 +120,12 @@ def parse_config(cfg: object, path: Path) -> ProjectConfig:
 def read_config(path: Path) -> ProjectConfig | None:
     """The checked settings file at ``path`` (None when there is none)."""
     try:
-        st = os.stat(path)
+        raw, _ = read_bytes_bounded(path, MAX_CONFIG_BYTES, "project settings", fix=_FIX)
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        raise ProjectError(f"{path}: project settings are unreadable ({exc.strerror}); {_FIX}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ProjectError(f"{path}: project settings are not a regular file; rename it to start afresh")
-    if st.st_size > MAX_CONFIG_BYTES:
-        raise ProjectError(f"{path}: project settings are too large ({st.st_size} bytes); {_FIX}")
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        cfg = json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         reason = " ".join(str(exc).split())
         raise ProjectError(
             f"{path}: project settings are unreadable ({reason}); fix or rename the file to start afresh"
@@ -297,6 +290,9 @@ class SettingsFile:
             except (TypeError, ValueError) as exc:
                 raise ProjectError(f"cannot write {self.path}: a setting cannot be stored ({exc}); "
                                    "remove it with update_settings") from None
+            if len(text.encode("utf-8")) > MAX_CONFIG_BYTES:  # the next open would refuse the file
+                raise ProjectError(f"cannot write {self.path}: the settings are too large (over {MAX_CONFIG_BYTES} "
+                                   "bytes); store large data in a file of its own")
             atomic_write_text(self.path, text, fsync=self.fsync)
         self._adopt(parse_config(raw, self.path), new_settings)
         self._pending_clear = set()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import numpy as np
 
 from .atomic import atomic_write_text
 from .errors import ProjectError
+from .textfiles import MAX_CSV_BYTES, read_text_bounded
 
 SPLIT_NAMES = ("train", "val", "test")
 #: the predefined split of a project: ``<project>/cellclass_split.csv`` (rows of ``image_id,split``)
@@ -121,15 +123,15 @@ def read_split_file(path: str | os.PathLike) -> dict[str, str]:
     """Read ``image_id,split`` rows (header optional)."""
     path = Path(path)
     out: dict[str, str] = {}
+    text = read_text_bounded(path, MAX_CSV_BYTES, "split file", fix="save it as UTF-8 CSV text")
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            for row in csv.reader(fh):
-                if len(row) < 2:
-                    continue
-                name = normalise_split_name(row[1])
-                if name:
-                    out[row[0].strip()] = name
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        for row in csv.reader(io.StringIO(text, newline="")):
+            if len(row) < 2:
+                continue
+            name = normalise_split_name(row[1])
+            if name:
+                out[row[0].strip()] = name
+    except csv.Error as exc:
         raise ProjectError(f"{path}: cannot read the split file ({exc})") from None
     return out
 

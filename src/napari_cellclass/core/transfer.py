@@ -16,6 +16,7 @@ from .errors import ClassNameError, ProjectError
 from .project import Project
 from .scan import SKIP_DIRS, scan_images
 from .splits import normalise_split_name, write_split_file
+from .textfiles import MAX_CSV_BYTES, read_text_bounded
 
 _ID_COLS = ("image_id", "image id", "image", "id", "file", "filename", "file name", "path", "name")
 _CLASS_COLS = ("class", "classes", "category", "label", "labels", "image class", "target", "cell type")
@@ -104,12 +105,7 @@ def _layout(first: list[str]) -> tuple[int, int, int | None, int]:
 
 def _read_rows(path: Path) -> list[list[str]]:
     """The non-blank rows of a CSV file (UTF-8, byte-order mark allowed; the delimiter is sniffed)."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ProjectError(f"{path}: CSV file not found; check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProjectError(f"{path}: cannot read the CSV ({exc}); save it as UTF-8 text") from None
+    text = read_text_bounded(path, MAX_CSV_BYTES, "CSV file")
     try:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
     except csv.Error:

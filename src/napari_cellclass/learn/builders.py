@@ -11,6 +11,9 @@
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +47,7 @@ from .schedule import LRSchedule
 
 __all__ = ["Hardware", "ImageSet", "Network", "Optimization", "Resume", "RunParts", "build_hardware",
            "build_images", "build_network", "build_optimization", "build_optimizer", "build_run_data",
-           "open_out_dir", "train_batches"]
+           "open_out_dir", "probe_out_dir", "train_batches"]
 
 
 @dataclass(frozen=True)
@@ -82,12 +85,55 @@ def open_out_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> Resume | None
                 raise ModelFolderError(f"{out_dir}: cannot resume with {key}={getattr(cfg, key)!r}; the "
                                        f"checkpoint was trained with {saved.get(key)!r}")
         return Resume(state, tensors)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TrainingError(f"{out_dir}: is a file, not a folder; choose another --out (a new or empty folder "
+                            "for the model)")
     if out_dir.exists() and any(out_dir.iterdir()):
         if (out_dir / ckpt.CONFIG_NAME).exists():
             raise TrainingError(f"{out_dir}: already holds a model; pass --resume to continue it, "
                                 "or choose another --out (or delete the folder)")
         raise TrainingError(f"{out_dir}: folder exists and is not a model folder; choose another --out")
     return None
+
+
+#: Project folders no model folder may go into (labels; a cache that may be deleted at any time).
+_NO_MODELS_IN = ("cellclass_labels", "cellclass_cache")
+
+
+def probe_out_dir(out_dir: Path) -> None:
+    """Check that the model folder can be created and written, before an epoch is spent.
+
+    The folder (and missing parents) is created, a probe file written and removed; folders
+    made for the check are removed again, so a run that ends before its first save leaves
+    nothing. Raises :class:`ModelFolderError` (one line naming the folder and the fix) for a
+    read-only project or parent, a path through a file, or a folder inside a project's label
+    or cache folder.
+    """
+    for name in _NO_MODELS_IN:
+        if name in Path(os.path.realpath(out_dir)).parts:
+            raise ModelFolderError(f"{out_dir}: is inside a project's {name} folder; choose another --out")
+    missing = []
+    p = out_dir
+    while not p.exists() and p.parent != p:
+        missing.append(p)
+        p = p.parent
+    created: list[Path] = []
+    try:
+        for d in reversed(missing):
+            os.mkdir(d)
+            created.append(d)
+        probe = out_dir / f".cellclass-probe-{secrets.token_hex(6)}"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        if isinstance(exc, (NotADirectoryError, FileExistsError)):
+            raise ModelFolderError(f"{out_dir}: cannot create the model folder (a part of the path is a file); "
+                                   "choose another --out") from None
+        raise ckpt.save_error(out_dir, exc) from None
+    finally:
+        for d in reversed(created):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
 
 
 def build_run_data(project: Project, cfg: TrainConfig, resume: Resume | None, out_dir: Path) -> RunData:

@@ -37,6 +37,7 @@ from .builders import (
     build_optimization,
     build_run_data,
     open_out_dir,
+    probe_out_dir,
 )
 from .config import TrainConfig
 from .data import BatchAugment, Batcher, balanced_weights, epoch_batches
@@ -136,6 +137,8 @@ class Trainer:
         hw = self.hardware = build_hardware(cfg)
         self.out_dir = Path(ddp.broadcast_object(hw.dist, str(self.out_dir)))
         resume = open_out_dir(self.out_dir, cfg, self.resume)
+        if hw.dist.is_main:  # rank 0 writes the model folder: an unwritable one fails before any work
+            probe_out_dir(self.out_dir)
         data = build_run_data(self.project, cfg, resume, self.out_dir)
         for note in data.notes:
             yield WarningEvent(note)

@@ -110,12 +110,24 @@ def _finish(tr: Trainer, out: _Outcome, seconds: float) -> Iterator[Event]:
                    max(0, out.epoch - rec.start_epoch + 1), seconds, list(rec.history))
 
 
+#: a loss this many times that of guessing uniformly means the run has blown up
+HUGE_LOSS_FACTOR = 1000.0
+
+
 def _non_finite(tr: Trainer, train_m: dict[str, Any], val_m: dict[str, Any], value: float) -> str | None:
-    """What went non-finite in an epoch (NaN/infinite losses, monitored value or weights), or None."""
+    """What blew up in an epoch (NaN/infinite or huge losses, monitored value or weights), or None.
+
+    A finite loss over :data:`HUGE_LOSS_FACTOR` times that of guessing uniformly (``ln C``, at
+    least ``ln 2``) also counts: such a model predicts nothing useful.
+    """
     for what, v in (("training loss", train_m.get("loss")), ("validation loss", val_m.get("loss")),
                     (f"validation {tr.record.monitor}", value)):
         if v is not None and not math.isfinite(float(v)):
             return f"{what} {float(v)}"
+    limit = HUGE_LOSS_FACTOR * math.log(max(len(tr.data.classes), 2))
+    for what, v in (("training loss", train_m.get("loss")), ("validation loss", val_m.get("loss"))):
+        if v is not None and float(v) > limit:
+            return f"{what} {float(v):.3g} (over {limit:.0f})"
     bad = ckpt.non_finite_tensors(tr.model.state_dict())
     if bad:
         return f"{len(bad)} weight tensor(s) hold NaN or infinity"

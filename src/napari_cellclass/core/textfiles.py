@@ -1,0 +1,105 @@
+"""Reading the small text files of a project (settings, split, predictions, CSVs to import), bounded.
+
+Every such read goes through :func:`read_text_bounded`: the file is opened without blocking
+(a FIFO named ``cellclass_split.csv`` cannot hang it), only a regular file is read (a device
+such as ``/dev/zero`` cannot fill the memory), and only up to a size cap. UTF-8 with or without
+a byte-order mark is accepted. Every refusal is one :class:`ProjectError` line naming the file
+and the fix.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from .errors import CellclassError, ProjectError
+
+#: the most a CSV the project reads may hold (a 100,000-image CSV is about 10 MB)
+MAX_CSV_BYTES = 512 * 2 ** 20
+_CHUNK = 1 << 20
+
+#: ``(mtime_ns, ctime_ns, size, inode)`` of a file: changes whenever the file is replaced or written
+FileStamp = tuple[int, int, int, int]
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def stamp_of(st: os.stat_result) -> FileStamp:
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+
+
+def file_stamp(path: str | os.PathLike) -> FileStamp | None:
+    """A cheap fingerprint of the file at ``path`` (one ``stat``); None when there is none."""
+    try:
+        return stamp_of(os.stat(path))
+    except OSError:
+        return None
+
+
+def read_bytes_bounded(path: str | os.PathLike, max_bytes: int, what: str, *, fix: str = "check the file",
+                       error: type[CellclassError] = ProjectError) -> tuple[bytes, FileStamp]:
+    """The bytes of the regular file ``path`` (at most ``max_bytes``) and its stamp.
+
+    Raises ``error`` (one line naming the file, ``what`` it is and ``fix``) for a file that is
+    not regular (FIFO, device, folder, socket), larger than ``max_bytes`` or unreadable, and
+    :class:`FileNotFoundError` when there is none.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what} ({exc.strerror or exc}); {fix}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path}: the {what} is not a regular file ({_kind(st.st_mode)}); {fix}")
+        if st.st_size > max_bytes:
+            raise error(f"{path}: the {what} is too large ({st.st_size} bytes, at most {max_bytes}); {fix}")
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = os.read(fd, _CHUNK)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > max_bytes:  # it grew while we read it
+                raise error(f"{path}: the {what} is too large (over {max_bytes} bytes); {fix}")
+            chunks.append(chunk)
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what} ({exc.strerror or exc}); {fix}") from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks), stamp_of(st)
+
+
+def decode_text(raw: bytes, path: str | os.PathLike, what: str, *, fix: str = "save it as UTF-8 text",
+                error: type[CellclassError] = ProjectError) -> str:
+    """``raw`` decoded as UTF-8 (a byte-order mark is dropped); one-line ``error`` otherwise."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: the {what} is not UTF-8 text (byte {exc.start}: {exc.reason}); {fix}") from None
+
+
+def read_text_bounded(path: str | os.PathLike, max_bytes: int, what: str, *, fix: str = "save it as UTF-8 text",
+                      missing_ok: bool = False, error: type[CellclassError] = ProjectError) -> str | None:
+    """The text of a small UTF-8 file (byte-order mark allowed), read without blocking and bounded.
+
+    ``what`` names the file in messages (``"CSV file"``, ``"split file"``), ``fix`` says what to
+    do about it. A missing file gives None with ``missing_ok``, else a one-line "not found".
+    """
+    try:
+        raw, _ = read_bytes_bounded(path, max_bytes, what, fix=fix, error=error)
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise error(f"{path}: {what} not found; check the path") from None
+    return decode_text(raw, path, what, fix=fix, error=error)
