@@ -192,3 +192,45 @@ def test_export_refuses_project_files(tmp_path):
     with pytest.raises(ProjectError, match="project"):
         export_csv(p, link)
     assert (tmp_path / "cellclass.json").read_bytes() == cfg
+
+
+def test_an_unknown_split_value_refuses_the_import(tmp_path):
+    root = tmp_path / "proj"
+    root.mkdir()
+    for n in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / n)
+    p = Project.open(root)
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("image_id,class,split\na.png,mitotic,training\nb.png,mitotic,bogus\n")
+    with pytest.raises(ProjectError, match=r"line 3: split 'bogus' is not train, val or test") as info:
+        import_csv(p, csv_path)
+    assert "\n" not in str(info.value) and str(csv_path) in str(info.value)
+    assert p.labelled_ids() == [] and not p.split_path.exists()
+    csv_path.write_text("image_id,class,split\na.png,mitotic,training\nb.png,mitotic,\n")  # empty: no split
+    assert import_csv(p, csv_path).split_counts == {"train": 1}
+
+
+def test_a_split_file_with_an_unknown_value_is_one_line(tmp_path):
+    root = tmp_path / "proj"
+    root.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "a.png")
+    (root / "cellclass_split.csv").write_text("image_id,split\na.png,trian\n")
+    with pytest.raises(ProjectError, match=r"line 2: split 'trian' is not train, val or test"):
+        Project.open(root).predefined_split()
+
+
+def test_export_and_import_keep_commas_quotes_and_semicolons(tmp_path):
+    names = ["a,b.png", 'say "hi".png', "semi;colon.png", "plain.png"]
+    projects = []
+    for sub in ("src", "dst"):
+        (tmp_path / sub).mkdir()
+        for n in names:
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / sub / n)
+        projects.append(Project.open(tmp_path / sub))
+    src, dst = projects
+    src.add_classes(["x, y", "y;z", "plain"])
+    src.apply_labels({"a,b.png": ["x, y"], 'say "hi".png': ["y;z"], "semi;colon.png": ["plain"],
+                      "plain.png": ["x, y"]}, description="t")
+    export_csv(src, tmp_path / "out.csv")
+    import_csv(dst, tmp_path / "out.csv")
+    assert {i: dst.labels(i) for i in names} == {i: src.labels(i) for i in names}

@@ -18,6 +18,12 @@ _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
 _FORBIDDEN = set('/\\:*?"<>|') | {"\x00"}
 MAX_NAME_LENGTH = 100
 _CONTROL = frozenset({"Cc", "Cs", "Zl", "Zp"})  # control characters, surrogates, line/paragraph breaks
+_INVISIBLE = "Cf"  # zero-width spaces and joiners, direction marks, soft hyphens
+
+
+def class_key(name: str) -> str:
+    """What two class names must differ in: not case, Unicode composition or runs of spaces."""
+    return " ".join(unicodedata.normalize("NFC", name).split()).casefold()
 
 
 @dataclass(frozen=True)
@@ -35,24 +41,28 @@ def validate_name(name: object, existing: list[str] | tuple[str, ...] = ()) -> s
     """Return the cleaned class name, or raise :class:`ClassNameError` saying why not."""
     if not isinstance(name, str):
         raise ClassNameError(f"class name must be text, got {type(name).__name__}")
-    clean = name.strip()
+    clean = unicodedata.normalize("NFC", name).strip()
     if not clean:
         raise ClassNameError("class name is empty; type a name such as 'mitotic'")
     bad = [repr(c) for c in sorted(set(clean) & _FORBIDDEN)]
     if any(unicodedata.category(c) in _CONTROL for c in clean if c != "\x00"):
         bad.append("control characters or line breaks")
+    if any(unicodedata.category(c) == _INVISIBLE for c in clean):
+        bad.append("invisible characters (zero-width spaces, direction marks)")
     if bad:
         shown = clean if len(clean) <= MAX_NAME_LENGTH else clean[:MAX_NAME_LENGTH] + "..."
         raise ClassNameError(
             f"class name {shown!r} contains {' '.join(bad)}; path separators and "
             "these characters are not allowed in class names"
         )
+    clean = " ".join(clean.split())  # one way to write each name: runs of spaces are one space
     if clean in (".", ".."):
         raise ClassNameError(f"class name {clean!r} is not allowed")
     if len(clean) > MAX_NAME_LENGTH:
         raise ClassNameError(f"class name is longer than {MAX_NAME_LENGTH} characters")
-    if clean.casefold() in {e.casefold() for e in existing}:
-        raise ClassNameError(f"a class named {clean!r} already exists; pick another name")
+    twin = next((e for e in existing if class_key(e) == class_key(clean)), None)
+    if twin is not None:
+        raise ClassNameError(f"a class named {twin!r} already exists; pick another name")
     return clean
 
 
@@ -109,11 +119,20 @@ class ClassList:
         return [c.color for c in self.items]
 
     def index(self, name: str) -> int:
-        """Position of the class ``name`` (exact name); :class:`ClassNameError` when there is none."""
+        """Position of the class ``name`` (case, composition and space runs aside); :class:`ClassNameError`
+        when there is none."""
         for i, c in enumerate(self.items):
             if c.name == name:
                 return i
+        key = class_key(name) if isinstance(name, str) else None
+        for i, c in enumerate(self.items):
+            if class_key(c.name) == key:
+                return i
         raise ClassNameError(f"no class named {name!r}; classes are {list(self.names)}")
+
+    def canonical(self, name: str) -> str:
+        """The class's own spelling of ``name`` (``'Mitotic'`` -> ``'mitotic'``)."""
+        return self.items[self.index(name)].name
 
     def color(self, name: str) -> str:
         return self.items[self.index(name)].color
@@ -129,9 +148,8 @@ class ClassList:
 
     def check_labels(self, classes: str | Sequence[str], multi_label: bool) -> tuple[str, ...]:
         """The classes to give one image, each once; every name must be a class (only one when single-label)."""
-        out = tuple(dict.fromkeys((classes,) if isinstance(classes, str) else classes))
-        for c in out:
-            self.index(c)
+        given = (classes,) if isinstance(classes, str) else classes
+        out = tuple(dict.fromkeys(self.canonical(c) for c in given))
         if len(out) > 1 and not multi_label:
             raise ProjectError(f"this is a single-label project; cannot give one image {len(out)} classes "
                                "(switch the project to multi-label first)")
@@ -158,7 +176,7 @@ class ClassList:
 
     def recolored(self, name: str, color: str) -> ClassList:
         i = self.index(name)
-        return self._replaced(i, ClassInfo(name, validate_color(color)))
+        return self._replaced(i, ClassInfo(self.items[i].name, validate_color(color)))
 
     def reordered(self, names: Sequence[str]) -> ClassList:
         """The classes in the order of ``names`` (which must name each class once)."""
@@ -169,7 +187,7 @@ class ClassList:
     def renamed(self, old: str, new: str) -> ClassList:
         """The list with ``old`` called ``new`` (same place, same colour); ``new`` is checked."""
         i = self.index(old)
-        clean = validate_name(new, [n for n in self.names if n != old])
+        clean = validate_name(new, [n for k, n in enumerate(self.names) if k != i])
         return self._replaced(i, ClassInfo(clean, self.items[i].color))
 
     def without(self, name: str) -> ClassList:

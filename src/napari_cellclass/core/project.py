@@ -173,6 +173,7 @@ class Project(ImageFolder):
 
         Undo steps stay valid: they restore the new name.
         """
+        old = self._file.classes.canonical(old)
         classes = self._file.classes.renamed(old, new)
         clean = classes.names[self._file.classes.index(old)]
         if clean == old:
@@ -198,6 +199,7 @@ class Project(ImageFolder):
         without it (see :meth:`remove_affects_history`). Returns the number of images whose
         labels changed.
         """
+        name = self._file.classes.canonical(name)
         remaining = self._file.classes.without(name)
         users = self._store.users(name)
         if users and not force:
@@ -315,6 +317,7 @@ class Project(ImageFolder):
         written. ``source`` is recorded in the sidecars (``human``, ``import``, ``prediction``).
         Returns the ids whose labels actually changed, in the order given.
         """
+        self._follow_other_writers()
         check = self._file.classes.check_labels
         return self._apply({iid: check(classes, self.multi_label) for iid, classes in changes.items()},
                            description, source)
@@ -322,7 +325,8 @@ class Project(ImageFolder):
     def assign(self, image_ids: str | Iterable[str], name: str, **kw: Any) -> list[str]:
         """Give images class ``name`` (single-label: replaces; multi-label: adds)."""
         ids = _as_ids(image_ids)
-        self._file.classes.index(name)
+        self._follow_other_writers()
+        name = self._file.classes.canonical(name)
         if not self.multi_label:
             return self._apply({i: (name,) for i in ids}, kw.get("description", f"assign {name}"),
                                kw.get("source", "human"))
@@ -338,7 +342,8 @@ class Project(ImageFolder):
         With several images the result is uniform: if any lacks the class, all get it.
         """
         ids = _as_ids(image_ids)
-        self._file.classes.index(name)
+        self._follow_other_writers()
+        name = self._file.classes.canonical(name)
         for i in ids:
             self._check_id(i)
         labels = self._store.labels
@@ -360,6 +365,13 @@ class Project(ImageFolder):
         for iid in image_ids:
             self._check_id(iid)
             self._store.check_writable(iid)
+
+    def _follow_other_writers(self) -> None:
+        """Before labelling: when another window or process changed ``cellclass.json`` since we
+        last read or wrote it, open the project again (its classes and the labels it rewrote), so a
+        class renamed or removed there is never written back here."""
+        if self._file.changed_on_disk():
+            self.rescan()
 
     def _apply(self, changes: dict[str, tuple[str, ...]], description: str, source: str) -> list[str]:
         self.check_targets(changes)

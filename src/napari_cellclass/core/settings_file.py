@@ -16,7 +16,7 @@ from typing import Any
 from .atomic import atomic_write_text, file_lock
 from .classes import ClassInfo, ClassList, validate_color, validate_name
 from .errors import ClassNameError, ProjectError
-from .textfiles import read_bytes_bounded
+from .textfiles import FileStamp, file_stamp, read_bytes_bounded
 
 CONFIG_NAME = "cellclass.json"
 CONFIG_FORMAT = "napari-cellclass/project"
@@ -249,9 +249,15 @@ class SettingsFile:
         self.baseline: ProjectConfig | None = None
         self.needs_write = False
         self._pending_clear: set[str] = set()  # keys of pending_renames to drop at the next write
+        self.stamp: FileStamp | None = None  # the file as last read or written here
+
+    def changed_on_disk(self) -> bool:
+        """Whether another writer replaced or edited the file since this one last read or wrote it."""
+        return file_stamp(self.path) != self.stamp
 
     def read(self, multi_label: bool | None = None) -> ProjectConfig | None:
         """Read, check and adopt the file; without one, start a new project (written at the first change)."""
+        self.stamp = file_stamp(self.path)
         cfg = read_config(self.path)
         if cfg is None:
             self.multi_label = bool(multi_label)
@@ -294,6 +300,7 @@ class SettingsFile:
                 raise ProjectError(f"cannot write {self.path}: the settings are too large (over {MAX_CONFIG_BYTES} "
                                    "bytes); store large data in a file of its own")
             atomic_write_text(self.path, text, fsync=self.fsync)
+            self.stamp = file_stamp(self.path)
         self._adopt(parse_config(raw, self.path), new_settings)
         self._pending_clear = set()
         self.needs_write = False

@@ -125,12 +125,15 @@ def read_split_file(path: str | os.PathLike) -> dict[str, str]:
     out: dict[str, str] = {}
     text = read_text_bounded(path, MAX_CSV_BYTES, "split file", fix="save it as UTF-8 CSV text")
     try:
-        for row in csv.reader(io.StringIO(text, newline="")):
-            if len(row) < 2:
+        for k, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
+            if len(row) < 2 or not row[1].strip():
                 continue
             name = normalise_split_name(row[1])
             if name:
                 out[row[0].strip()] = name
+            elif k > 1:  # the first row may be a header
+                raise ProjectError(f"{path}: line {k}: split {row[1].strip()!r} is not train, val or test; "
+                                   "fix the split file")
     except csv.Error as exc:
         raise ProjectError(f"{path}: cannot read the split file ({exc})") from None
     return out

@@ -177,7 +177,11 @@ def import_csv(project: Project, csv_path: str | os.PathLike, *, create_classes:
         elif not names:
             report.empty.append(row[id_col].strip())
         else:
-            split = normalise_split_name(row[split_col]) if split_col is not None and split_col < len(row) else None
+            cell = row[split_col].strip() if split_col is not None and split_col < len(row) else ""
+            split = normalise_split_name(cell) if cell else None
+            if cell and split is None:
+                raise ProjectError(f"{path}: line {k}: split {cell!r} is not train, val or test; fix the split "
+                                   "column (or leave the cell empty); nothing was imported")
             found.add(iid, names, k, split)
     if found.conflicts:
         more = f" (and {len(found.conflicts) - 1} more)" if len(found.conflicts) > 1 else ""
