@@ -101,22 +101,12 @@ def test_backbones_listed(capsys):
 
 
 def test_truth_file_is_read_bounded_and_before_predicting(tmp_path, capsys):
-    import os
-    import threading
-    import time
-
     from napari_cellclass.cli.learn_cmds import read_truth
     from napari_cellclass.core.errors import CellclassError
 
-    fifo = tmp_path / "truth.csv"
-    os.mkfifo(fifo)
+    from ._fifo import fifo_with_late_writer
 
-    def unblock():  # if the read waits on the FIFO, give it an end after 10 s (the test then fails)
-        time.sleep(10)
-        with open(fifo, "w") as fh:
-            fh.write("a.tif,x\n")
-
-    threading.Thread(target=unblock, daemon=True).start()
+    fifo = fifo_with_late_writer(tmp_path / "truth.csv", "a.tif,x\n")
     for path in (fifo, "/dev/zero"):
         with pytest.raises(CellclassError, match="not a regular file") as info:
             read_truth(str(path))

@@ -117,21 +117,11 @@ def test_config_files_are_read_bounded(tmp_path):
 
 
 def test_train_config_fifo_is_one_line(tmp_path, capsys):
-    import os
-    import threading
-    import time
-
     from napari_cellclass.cli import main
 
-    fifo = tmp_path / "cfg.yaml"
-    os.mkfifo(fifo)
+    from ._fifo import fifo_with_late_writer
 
-    def unblock():  # if the command waits on the FIFO, give it an end after 10 s (the test then fails)
-        time.sleep(10)
-        with open(fifo, "w") as fh:
-            fh.write("epochs: x\n")
-
-    threading.Thread(target=unblock, daemon=True).start()
+    fifo = fifo_with_late_writer(tmp_path / "cfg.yaml", "epochs: x\n")
     code = main(["train", str(tmp_path), "--config", str(fifo)])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "not a regular file" in err

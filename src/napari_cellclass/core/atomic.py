@@ -35,7 +35,8 @@ def _write_error(path: Path, exc: OSError) -> ProjectError:
     return ProjectError(f"cannot write {path}: {reason}; {fix}")
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words (``'a FIFO'``, ``'a folder'``)."""
     for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
                        (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket")):
         if test(mode):
@@ -60,7 +61,7 @@ def resolve_target(path: str | os.PathLike) -> tuple[Path, os.stat_result | None
             raise ProjectError(f"{path}: the link points to itself (a loop); give a real file") from None
         raise _write_error(path, exc) from None
     if not stat.S_ISREG(st.st_mode):
-        raise ProjectError(f"{path}: not a regular file ({_kind(st.st_mode)}); "
+        raise ProjectError(f"{path}: not a regular file ({file_kind(st.st_mode)}); "
                            "give the path of a regular file to write")
     return target, st
 

@@ -12,6 +12,7 @@ import os
 import stat
 from pathlib import Path
 
+from .atomic import file_kind
 from .errors import CellclassError, ProjectError
 
 #: the most a CSV the project reads may hold (a 100,000-image CSV is about 10 MB)
@@ -20,14 +21,6 @@ _CHUNK = 1 << 20
 
 #: ``(mtime_ns, ctime_ns, size, inode)`` of a file: changes whenever the file is replaced or written
 FileStamp = tuple[int, int, int, int]
-
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
-                       (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "a special file"
 
 
 def stamp_of(st: os.stat_result) -> FileStamp:
@@ -60,7 +53,7 @@ def read_bytes_bounded(path: str | os.PathLike, max_bytes: int, what: str, *, fi
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise error(f"{path}: the {what} is not a regular file ({_kind(st.st_mode)}); {fix}")
+            raise error(f"{path}: the {what} is not a regular file ({file_kind(st.st_mode)}); {fix}")
         if st.st_size > max_bytes:
             raise error(f"{path}: the {what} is too large ({st.st_size} bytes, at most {max_bytes}); {fix}")
         chunks: list[bytes] = []
