@@ -106,3 +106,28 @@ def test_looks_like_project_depth(tmp_path):
     deep = tmp_path / "deep"
     _png(deep / "l1" / "l2" / "c.png")
     assert not looks_like_project(deep)  # images two levels down are not claimed
+
+
+def test_a_subfolder_of_a_project_is_not_opened_as_a_project_of_its_own(tmp_path):
+    """Labelling there would write cellclass.json and hide the folder's images from the project."""
+    import pytest
+
+    from napari_cellclass.core.errors import ProjectError
+    from napari_cellclass.core.scan import enclosing_project
+
+    outer = tmp_path / "screen"
+    for i in range(2):
+        _png(outer / "plate1" / f"a{i}.png", i)
+    _inner_project(outer / "own")  # a project of its own, made before the folder around it
+    p = Project.open(outer)
+    p.add_class("mitotic")
+    p.assign("plate1/a0.png", "mitotic")
+    assert enclosing_project(outer / "plate1") == outer.resolve()
+    assert enclosing_project(outer) is None and enclosing_project(tmp_path) is None
+    assert enclosing_project(outer / "plate1" / "cellclass_labels") is None  # never listed by the project
+    with pytest.raises(ProjectError, match="part of the project") as info:
+        Project.open(outer / "plate1")
+    assert str(outer.resolve()) in str(info.value) and "\n" not in str(info.value)
+    assert not (outer / "plate1" / "cellclass.json").exists()
+    assert Project.open(outer).image_ids == ("plate1/a0.png", "plate1/a1.png")
+    assert Project.open(outer / "own").labels("cell0.png") == ("mitotic",)

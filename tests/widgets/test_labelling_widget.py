@@ -243,6 +243,23 @@ def test_reader_opens_project_and_docks_widget(make_napari_viewer, tmp_path, qtb
     assert sidecar_classes(project, project.image_ids[0]) == ("alpha",)
 
 
+def test_opening_a_subfolder_of_a_project_opens_the_project(make_napari_viewer, tmp_path, qtbot, notifications):
+    """Labelling a subfolder as a project of its own would hide its images from the project."""
+    import tifffile
+
+    project = write_project(tmp_path / "p", n=2)
+    (project.root / "plate2").mkdir()
+    tifffile.imwrite(project.root / "plate2" / "x.tif", np.full((24, 24), 500, np.uint16))
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(project.root / "plate2"), plugin="napari-cellclass")
+    widgets = [dw.inner_widget() for dw in viewer.window._wrapped_dock_widgets.values()]
+    widget = next(wd for wd in widgets if isinstance(wd, LabellingWidget))
+    qtbot.waitUntil(lambda: widget.project is not None and len(widget._shown) == 3, timeout=10_000)
+    assert widget.project.root == project.root and "plate2/x.tif" in widget._shown
+    assert not (project.root / "plate2" / "cellclass.json").exists()
+    assert any("part of the project" in msg for _, msg in notifications)
+
+
 def test_hotkeys_unbound_and_restored_on_close(make_napari_viewer, tmp_path):
     from napari.utils.key_bindings import coerce_keybinding
 

@@ -17,6 +17,7 @@ from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QEvent, QObject
 
 from ..core.project import Project
+from ..core.scan import enclosing_project
 from .class_panel import ClassPanel
 from .compact import compact_dock
 from .dialogs import ask_color, ask_yes_no, raise_dock
@@ -184,9 +185,14 @@ class LabellingWidget(Container):
         """Open a project (or folder) and show its first page.
 
         Opening the folder that is already open lists it again (new or changed files show)
-        and redraws the page, keeping the undo history.
+        and redraws the page, keeping the undo history. A subfolder of a project opens that
+        project.
         """
         if not isinstance(project, Project):
+            outer = enclosing_project(project)
+            if outer is not None:  # a subfolder of a project: open that project (never a project inside it)
+                show_info(f"{Path(project).name} is part of the project {outer}: opened the project")
+                project = outer
             if self.shows_folder(project):
                 assert self.project is not None
                 self.project.rescan()

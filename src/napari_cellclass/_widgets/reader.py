@@ -7,7 +7,7 @@ from typing import Any
 
 from ..core.errors import CellclassError
 from ..core.project import Project
-from ..core.scan import looks_like_project
+from ..core.scan import enclosing_project, looks_like_project
 from .layers import PAGE_SIZE, project_layer_data
 
 LayerData = tuple[Any, ...]
@@ -38,19 +38,21 @@ def read_project(path: str | list[str]) -> list[LayerData]:
     simply comes to the front) and draws the first page itself: grid, borders, hotkeys. So
     ``viewer.open(folder, plugin="napari-cellclass")``, File > Open Folder and dropping the
     folder on the window all start labelling. Without a window (a script reading through npe2)
-    the first page is returned as layer data.
+    the first page is returned as layer data. A subfolder of a project opens that project.
     """
     folder = path[0] if isinstance(path, list) else path
+    outer = enclosing_project(folder)  # a subfolder of a project opens that project
+    root = str(outer) if outer is not None else folder
     viewer = _current_viewer()
     if viewer is None:
-        project = Project.open(folder, create=False)
+        project = Project.open(root, create=False)
         return project_layer_data(project, project.image_ids[:PAGE_SIZE])
     widget = labelling_widget(viewer)
-    if widget.shows_folder(folder):  # already open: the dock comes to the front, nothing more
-        viewer.status = f"{Path(folder).name} is already open in the Labelling dock"
+    if widget.shows_folder(root):  # already open: the dock comes to the front, nothing more
+        viewer.status = f"{Path(root).name} is already open in the Labelling dock"
         return NO_LAYERS
     try:
-        widget.open_project(folder)
+        widget.open_project(folder)  # the dock says so when a subfolder opens its project
     except CellclassError as exc:
         from napari.utils.notifications import show_error
 

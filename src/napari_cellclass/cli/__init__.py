@@ -6,6 +6,7 @@ could not be saved (a handler's result with ``"ok": false``), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -98,6 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _fail(args, "interrupted")
         return 130
+    except BrokenPipeError:  # the reader of the output went away (``| head``): stop quietly, like other tools
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (OSError, ValueError, RuntimeError, ImportError) as exc:
         if getattr(args, "debug", False):
             raise

@@ -19,6 +19,7 @@ from .errors import ProjectError
 from .folder import ImageFolder
 from .labelstore import LabelStore, Opening
 from .listeners import ChangeCallback, Listeners
+from .scan import enclosing_project
 from .settings_file import CONFIG_NAME, SettingsFile
 
 __all__ = ["CONFIG_NAME", "Project"]
@@ -97,6 +98,10 @@ class Project(ImageFolder):
             raise ProjectError(f"{root}: folder does not exist; check the path")
         if not root.is_dir():
             raise ProjectError(f"{root}: not a folder; give the folder that holds the images")
+        outer = enclosing_project(root)
+        if outer is not None:
+            raise ProjectError(f"{root}: this folder is part of the project {outer}; open {outer} instead "
+                               "(a project inside it would hide these images from it)")
         self = cls(root.resolve(), fsync=fsync)
         cfg = self._file.read(multi_label)
         if cfg is not None:

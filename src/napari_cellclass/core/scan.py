@@ -83,6 +83,26 @@ def scan_images(root: Path, skipped: list[str] | None = None) -> list[str]:
     return found
 
 
+def enclosing_project(folder: str | os.PathLike) -> Path | None:
+    """The project that lists ``folder``'s images as its own, when ``folder`` is not a project itself.
+
+    That is the nearest parent folder holding ``cellclass.json``, unless the way down from it
+    passes a hidden, label, model or cache folder (which a project never lists). Opening such
+    a folder as a project of its own would hide its images from the enclosing project.
+    """
+    real = Path(folder).expanduser().resolve()
+    if os.path.lexists(real / CONFIG_NAME):
+        return None
+    child = real
+    for parent in real.parents:
+        if child.name.startswith(".") or child.name in SKIP_DIRS:
+            return None
+        if os.path.lexists(parent / CONFIG_NAME):
+            return parent
+        child = parent
+    return None
+
+
 def _is_too_wide(root: Path) -> bool:
     """True for a folder no one means as a project: a filesystem root, the home or the temp folder."""
     try:
