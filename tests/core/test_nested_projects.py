@@ -103,9 +103,12 @@ def test_looks_like_project_depth(tmp_path):
     assert looks_like_project(tmp_path)
     _png(tmp_path / "two" / "levels" / "b.png")
     assert looks_like_project(tmp_path / "two")
+    screen = tmp_path / "screen"
+    _png(screen / "plate1" / "A01" / "field1.png")
+    assert looks_like_project(screen)  # plate / well / field
     deep = tmp_path / "deep"
-    _png(deep / "l1" / "l2" / "c.png")
-    assert not looks_like_project(deep)  # images two levels down are not claimed
+    _png(deep / "l1" / "l2" / "l3" / "l4" / "c.png")
+    assert not looks_like_project(deep)  # images four levels down are not claimed
 
 
 def test_a_subfolder_of_a_project_is_not_opened_as_a_project_of_its_own(tmp_path):

@@ -114,10 +114,11 @@ def _is_too_wide(root: Path) -> bool:
     return real in wide
 
 
-def looks_like_project(folder: str | os.PathLike, *, depth: int = 2, max_entries: int = 5000) -> bool:
+def looks_like_project(folder: str | os.PathLike, *, depth: int = 4, max_entries: int = 5000) -> bool:
     """True when ``folder`` holds ``cellclass.json`` or image files within ``depth`` levels.
 
-    ``depth=2`` looks at the folder and its subfolders (not deeper). A cheap, bounded check for
+    ``depth=4`` looks at the folder and three levels of subfolders (a screen's
+    ``plate/well/field`` layout), breadth first. A cheap, bounded check for
     readers that must not claim every folder: at most ``max_entries`` directory entries are
     looked at, hidden and cellclass folders are skipped and symlinked folders are not followed.
     A filesystem root, the home folder and the temporary folder are claimed only when they
