@@ -213,3 +213,33 @@ def test_rescan_keeps_an_unsaved_multi_label_flag(tmp_path):
     p.rescan()
     p.add_class("a")
     assert p.multi_label and json.loads((tmp_path / "cellclass.json").read_text())["multi_label"] is True
+
+
+def test_labelling_many_images_is_all_or_nothing_when_the_disk_fills(tmp_path, monkeypatch):
+    """An import or an acceptance that fails midway puts the label files already written back."""
+    from napari_cellclass.core import atomic
+
+    _pngs(tmp_path, 5)
+    p = Project.open(tmp_path)
+    p.add_classes(["a", "b"])
+    p.assign(["img0.png", "img1.png"], "a")
+    files = {f: f.read_bytes() for f in tmp_path.rglob("*.npz")}
+    labels = {i: p.labels(i) for i in p.image_ids}
+    real, calls = atomic._open_temp, []
+
+    def fills_up(folder):
+        calls.append(folder)
+        if len(calls) == 4:  # the fourth label file of the step finds the disk full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(folder)
+
+    monkeypatch.setattr(atomic, "_open_temp", fills_up)
+    with pytest.raises(ProjectError, match="space.*put back, nothing changed") as info:
+        p.apply_labels({"img0.png": ["b"], "img2.png": ["b"], "img3.png": ["a"], "img4.png": ["b"]},
+                       description="import")
+    assert "\n" not in str(info.value)
+    monkeypatch.undo()
+    assert {i: p.labels(i) for i in p.image_ids} == labels
+    assert {f: f.read_bytes() for f in tmp_path.rglob("*.npz")} == files
+    assert {i: Project.open(tmp_path).labels(i) for i in p.image_ids} == labels
+    assert p.undo() == ["img0.png", "img1.png"]  # the failed step left no undo step of its own

@@ -234,3 +234,25 @@ def test_export_and_import_keep_commas_quotes_and_semicolons(tmp_path):
     export_csv(src, tmp_path / "out.csv")
     import_csv(dst, tmp_path / "out.csv")
     assert {i: dst.labels(i) for i in names} == {i: src.labels(i) for i in names}
+
+
+def test_quoted_ids_with_doubled_quotes_beside_other_quoted_rows(tmp_path):
+    names = ["we\\ird.png", 'a,b "q".png']
+    _pngs(tmp_path, names)
+    (tmp_path / "l.csv").write_text('image_id,class\n"we\\ird.png",alpha\n"a,b ""q"".png",beta\n')
+    p = Project.open(tmp_path)
+    rep = import_csv(p, tmp_path / "l.csv")
+    assert rep.unmatched == [] and p.labels('a,b "q".png') == ("beta",) and p.labels("we\\ird.png") == ("alpha",)
+
+
+def test_imported_names_match_classes_whatever_their_composition_or_spaces(tmp_path):
+    import unicodedata
+
+    _pngs(tmp_path, ["a.png", "b.png", "c.png"])
+    p = Project.open(tmp_path)
+    p.add_classes(["café", "negative control"])
+    nfd = unicodedata.normalize("NFD", "Café")
+    (tmp_path / "l.csv").write_text(f"a.png,{nfd}\nb.png,negative   control\nc.png,new  one\n", encoding="utf-8")
+    rep = import_csv(p, tmp_path / "l.csv")
+    assert rep.new_classes == ["new one"] and p.class_names == ("café", "negative control", "new one")
+    assert [p.labels(i) for i in ("a.png", "b.png", "c.png")] == [("café",), ("negative control",), ("new one",)]

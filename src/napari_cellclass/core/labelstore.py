@@ -16,7 +16,7 @@ from .atomic import TMP_PREFIX, atomic_write_bytes
 from .classes import validate_name
 from .errors import ClassNameError, ProjectError, SidecarCorruptError
 from .sidecars import LABEL_DIR, encode_sidecar, read_sidecar, sidecar_path, sidecar_source
-from .undo import UndoHistory, UndoStep
+from .undo import Before, UndoHistory, UndoStep
 
 STALE_TEMP_SECONDS = 600
 
@@ -211,9 +211,11 @@ class LabelStore:
     # ------------------------------------------------------------------ writes
     def apply(self, changes: Mapping[str, tuple[str, ...]], description: str, source: str,
               on_done: Callable[[tuple[str, ...]], None]) -> list[str]:
-        """Write checked changes as one undo step; ``on_done(ids)`` gets the ids written, also on failure.
+        """Write checked changes as one undo step, all or nothing; ``on_done(ids)`` gets the ids written.
 
-        Returns the ids whose labels changed.
+        When a write fails (a full disk, a file made read-only meanwhile) the label files already
+        written get their old bytes back and the error says so; what could not be put back stays
+        as an undo step and the error names how many. Returns the ids whose labels changed.
         """
         before = [(iid, self.labels.get(iid, ()), self._old_bytes(iid), "human") for iid in changes]
         done: list[str] = []
@@ -221,12 +223,34 @@ class LabelStore:
             for iid, classes in changes.items():
                 self.write(iid, classes, source=source)
                 done.append(iid)
-        finally:
-            if done:
-                done_set = set(done)
-                self.history.push(UndoStep(description, tuple(b for b in before if b[0] in done_set)))
-                on_done(tuple(done))
+        except BaseException as exc:
+            if not done:
+                raise
+            kept = self._roll_back([b for b in before if b[0] in set(done)])
+            if kept:
+                self.history.push(UndoStep(description, tuple(kept)))
+            on_done(tuple(done))
+            if not isinstance(exc, ProjectError):
+                raise
+            what = (f"{len(kept)} image(s) could not be put back and keep their new labels (undo them once "
+                    "the problem is fixed)" if kept else "the labels already written were put back, nothing changed")
+            raise ProjectError(f"{exc}; {what}") from None
+        if done:
+            self.history.push(UndoStep(description, tuple(before)))
+            on_done(tuple(done))
         return done
+
+    def _roll_back(self, items: list[Before]) -> list[Before]:
+        """Put these label files back as they were; the items that could not be (still changed)."""
+        kept: list[Before] = []
+        # deletions first: removing a new label file frees the space that restoring the others may need
+        for item in sorted(items, key=lambda b: b[2] is not None or bool(b[1])):
+            iid, classes, raw, source = item
+            try:
+                self.write(iid, classes, source=source, raw=raw)
+            except ProjectError:
+                kept.append(item)
+        return kept
 
     def _old_bytes(self, iid: str) -> bytes | None:
         try:

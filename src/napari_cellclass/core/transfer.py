@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .array_images import save_array_image as save_array_image  # its old import path
 from .atomic import atomic_write_text
-from .classes import validate_name
+from .classes import class_key, validate_name
 from .errors import ClassNameError, ProjectError
 from .project import Project
 from .scan import SKIP_DIRS, scan_images
@@ -106,12 +106,13 @@ def _layout(first: list[str]) -> tuple[int, int, int | None, int]:
 def _read_rows(path: Path) -> list[list[str]]:
     """The non-blank rows of a CSV file (UTF-8, byte-order mark allowed; the delimiter is sniffed)."""
     text = read_text_bounded(path, MAX_CSV_BYTES, "CSV file")
-    try:
-        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
+    try:  # only the delimiter is guessed: quotes are always the standard doubled ones
+        delimiter = csv.Sniffer().sniff(text[:4096], delimiters=",;\t").delimiter
     except csv.Error:
-        dialect = csv.excel
+        delimiter = ","
     try:
-        rows = [r for r in csv.reader(io.StringIO(text), dialect) if any(x.strip() for x in r)]
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar='"', doublequote=True)
+        rows = [r for r in reader if any(x.strip() for x in r)]
     except csv.Error as exc:
         raise ProjectError(f"{path}: not a readable CSV ({exc}); save it as comma-separated text") from None
     if not rows:
@@ -130,7 +131,7 @@ class _CsvLabels:
 
     def add(self, iid: str, names: list[str], line: int, split: str | None) -> None:
         if iid in self.wanted:
-            if {n.casefold() for n in self.wanted[iid]} != {n.casefold() for n in names}:
+            if {class_key(n) for n in self.wanted[iid]} != {class_key(n) for n in names}:
                 self.conflicts.append(f"image '{iid}' has different classes on lines {self.where[iid]} and {line} "
                                       f"({';'.join(self.wanted[iid])!r} vs {';'.join(names)!r})")
             return
@@ -193,14 +194,16 @@ def import_csv(project: Project, csv_path: str | os.PathLike, *, create_classes:
 
 def _resolve_names(project: Project, wanted: dict[str, tuple[str, ...]], create_classes: bool, origin: str,
                    where: dict[str, str]) -> tuple[dict[str, tuple[str, ...]], list[str]]:
-    """Map names onto the project's classes (case-insensitive); check new ones. Changes nothing."""
-    known = {n.casefold(): n for n in project.class_names}
+    """Map names onto the project's classes (case, composition and space runs aside); check new ones.
+
+    Changes nothing."""
+    known = {class_key(n): n for n in project.class_names}
     new: list[str] = []
     out: dict[str, tuple[str, ...]] = {}
     for iid, names in wanted.items():
         mapped: list[str] = []
         for n in names:
-            key = n.strip().casefold()
+            key = class_key(n)
             if key not in known:
                 if not create_classes:
                     raise ProjectError(f"{origin}: class {n!r} is not in the project; add it first")
