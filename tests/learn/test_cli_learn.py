@@ -117,3 +117,16 @@ def test_truth_file_is_read_bounded_and_before_predicting(tmp_path, capsys):
     code, out, err = _run(capsys, "predict", str(tmp_path), "--model", str(tmp_path / "none"), "--truth",
                           str(tmp_path / "missing.csv"))
     assert code == 2 and "missing.csv" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_interrupted_run_says_whether_a_model_was_saved():
+    from napari_cellclass.cli.learn_cmds import _TrainReport
+    from napari_cellclass.learn.config import TrainConfig
+    from napari_cellclass.learn.events import CheckpointSaved
+
+    report = _TrainReport(TrainConfig(), main_rank=True, quiet=True)
+    assert "no model was saved" in report.interrupted()
+    report.show(CheckpointSaved("/m/last", 1, "last"))
+    assert "no model was saved" in report.interrupted()  # the resume state is not a model
+    report.show(CheckpointSaved("/m", 1, "best", "accuracy", 0.5))
+    assert report.interrupted() == "interrupted; the best model so far is kept in /m"

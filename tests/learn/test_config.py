@@ -125,3 +125,10 @@ def test_train_config_fifo_is_one_line(tmp_path, capsys):
     code = main(["train", str(tmp_path), "--config", str(fifo)])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "not a regular file" in err
+
+
+def test_a_yaml_anchor_inside_itself_is_one_line(tmp_path):
+    (tmp_path / "rec.yaml").write_text("extra: &a {x: *a}\n")
+    with pytest.raises(ConfigError, match="refers to itself") as info:
+        TrainConfig.from_file(tmp_path / "rec.yaml")
+    assert "\n" not in str(info.value) and "rec.yaml" in str(info.value)

@@ -143,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         for ev in run_training(args.folder, cfg, args.out, cancel=CancelToken(), resume=args.resume):
             report.show(ev)
     except KeyboardInterrupt:
-        report.say("interrupted; the best model so far is kept in the model folder")
+        report.say(report.interrupted())
         raise
     finally:
         distributed.leave()
@@ -172,11 +172,20 @@ class _TrainReport:
         self.train_bar: Callable[[int, int], None] = _silent
         self.warnings: list[str] = []
         self.finished: Finished | None = None
+        self.best_saved: str | None = None  # the model folder, once a best epoch was written
+
+    def interrupted(self) -> str:
+        """What an interrupted run leaves behind, in one line."""
+        if self.best_saved is None:
+            return "interrupted before the first epoch ended; no model was saved"
+        return f"interrupted; the best model so far is kept in {self.best_saved}"
 
     def show(self, ev: Event) -> None:
         """Print (or keep) one event of the run."""
-        from ..learn.events import BatchProgress, EpochEnd, Finished, Log, Started, WarningEvent
+        from ..learn.events import BatchProgress, CheckpointSaved, EpochEnd, Finished, Log, Started, WarningEvent
 
+        if isinstance(ev, CheckpointSaved) and ev.kind == "best":
+            self.best_saved = ev.path
         if isinstance(ev, BatchProgress):
             self._progress(ev)
         elif isinstance(ev, EpochEnd):

@@ -262,7 +262,13 @@ def _read_mapping(path: Path) -> Any:
     import yaml
 
     try:
-        return (yaml.safe_load(text) or {}) if _is_yaml(path) else json.loads(text)
-    except (ValueError, yaml.YAMLError) as exc:
+        data = (yaml.safe_load(text) or {}) if _is_yaml(path) else json.loads(text)
+    except (ValueError, yaml.YAMLError, RecursionError) as exc:
         msg = " ".join(str(exc).split())
         raise ConfigError(f"{path}: not valid {'YAML' if _is_yaml(path) else 'JSON'} ({msg})") from None
+    try:  # a YAML anchor inside itself (``a: &x {b: *x}``) makes a value without end
+        json.dumps(data, default=str)
+    except (ValueError, RecursionError):
+        raise ConfigError(f"{path}: a value refers to itself (a YAML anchor used inside itself); write the "
+                          "values out") from None
+    return data
