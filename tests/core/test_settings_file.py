@@ -243,3 +243,25 @@ def test_labelling_many_images_is_all_or_nothing_when_the_disk_fills(tmp_path, m
     assert {f: f.read_bytes() for f in tmp_path.rglob("*.npz")} == files
     assert {i: Project.open(tmp_path).labels(i) for i in p.image_ids} == labels
     assert p.undo() == ["img0.png", "img1.png"]  # the failed step left no undo step of its own
+
+
+def test_a_setting_json_cannot_store_again_is_left_out_and_reported(tmp_path):
+    _pngs(tmp_path)
+    p = Project.open(tmp_path)
+    p.add_class("a")
+    cfg = tmp_path / "cellclass.json"
+    cfg.write_text(cfg.read_text().replace('"settings": {}', '"settings": {"x": 1e999, "y": 2}'))
+    q = Project.open(tmp_path)
+    assert q.settings == {"y": 2} and any("'x' left out" in m for m in q.problems)
+    q.add_class("b")
+    assert json.loads(cfg.read_text(), parse_constant=lambda c: pytest.fail(f"{c} written"))["settings"] == {"y": 2}
+
+
+def test_update_settings_refuses_keys_that_are_not_text(tmp_path):
+    _pngs(tmp_path)
+    p = Project.open(tmp_path)
+    with pytest.raises(ProjectError, match="keys of objects must be text"):
+        p.update_settings(k={1: "a"})
+    with pytest.raises(ProjectError, match="keys of objects must be text"):
+        p.update_settings(k=[{"ok": {2: 3}}])
+    assert p.settings == {}

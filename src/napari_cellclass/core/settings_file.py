@@ -105,6 +105,34 @@ def _parse_pending(cfg: dict[str, Any], path: Path, problems: list[str]) -> dict
     return out
 
 
+def unstorable(value: Any) -> str | None:
+    """Why JSON cannot store ``value`` exactly (NaN, infinity, a non-text key, an object), or None."""
+    def keys_are_text(v: Any) -> bool:
+        if isinstance(v, dict):
+            return all(isinstance(k, str) and keys_are_text(x) for k, x in v.items())
+        return all(keys_are_text(x) for x in v) if isinstance(v, (list, tuple)) else True
+
+    try:
+        json.dumps(value, allow_nan=False)
+        if not keys_are_text(value):
+            return "keys of objects must be text"
+    except (TypeError, ValueError, RecursionError) as exc:
+        return " ".join(str(exc).split())
+    return None
+
+
+def _storable_settings(settings: Mapping[str, Any], path: Path, problems: list[str]) -> dict[str, Any]:
+    """The settings JSON can store again; each other one is left out and described in ``problems``."""
+    out = {}
+    for key, value in settings.items():
+        why = unstorable(value)
+        if why is None:
+            out[key] = value
+        else:
+            problems.append(f"{path.name}: setting {key!r} left out ({why})")
+    return out
+
+
 def parse_config(cfg: object, path: Path) -> ProjectConfig:
     """Check a decoded ``cellclass.json``; one-line :class:`ProjectError` naming the file and the fix."""
     if not isinstance(cfg, dict) or cfg.get("format") != CONFIG_FORMAT:
@@ -114,7 +142,7 @@ def parse_config(cfg: object, path: Path) -> ProjectConfig:
     problems: list[str] = []
     classes = _parse_classes(entries, path, problems)
     pending = _parse_pending(cfg, path, problems)
-    return ProjectConfig(cfg, classes, multi, dict(settings), pending, problems)
+    return ProjectConfig(cfg, classes, multi, _storable_settings(settings, path, problems), pending, problems)
 
 
 def read_config(path: Path) -> ProjectConfig | None:
@@ -292,7 +320,7 @@ class SettingsFile:
         with file_lock(self.lock_path):
             raw = merge_config(self.baseline, read_config(self.path), edit)
             try:
-                text = json.dumps(raw, indent=2, ensure_ascii=False) + "\n"
+                text = json.dumps(raw, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
             except (TypeError, ValueError) as exc:
                 raise ProjectError(f"cannot write {self.path}: a setting cannot be stored ({exc}); "
                                    "remove it with update_settings") from None
@@ -308,12 +336,10 @@ class SettingsFile:
     def update_settings(self, values: Mapping[str, Any]) -> None:
         """Save settings (a value JSON cannot store is refused at once and nothing changes)."""
         for key, value in values.items():
-            try:
-                json.dumps(value, allow_nan=False)
-            except (TypeError, ValueError, RecursionError) as exc:
-                raise ProjectError(f"setting {key!r} cannot be stored in {self.path} "
-                                   f"({' '.join(str(exc).split())}); use text, numbers, true/false, "
-                                   "lists or objects") from None
+            why = unstorable(value)
+            if why is not None:
+                raise ProjectError(f"setting {key!r} cannot be stored in {self.path} ({why}); use text, numbers, "
+                                   "true/false, lists or objects with text keys")
         self.commit(settings={**self.settings, **values})
 
     def _adopt(self, cfg: ProjectConfig, kept: Mapping[str, Any]) -> None:
