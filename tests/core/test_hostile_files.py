@@ -224,14 +224,27 @@ def test_symlink_loop_does_not_multiply_ids(tmp_path):
     assert sum("symlink" in x for x in p.problems) == 2
 
 
+def test_links_to_the_same_image_file_are_one_image(tmp_path):
+    _png(tmp_path / "a.png")
+    outside = tmp_path.parent / f"{tmp_path.name}-share"
+    _png(outside / "raw.png")
+    (tmp_path / "dup.png").symlink_to("a.png")
+    (tmp_path / "linked_a.png").symlink_to(outside / "raw.png")  # a project of links to a share: kept
+    (tmp_path / "linked_b.png").symlink_to(outside / "raw.png")
+    p = Project.open(tmp_path)
+    assert p.image_ids == ("a.png", "linked_a.png")
+    assert any("'dup.png'" in x and "'a.png'" in x for x in p.problems)
+    assert any("'linked_b.png'" in x and "'linked_a.png'" in x for x in p.problems)
+
+
 def test_looks_like_project(tmp_path):
     from napari_cellclass.core import looks_like_project
 
     assert not looks_like_project(tmp_path)
     (tmp_path / "notes.txt").write_text("x")
     assert not looks_like_project(tmp_path)
-    (tmp_path / "deep" / "er" / "still").mkdir(parents=True)
-    _png(tmp_path / "deep" / "er" / "still" / "far.png")
+    (tmp_path / "deep" / "er" / "still" / "more").mkdir(parents=True)
+    _png(tmp_path / "deep" / "er" / "still" / "more" / "far.png")
     assert not looks_like_project(tmp_path)  # bounded depth
     _png(tmp_path / "sub" / "x.png")
     assert looks_like_project(tmp_path)

@@ -46,6 +46,7 @@ def scan_images(root: Path, skipped: list[str] | None = None) -> list[str]:
     when ``skipped`` is given, one line per such folder is appended to it.
     """
     found: list[str] = []
+    links: list[tuple[str, str]] = []  # (id, real path) of image files that are symlinks
     notes: list[str] = []
     stack = [(Path(root), "")]
     while stack:
@@ -74,9 +75,13 @@ def scan_images(root: Path, skipped: list[str] | None = None) -> list[str]:
             elif is_file:
                 if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
                     found.append(prefix + name)
+                    if e.is_symlink():
+                        links.append((prefix + name, os.path.realpath(e.path)))
             elif skipped is not None and name not in SKIP_DIRS and _is_dir_link(e):
                 notes.append(f"skipped symlinked folder '{prefix}{name}' (links to folders are not "
                              "followed; move or copy the images into the project to include them)")
+    if links:
+        found = _without_second_names(Path(root), found, links, notes)
     found.sort(key=natural_key)
     if skipped is not None:
         skipped.extend(sorted(notes, key=natural_key))
@@ -101,6 +106,25 @@ def enclosing_project(folder: str | os.PathLike) -> Path | None:
             return parent
         child = parent
     return None
+
+
+def _without_second_names(root: Path, found: list[str], links: list[tuple[str, str]],
+                          notes: list[str]) -> list[str]:
+    """``found`` without links to an image already listed (one file, one label).
+
+    A link to a file outside the project stays (a project of links to a read-only share is
+    common); a link to an image of the project, or to the same file as an earlier link, is left
+    out and reported.
+    """
+    link_ids = {iid for iid, _ in links}
+    owner = {os.path.realpath(root / iid): iid for iid in found if iid not in link_ids}
+    drop = set()
+    for iid, real in sorted(links, key=lambda x: natural_key(x[0])):
+        first = owner.setdefault(real, iid)
+        if first != iid:
+            drop.add(iid)
+            notes.append(f"left out '{iid}': a link to the same file as '{first}' (one file, one label)")
+    return [iid for iid in found if iid not in drop]
 
 
 def _is_too_wide(root: Path) -> bool:
