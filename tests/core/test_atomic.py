@@ -92,3 +92,16 @@ def test_lock_falls_back_when_locking_is_not_available(tmp_path, monkeypatch):
         assert not held
     with file_lock(tmp_path / "missing-folder" / ".lock") as held:
         assert not held
+
+
+def test_a_link_to_a_pipe_is_refused_in_one_line(tmp_path):
+    """``--csv /dev/stdout`` with stdout piped: a link to a pipe that has no path of its own."""
+    r, w = os.pipe()
+    try:
+        link = tmp_path / "stdout"
+        link.symlink_to(f"/proc/self/fd/{w}")
+        with pytest.raises(ProjectError, match="not a regular file"):
+            atomic_write_text(link, "x")
+    finally:
+        os.close(r)
+        os.close(w)

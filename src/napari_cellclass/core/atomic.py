@@ -53,7 +53,7 @@ def resolve_target(path: str | os.PathLike) -> tuple[Path, os.stat_result | None
     path = Path(path)
     target = Path(os.path.realpath(path)) if path.is_symlink() else path
     try:
-        st = os.stat(target)
+        st = os.stat(path if path.is_symlink() else target)  # /dev/stdout -> a pipe with no real path
     except FileNotFoundError:
         return target, None
     except OSError as exc:
