@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -155,7 +156,9 @@ def test_multi_label_toggle_and_single_label_refusal(tiny_folder):
     assert Project.open(tiny_folder).labels(i0) == ("nucleoli", "cytosol")
     with pytest.raises(ProjectError, match="several classes"):
         p.set_multi_label(False)
-    single = Project.open(tiny_folder / "b", multi_label=False)
+    other = tiny_folder.parent / "other"  # a project of its own, outside the first one
+    shutil.copytree(tiny_folder / "b", other, ignore=shutil.ignore_patterns("cellclass_*"))
+    single = Project.open(other, multi_label=False)
     single.add_class("x")
     single.add_class("y")
     with pytest.raises(ProjectError, match="single-label"):
@@ -207,8 +210,10 @@ def test_read_only_folder_gives_clear_error_at_first_write(tiny_folder, monkeypa
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr("napari_cellclass.core.atomic._open_temp", deny)
-    fresh = Project.open(tiny_folder / "b")  # a new project in a read-only folder still opens
-    assert len(fresh.image_ids) == 3 and not (tiny_folder / "b" / "cellclass.json").exists()
+    other = tiny_folder.parent / "other"
+    shutil.copytree(tiny_folder / "b", other)
+    fresh = Project.open(other)  # a new project in a read-only folder still opens
+    assert len(fresh.image_ids) == 3 and not (other / "cellclass.json").exists()
     with pytest.raises(ProjectError, match="writable"):
         fresh.add_class("x")
     assert fresh.class_names == ()  # a failed write changes nothing in memory
