@@ -8,6 +8,12 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("CELLCLASS_SAMPLE_DIR", str(Path(os.environ.get("TMPDIR", "/tmp")) / "cellclass-test-sample"))
+if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker its own sample folder and napari settings file
+    _worker = os.environ["PYTEST_XDIST_WORKER"]
+    os.environ["CELLCLASS_SAMPLE_DIR"] = str(Path(os.environ["CELLCLASS_SAMPLE_DIR"]) / _worker)
+    if os.environ.get("NAPARI_CONFIG"):
+        _cfg = Path(os.environ["NAPARI_CONFIG"])
+        os.environ["NAPARI_CONFIG"] = str(_cfg.with_name(f"{_cfg.stem}-{_worker}{_cfg.suffix}"))
 
 
 @pytest.fixture

@@ -117,7 +117,8 @@ def _without_second_names(root: Path, found: list[str], links: list[tuple[str, s
     out and reported.
     """
     link_ids = {iid for iid, _ in links}
-    owner = {os.path.realpath(root / iid): iid for iid in found if iid not in link_ids}
+    real_root = os.path.realpath(root)  # no folder on the way is a link: the other files' real paths are plain joins
+    owner = {os.path.join(real_root, *iid.split("/")): iid for iid in found if iid not in link_ids}
     drop = set()
     for iid, real in sorted(links, key=lambda x: natural_key(x[0])):
         first = owner.setdefault(real, iid)
