@@ -15,6 +15,7 @@ from pathlib import Path
 from .atomic import TMP_PREFIX, atomic_write_bytes
 from .classes import validate_name
 from .errors import ClassNameError, ProjectError, SidecarCorruptError
+from .label_index import LabelIndex
 from .sidecars import LABEL_DIR, encode_sidecar, read_sidecar, sidecar_path, sidecar_source
 from .undo import Before, UndoHistory, UndoStep
 
@@ -122,23 +123,44 @@ class LabelStore:
         self._locked: dict[str, str] = {}  # image id -> why its existing sidecar must not be overwritten
 
     # ------------------------------------------------------------------ opening
-    def load(self, image_ids: Sequence[str], opening: Opening) -> None:
-        """Read the sidecars of ``image_ids``; note problems, protected images and what ``opening`` finds."""
+    def load(self, image_ids: Sequence[str], opening: Opening, index: LabelIndex | None = None) -> None:
+        """Read the sidecars of ``image_ids``; note problems, protected images and what ``opening`` finds.
+
+        With an ``index``, a label file unchanged since it was last read is not read again, and
+        every file read is added to the index.
+        """
         self._find_clashes(image_ids)
         by_dir: dict[str, dict[str, str]] = {}
         for iid in image_ids:
             parent, _, name = iid.rpartition("/")
             by_dir.setdefault(parent, {})[os.path.splitext(name)[0]] = iid
+        checked: dict[tuple[str, ...], tuple[tuple[str, ...], str]] = {}  # a few distinct class lists
         for parent, stems in by_dir.items():
-            for entry in _label_files(self.root / parent / LABEL_DIR):
+            folder = f"{parent}/{LABEL_DIR}/" if parent else f"{LABEL_DIR}/"
+            for entry in _label_files(self.root / folder):
                 iid = stems.get(entry.name[:-4])
-                path = Path(entry.path)
                 if iid is None:
-                    self.problems.append(f"{path}: label file has no image beside it (kept, not used)")
+                    self.problems.append(f"{entry.path}: label file has no image beside it (kept, not used)")
                 elif iid not in self._clashes:
-                    stored = self._read_stored(iid, path)
+                    stored = (self._read_indexed(iid, entry, folder + entry.name, index) if index is not None
+                              else self._read_stored(iid, Path(entry.path)))
                     if stored is not None:
-                        self._adopt(iid, path, stored, opening)
+                        if stored not in checked:
+                            checked[stored] = canonical_names(stored, opening)
+                        self._adopt(iid, entry.path, stored, checked[stored], opening)
+
+    def _read_indexed(self, iid: str, entry: os.DirEntry, rel: str, index: LabelIndex) -> tuple[str, ...] | None:
+        """The class names of label file ``rel`` from the index, or read (and indexed); None when unusable."""
+        try:
+            st = entry.stat()
+        except OSError:
+            return self._read_stored(iid, Path(entry.path))
+        stored = index.get(rel, st)
+        if stored is None:
+            stored = self._read_stored(iid, Path(entry.path))
+            if stored is not None:
+                index.put(rel, st, stored)
+        return stored
 
     def _find_clashes(self, image_ids: Sequence[str]) -> None:
         seen: dict[tuple[str, str], str] = {}
@@ -171,8 +193,10 @@ class LabelStore:
             self.problems.append(f"{exc}; kept, and '{iid}' cannot be relabelled until it can be read")
         return None
 
-    def _adopt(self, iid: str, path: Path, stored: tuple[str, ...], opening: Opening) -> None:
-        names, why = canonical_names(stored, opening)
+    def _adopt(self, iid: str, path: str, stored: tuple[str, ...], checked: tuple[tuple[str, ...], str],
+               opening: Opening) -> None:
+        """Take the names ``stored`` in ``iid``'s label file (``checked`` by :func:`canonical_names`)."""
+        names, why = checked
         if why:
             self._locked[iid] = why
             self.problems.append(f"{path}: label file {why}; kept, and '{iid}' cannot be relabelled "
@@ -182,7 +206,7 @@ class LabelStore:
             if name.casefold() not in opening.known:
                 opening.known[name.casefold()] = name
                 opening.found.append(name)
-                self.problems.append(f"class '{name}' found in {path.name} was added to the class list")
+                self.problems.append(f"class '{name}' found in {os.path.basename(path)} was added to the class list")
         if names:
             self.labels[iid] = names
         if any(c.strip().casefold() in opening.pending for c in stored):

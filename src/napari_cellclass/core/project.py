@@ -17,6 +17,7 @@ from typing import Any
 from .classes import ClassInfo
 from .errors import ProjectError
 from .folder import ImageFolder
+from .label_index import LabelIndex
 from .labelstore import LabelStore, Opening
 from .listeners import ChangeCallback, Listeners
 from .scan import enclosing_project
@@ -110,7 +111,10 @@ class Project(ImageFolder):
         pending = cfg.pending if cfg is not None else {}
         opening = Opening({c.name.casefold(): c.name for c in self._file.classes},
                           {k.casefold(): v for k, v in pending.items()}, self.multi_label)
-        self._store.load(self.image_ids, opening)
+        index = LabelIndex.load(self.root)
+        self._store.load(self.image_ids, opening, index)
+        if self._file.path.is_file():  # a cache for a project, never written into a folder only opened
+            index.save()
         if opening.found:
             self._file.add_found(opening.found)
         if pending:
