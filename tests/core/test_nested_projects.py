@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 from PIL import Image
@@ -128,6 +129,11 @@ def test_a_subfolder_of_a_project_is_not_opened_as_a_project_of_its_own(tmp_path
     assert enclosing_project(outer / "plate1") == outer.resolve()
     assert enclosing_project(outer) is None and enclosing_project(tmp_path) is None
     assert enclosing_project(outer / "plate1" / "cellclass_labels") is None  # never listed by the project
+    stray = Path(tempfile.gettempdir()).resolve() / "cellclass.json"
+    real_lexists = os.path.lexists
+    with mock.patch("os.path.lexists", lambda p: str(p) == str(stray) or real_lexists(p)):
+        assert enclosing_project(outer / "plate1") == outer.resolve()
+        assert enclosing_project(tmp_path / "elsewhere") is None  # a stray file in the temp folder captures nothing
     with pytest.raises(ProjectError, match="part of the project") as info:
         Project.open(outer / "plate1")
     assert str(outer.resolve()) in str(info.value) and "\n" not in str(info.value)

@@ -92,8 +92,10 @@ def enclosing_project(folder: str | os.PathLike) -> Path | None:
     """The project that lists ``folder``'s images as its own, when ``folder`` is not a project itself.
 
     That is the nearest parent folder holding ``cellclass.json``, unless the way down from it
-    passes a hidden, label, model or cache folder (which a project never lists). Opening such
-    a folder as a project of its own would hide its images from the enclosing project.
+    passes a hidden, label, model or cache folder (which a project never lists), or it is a
+    filesystem root, the home or the temporary folder (a stray ``cellclass.json`` there must not
+    capture every folder below). Opening such a folder as a project of its own would hide its
+    images from the enclosing project.
     """
     real = Path(folder).expanduser().resolve()
     if os.path.lexists(real / CONFIG_NAME):
@@ -103,7 +105,7 @@ def enclosing_project(folder: str | os.PathLike) -> Path | None:
         if child.name.startswith(".") or child.name in SKIP_DIRS:
             return None
         if os.path.lexists(parent / CONFIG_NAME):
-            return parent
+            return None if _is_too_wide(parent) else parent
         child = parent
     return None
 
