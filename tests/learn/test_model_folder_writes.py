@@ -263,3 +263,19 @@ def test_a_model_folder_never_goes_into_a_label_or_cache_folder(tiny_sample, fas
         with pytest.raises(ModelFolderError, match="choose another --out") as info:
             train(tiny_sample, fast_config(epochs=1), out)
         assert str(out) in str(info.value) and not out.exists()
+
+
+def test_another_ranks_write_probe_does_not_make_the_folder_taken(tmp_path):
+    """Under torchrun rank 0 probes the model folder while the other ranks check that it is empty."""
+    from napari_cellclass.learn.builders import open_out_dir, probe_out_dir
+    from napari_cellclass.learn.config import TrainConfig
+
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / ".cellclass-probe-0123456789ab").write_bytes(b"")
+    assert open_out_dir(out, TrainConfig(), resume=False) is None
+    assert open_out_dir(tmp_path / "vanished", TrainConfig(), resume=False) is None
+    probe_out_dir(out)
+    (out / "notes.txt").write_text("x")
+    with pytest.raises(TrainingError, match="not a model folder"):
+        open_out_dir(out, TrainConfig(), resume=False)

@@ -88,12 +88,28 @@ def open_out_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> Resume | None
     if out_dir.exists() and not out_dir.is_dir():
         raise TrainingError(f"{out_dir}: is a file, not a folder; choose another --out (a new or empty folder "
                             "for the model)")
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if _holds_files(out_dir):
         if (out_dir / ckpt.CONFIG_NAME).exists():
             raise TrainingError(f"{out_dir}: already holds a model; pass --resume to continue it, "
                                 "or choose another --out (or delete the folder)")
         raise TrainingError(f"{out_dir}: folder exists and is not a model folder; choose another --out")
     return None
+
+
+#: the name start of the file :func:`probe_out_dir` writes and removes again
+_PROBE_PREFIX = ".cellclass-probe-"
+
+
+def _holds_files(folder: Path) -> bool:
+    """Whether ``folder`` exists and holds anything but a write probe (of this or another process).
+
+    Under ``torchrun`` rank 0 probes the folder while the other ranks check it: the probe (and
+    the folder made only for it, which may vanish meanwhile) does not count.
+    """
+    try:
+        return any(not p.name.startswith(_PROBE_PREFIX) for p in folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 #: Project folders no model folder may go into (labels; a cache that may be deleted at any time).
@@ -122,7 +138,7 @@ def probe_out_dir(out_dir: Path) -> None:
         for d in reversed(missing):
             os.mkdir(d)
             created.append(d)
-        probe = out_dir / f".cellclass-probe-{secrets.token_hex(6)}"
+        probe = out_dir / f"{_PROBE_PREFIX}{secrets.token_hex(6)}"
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600))
         os.unlink(probe)
     except OSError as exc:
