@@ -17,21 +17,13 @@ from pathlib import Path
 
 from .atomic import atomic_write_text
 from .errors import ProjectError
-from .textfiles import MAX_CSV_BYTES, read_bytes_bounded
+from .textfiles import MAX_CSV_BYTES, FileStamp, read_bytes_bounded, stamp_of
 
 INDEX_FORMAT = "napari-cellclass/label-index"
 INDEX_VERSION = 1
 INDEX_PATH = ("cellclass_cache", "label_index.json")
 
-#: ``(mtime_ns, ctime_ns, size, inode)`` of a label file
-Stamp = tuple[int, int, int, int]
-
-
-def stamp(st: os.stat_result) -> Stamp:
-    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
-
-
-def _entry(value: object) -> tuple[Stamp, tuple[str, ...]] | None:
+def _entry(value: object) -> tuple[FileStamp, tuple[str, ...]] | None:
     """A checked ``[mtime_ns, ctime_ns, size, inode, [names]]`` entry, or None."""
     if not (isinstance(value, list) and len(value) == 5 and isinstance(value[4], list)):
         return None
@@ -44,10 +36,10 @@ def _entry(value: object) -> tuple[Stamp, tuple[str, ...]] | None:
 class LabelIndex:
     """The stored index of one project (read once at opening) and the one built while opening."""
 
-    def __init__(self, root: Path, entries: dict[str, tuple[Stamp, tuple[str, ...]]] | None = None) -> None:
+    def __init__(self, root: Path, entries: dict[str, tuple[FileStamp, tuple[str, ...]]] | None = None) -> None:
         self.path = root.joinpath(*INDEX_PATH)
         self._old = entries or {}
-        self._new: dict[str, tuple[Stamp, tuple[str, ...]]] = {}
+        self._new: dict[str, tuple[FileStamp, tuple[str, ...]]] = {}
         self.hits = 0
 
     @classmethod
@@ -72,7 +64,7 @@ class LabelIndex:
     def get(self, rel: str, st: os.stat_result) -> tuple[str, ...] | None:
         """The class names the label file ``rel`` held, when its stamp is still ``st``'s; else None."""
         entry = self._old.get(rel)
-        if entry is None or entry[0] != stamp(st):
+        if entry is None or entry[0] != stamp_of(st):
             return None
         self.hits += 1
         self._new[rel] = entry
@@ -80,7 +72,7 @@ class LabelIndex:
 
     def put(self, rel: str, st: os.stat_result, names: tuple[str, ...]) -> None:
         """Remember what the label file ``rel`` (with stat ``st`` before it was read) holds."""
-        self._new[rel] = (stamp(st), tuple(names))
+        self._new[rel] = (stamp_of(st), tuple(names))
 
     def save(self) -> None:
         """Write the index built while opening, when it differs from the stored one (best effort)."""

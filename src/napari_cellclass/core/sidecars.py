@@ -15,7 +15,6 @@ import datetime as _dt
 import io
 import os
 import re
-import stat
 import zipfile
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .errors import SidecarCorruptError, SidecarUnreadableError
+from .textfiles import read_regular_bounded
 
 LABEL_DIR = "cellclass_labels"
 SIDECAR_VERSION = 1
@@ -98,33 +98,6 @@ def _check_fits(claimed: int, held: int) -> None:
         raise ValueError(f"an array claims {claimed} bytes but the file holds {held}")
 
 
-def _read_bounded(path: Path) -> bytes:
-    """The bytes of a regular file of at most :data:`MAX_SIDECAR_BYTES` (never blocks on a FIFO)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _NotRegular("not a regular file")
-        if st.st_size > MAX_SIDECAR_BYTES:
-            raise _TooLarge(f"too large for a label file ({st.st_size} bytes)")
-        chunks, total = [], 0
-        while True:
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > MAX_SIDECAR_BYTES:
-                raise _TooLarge(f"too large for a label file (over {MAX_SIDECAR_BYTES} bytes)")
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-class _NotRegular(ValueError):
-    pass
-
-
 class _TooLarge(ValueError):
     pass
 
@@ -158,7 +131,7 @@ def read_sidecar(path: str | os.PathLike, full: bool = True) -> dict[str, object
     path = Path(path)
     names = ("format_version", "classes", "image", "timestamp", "source") if full else ("format_version", "classes")
     try:
-        z = _read_members(_read_bounded(path), names)
+        z = _read_members(read_regular_bounded(path, MAX_SIDECAR_BYTES)[0], names)
         version = int(z["format_version"])
         cls_arr = np.atleast_1d(z["classes"])
         if cls_arr.ndim != 1 or (cls_arr.size and cls_arr.dtype.kind not in "U"):

@@ -35,6 +35,42 @@ def file_stamp(path: str | os.PathLike) -> FileStamp | None:
         return None
 
 
+class NotRegularFile(ValueError):
+    """The path names a FIFO, a device, a folder or a socket (its text says which)."""
+
+
+class FileTooLarge(ValueError):
+    """The file holds more than the caller allows (its text gives the sizes)."""
+
+
+def read_regular_bounded(path: str | os.PathLike, max_bytes: int) -> tuple[bytes, os.stat_result]:
+    """The bytes (at most ``max_bytes``) and stat of the regular file ``path``, read without blocking.
+
+    Raises :class:`NotRegularFile`, :class:`FileTooLarge` (also when the file grows while it is
+    read) or the :class:`OSError` of the read (:class:`FileNotFoundError` when there is none).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(f"not a regular file ({file_kind(st.st_mode)})")
+        if st.st_size > max_bytes:
+            raise FileTooLarge(f"too large ({st.st_size} bytes, at most {max_bytes})")
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = os.read(fd, _CHUNK)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > max_bytes:  # it grew while we read it
+                raise FileTooLarge(f"too large (over {max_bytes} bytes)")
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks), st
+
+
 def read_bytes_bounded(path: str | os.PathLike, max_bytes: int, what: str, *, fix: str = "check the file",
                        error: type[CellclassError] = ProjectError) -> tuple[bytes, FileStamp]:
     """The bytes of the regular file ``path`` (at most ``max_bytes``) and its stamp.
@@ -45,32 +81,14 @@ def read_bytes_bounded(path: str | os.PathLike, max_bytes: int, what: str, *, fi
     """
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        raw, st = read_regular_bounded(path, max_bytes)
     except FileNotFoundError:
         raise
+    except (NotRegularFile, FileTooLarge) as exc:
+        raise error(f"{path}: the {what} is {exc}; {fix}") from None
     except OSError as exc:
         raise error(f"{path}: cannot read the {what} ({exc.strerror or exc}); {fix}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise error(f"{path}: the {what} is not a regular file ({file_kind(st.st_mode)}); {fix}")
-        if st.st_size > max_bytes:
-            raise error(f"{path}: the {what} is too large ({st.st_size} bytes, at most {max_bytes}); {fix}")
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            chunk = os.read(fd, _CHUNK)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > max_bytes:  # it grew while we read it
-                raise error(f"{path}: the {what} is too large (over {max_bytes} bytes); {fix}")
-            chunks.append(chunk)
-    except OSError as exc:
-        raise error(f"{path}: cannot read the {what} ({exc.strerror or exc}); {fix}") from None
-    finally:
-        os.close(fd)
-    return b"".join(chunks), stamp_of(st)
+    return raw, stamp_of(st)
 
 
 def decode_text(raw: bytes, path: str | os.PathLike, what: str, *, fix: str = "save it as UTF-8 text",
