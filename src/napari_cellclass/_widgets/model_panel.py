@@ -58,20 +58,21 @@ class ModelPanel(Container):
             raise CellclassError("no active model: train one or load a model folder first")
         return copy_model_folder(model, dest)
 
-    def _on_load_model(self) -> None:
+    def _picked_folder(self, what: str) -> str:
+        """The folder in the 'model folder' field; CellclassError asking for ``what`` when it is empty."""
         folder = self.model_folder.value
+        if not folder or str(folder) in ("", "."):
+            raise CellclassError(f"pick {what} in 'model folder' first")
+        return folder
+
+    def _on_load_model(self) -> None:
         try:
-            if not folder or str(folder) in ("", "."):
-                raise CellclassError("pick a model folder in 'model folder' first")
-            show_info(f"active model: {self.load_model(folder)}")
+            show_info(f"active model: {self.load_model(self._picked_folder('a model folder'))}")
         except CellclassError as exc:
             show_error(f"cannot load the model: {exc}")
 
     def _on_save_model(self) -> None:
-        folder = self.model_folder.value
         try:
-            if not folder or str(folder) in ("", "."):
-                raise CellclassError("pick a destination folder in 'model folder' first")
-            show_info(f"model saved to {self.save_model(folder)}")
+            show_info(f"model saved to {self.save_model(self._picked_folder('a destination folder'))}")
         except (CellclassError, OSError) as exc:
             show_error(f"cannot save the model: {exc}")
