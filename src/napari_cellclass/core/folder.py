@@ -10,6 +10,7 @@ from .errors import ImageReadError, ProjectError
 from .images import ImageData, read_image
 from .outputs import check_output_file
 from .predictions import PREDICTIONS_NAME
+from .project_index import ProjectIndex
 from .scan import PROJECT_DIRS, scan_images
 from .settings_file import CONFIG_NAME, LOCK_NAME
 from .sidecars import LABEL_DIR
@@ -28,9 +29,9 @@ class ImageFolder:
         self.image_ids: tuple[str, ...] = ()
         self._index: dict[str, int] = {}
 
-    def _list_images(self, problems: list[str]) -> None:
+    def _list_images(self, problems: list[str], index: ProjectIndex | None = None) -> None:
         """List the image files (a folder link that is skipped is noted in ``problems``)."""
-        self.image_ids = tuple(scan_images(self.root, problems))
+        self.image_ids = tuple(scan_images(self.root, problems, index))
         self._index = {iid: i for i, iid in enumerate(self.image_ids)}
 
     def __len__(self) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 from .atomic import TMP_PREFIX, atomic_write_bytes
 from .classes import validate_name
 from .errors import ClassNameError, ProjectError, SidecarCorruptError
-from .label_index import LabelIndex
+from .project_index import ProjectIndex
 from .sidecars import LABEL_DIR, encode_sidecar, read_sidecar, sidecar_path, sidecar_source
 from .undo import Before, UndoHistory, UndoStep
 
@@ -75,13 +75,10 @@ def _label_files(folder: Path) -> list[os.DirEntry]:
         entries = list(os.scandir(folder))
     except OSError:
         return []
-    out = []
     for entry in entries:
         if entry.name.startswith(TMP_PREFIX):
             _remove_stale_temp(entry)
-        elif entry.name.endswith(".npz") and not entry.name.startswith("."):
-            out.append(entry)
-    return out
+    return [e for e in entries if e.name.endswith(".npz") and not e.name.startswith(".")]
 
 
 def _move_aside(path: Path) -> Path:
@@ -123,58 +120,83 @@ class LabelStore:
         self._locked: dict[str, str] = {}  # image id -> why its existing sidecar must not be overwritten
 
     # ------------------------------------------------------------------ opening
-    def load(self, image_ids: Sequence[str], opening: Opening, index: LabelIndex | None = None) -> None:
+    def load(self, image_ids: Sequence[str], opening: Opening, index: ProjectIndex | None = None) -> None:
         """Read the sidecars of ``image_ids``; note problems, protected images and what ``opening`` finds.
 
         With an ``index``, a label file unchanged since it was last read is not read again, and
         every file read is added to the index.
         """
-        self._find_clashes(image_ids)
+        checked: dict[tuple[str, ...], tuple[tuple[str, ...], str, bool]] = {}  # a few distinct class lists
+        for parent, stems in self._by_folder(image_ids).items():
+            folder = f"{parent}/{LABEL_DIR}" if parent else LABEL_DIR
+            entries = _label_files(self.root / folder)
+            if index is None:
+                known: dict[tuple[str, ...], list[str]] = {}
+                to_read: list[tuple[os.DirEntry, os.stat_result | None]] = [(e, None) for e in entries]
+            else:
+                known, to_read = index.check_folder(folder, entries)
+            for stored, names in known.items():
+                self._take_many(stems, names, folder, stored, checked, opening)
+            for entry, st in to_read:
+                iid = stems.get(entry.name[:-4])
+                usable = iid is not None and iid not in self._clashes
+                stored = self._read_stored(iid, Path(entry.path)) if usable else None
+                if stored is not None and index is not None and st is not None:
+                    index.put(folder, entry.name, st, stored)
+                self._take(stems, entry.name, folder, stored, checked, opening)
+
+    def _take_many(self, stems: Mapping[str, str], names: list[str], folder: str, stored: tuple[str, ...],
+                   checked: dict[tuple[str, ...], tuple[tuple[str, ...], str, bool]], opening: Opening) -> None:
+        """Adopt the class names ``stored`` in the label files ``names`` of ``folder`` (the index's fast path)."""
+        done = checked.get(stored)
+        if done is None:
+            done = checked[stored] = self._check_names(names[0], stored, opening)
+        ids = [stems.get(n[:-4]) for n in names]
+        if done[1] or done[2] or None in ids or not self._clashes.keys().isdisjoint(ids):
+            for name in names:  # the rare cases, one by one
+                self._take(stems, name, folder, stored, checked, opening)
+        elif done[0]:
+            self.labels.update(dict.fromkeys(ids, done[0]))
+
+    def _take(self, stems: Mapping[str, str], name: str, folder: str, stored: tuple[str, ...] | None,
+              checked: dict[tuple[str, ...], tuple[tuple[str, ...], str, bool]], opening: Opening) -> None:
+        """Adopt the class names ``stored`` in label file ``name`` of ``folder`` (None: not usable)."""
+        iid = stems.get(name[:-4])
+        if iid is None:
+            self.problems.append(f"{self.root / folder / name}: label file has no image beside it (kept, not used)")
+            return
+        if stored is None or iid in self._clashes:
+            return
+        done = checked.get(stored)
+        if done is None:
+            done = checked[stored] = self._check_names(name, stored, opening)
+        names, why, stale = done
+        if why:
+            self._locked[iid] = why
+            self.problems.append(f"{self.root / folder / name}: label file {why}; kept, and '{iid}' cannot be "
+                                 "relabelled until the file is fixed or removed")
+            return
+        if names:
+            self.labels[iid] = names
+        if stale:
+            opening.stale.add(iid)
+
+    def _by_folder(self, image_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """``{folder: {stem: image id}}``; images whose label files would share a name are noted as clashes."""
         by_dir: dict[str, dict[str, str]] = {}
         for iid in image_ids:
             parent, _, name = iid.rpartition("/")
-            by_dir.setdefault(parent, {})[os.path.splitext(name)[0]] = iid
-        checked: dict[tuple[str, ...], tuple[tuple[str, ...], str]] = {}  # a few distinct class lists
-        for parent, stems in by_dir.items():
-            folder = f"{parent}/{LABEL_DIR}/" if parent else f"{LABEL_DIR}/"
-            for entry in _label_files(self.root / folder):
-                iid = stems.get(entry.name[:-4])
-                if iid is None:
-                    self.problems.append(f"{entry.path}: label file has no image beside it (kept, not used)")
-                elif iid not in self._clashes:
-                    stored = (self._read_indexed(iid, entry, folder + entry.name, index) if index is not None
-                              else self._read_stored(iid, Path(entry.path)))
-                    if stored is not None:
-                        if stored not in checked:
-                            checked[stored] = canonical_names(stored, opening)
-                        self._adopt(iid, entry.path, stored, checked[stored], opening)
-
-    def _read_indexed(self, iid: str, entry: os.DirEntry, rel: str, index: LabelIndex) -> tuple[str, ...] | None:
-        """The class names of label file ``rel`` from the index, or read (and indexed); None when unusable."""
-        try:
-            st = entry.stat()
-        except OSError:
-            return self._read_stored(iid, Path(entry.path))
-        stored = index.get(rel, st)
-        if stored is None:
-            stored = self._read_stored(iid, Path(entry.path))
-            if stored is not None:
-                index.put(rel, st, stored)
-        return stored
-
-    def _find_clashes(self, image_ids: Sequence[str]) -> None:
-        seen: dict[tuple[str, str], str] = {}
-        for iid in image_ids:
-            parent, _, name = iid.rpartition("/")
-            key = (parent, os.path.splitext(name)[0])
-            if key not in seen:
-                seen[key] = iid
-                continue
-            other = seen[key]
-            self._clashes[iid] = other
-            self._clashes.setdefault(other, iid)
-            self.problems.append(f"'{other}' and '{iid}' share the label file name '{key[1]}.npz'; "
-                                 "rename one of them to label both")
+            stems = by_dir.get(parent)
+            if stems is None:
+                stems = by_dir[parent] = {}
+            stem = name[:name.rfind(".")] if "." in name.lstrip(".") else name  # os.path.splitext's stem
+            other = stems.setdefault(stem, iid)
+            if other != iid:
+                self._clashes[iid] = other
+                self._clashes.setdefault(other, iid)
+                self.problems.append(f"'{other}' and '{iid}' share the label file name '{stem}.npz'; "
+                                     "rename one of them to label both")
+        return by_dir
 
     def _read_stored(self, iid: str, path: Path) -> tuple[str, ...] | None:
         """The class names in a sidecar, or None when it is damaged (moved aside) or protected."""
@@ -193,24 +215,21 @@ class LabelStore:
             self.problems.append(f"{exc}; kept, and '{iid}' cannot be relabelled until it can be read")
         return None
 
-    def _adopt(self, iid: str, path: str, stored: tuple[str, ...], checked: tuple[tuple[str, ...], str],
-               opening: Opening) -> None:
-        """Take the names ``stored`` in ``iid``'s label file (``checked`` by :func:`canonical_names`)."""
-        names, why = checked
+    def _check_names(self, path: str, stored: tuple[str, ...], opening: Opening) -> tuple[tuple[str, ...], str, bool]:
+        """``(names, why protected, stale)`` for a class list ``stored`` first met in label file ``path``.
+
+        Class names the project lacks are added to ``opening.found`` (noted once); ``stale``
+        says the file still holds a name a pending rename maps.
+        """
+        names, why = canonical_names(stored, opening)
         if why:
-            self._locked[iid] = why
-            self.problems.append(f"{path}: label file {why}; kept, and '{iid}' cannot be relabelled "
-                                 "until the file is fixed or removed")
-            return
+            return (), why, False
         for name in names:
             if name.casefold() not in opening.known:
                 opening.known[name.casefold()] = name
                 opening.found.append(name)
                 self.problems.append(f"class '{name}' found in {os.path.basename(path)} was added to the class list")
-        if names:
-            self.labels[iid] = names
-        if any(c.strip().casefold() in opening.pending for c in stored):
-            opening.stale.add(iid)
+        return names, "", any(c.strip().casefold() in opening.pending for c in stored)
 
     # ------------------------------------------------------------------ checks
     def check_writable(self, iid: str) -> None:

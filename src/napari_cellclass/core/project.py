@@ -17,9 +17,9 @@ from typing import Any
 from .classes import ClassInfo
 from .errors import ProjectError
 from .folder import ImageFolder
-from .label_index import LabelIndex
 from .labelstore import LabelStore, Opening
 from .listeners import ChangeCallback, Listeners
+from .project_index import ProjectIndex
 from .scan import enclosing_project
 from .settings_file import CONFIG_NAME, SettingsFile
 
@@ -107,11 +107,11 @@ class Project(ImageFolder):
         cfg = self._file.read(multi_label)
         if cfg is not None:
             self.problems.extend(cfg.problems)
-        self._list_images(self.problems)
+        index = ProjectIndex.load(self.root)
+        self._list_images(self.problems, index)
         pending = cfg.pending if cfg is not None else {}
         opening = Opening({c.name.casefold(): c.name for c in self._file.classes},
                           {k.casefold(): v for k, v in pending.items()}, self.multi_label)
-        index = LabelIndex.load(self.root)
         self._store.load(self.image_ids, opening, index)
         if self._file.path.is_file():  # a cache for a project, never written into a folder only opened
             index.save()

@@ -15,10 +15,13 @@ import tempfile
 from pathlib import Path
 
 from .images import IMAGE_SUFFIXES
+from .project_index import Listing, ProjectIndex
 from .settings_file import CONFIG_NAME
 from .sidecars import LABEL_DIR
 
 #: folders of a project that hold its models and caches (never images, never written by users)
+#: the file that makes a folder a model folder (never entered as images)
+MODEL_FILE = "model.safetensors"
 PROJECT_DIRS = ("cellclass_models", "cellclass_cache")
 # folders that never hold project images
 SKIP_DIRS = frozenset({LABEL_DIR, *PROJECT_DIRS, "__pycache__", "__MACOSX"})
@@ -38,54 +41,88 @@ def _is_dir_link(entry: os.DirEntry) -> bool:
         return False
 
 
-def scan_images(root: Path, skipped: list[str] | None = None) -> list[str]:
+def scan_images(root: Path, skipped: list[str] | None = None, index: ProjectIndex | None = None) -> list[str]:
     """Relative POSIX paths of all image files below ``root``, naturally sorted.
 
     Hidden files and folders, label folders and model folders are skipped. Symlinked folders
     and subfolders that are projects of their own (holding ``cellclass.json``) are not entered;
-    when ``skipped`` is given, one line per such folder is appended to it.
+    when ``skipped`` is given, one line per such folder is appended to it. With an ``index``, a
+    folder unchanged since it was last listed is not listed again, and the order is reused when
+    no folder changed.
     """
     found: list[str] = []
     links: list[tuple[str, str]] = []  # (id, real path) of image files that are symlinks
     notes: list[str] = []
-    stack = [(Path(root), "")]
+    stack = [(str(root), "")]
     while stack:
         folder, prefix = stack.pop()
         try:
-            entries = list(os.scandir(folder))
+            st = os.stat(folder)
         except OSError:
             continue
-        for e in entries:
-            name = e.name
-            if name.startswith("."):
+        listing = index.listing(prefix, st) if index is not None else None
+        if listing is None:
+            listing = _list_folder(folder, prefix, links, notes, skipped is not None)
+            if listing is None:
                 continue
-            try:
-                is_dir = e.is_dir(follow_symlinks=False)
-                is_file = not is_dir and e.is_file(follow_symlinks=True)
-            except OSError:
-                continue
-            if is_dir:
-                if name in SKIP_DIRS or os.path.exists(os.path.join(e.path, "model.safetensors")):
-                    continue
-                if os.path.lexists(os.path.join(e.path, CONFIG_NAME)):
-                    notes.append(f"skipped the project '{prefix}{name}' inside this folder; "
-                                 "open it on its own")
-                    continue
-                stack.append((Path(e.path), f"{prefix}{name}/"))
-            elif is_file:
-                if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
-                    found.append(prefix + name)
-                    if e.is_symlink():
-                        links.append((prefix + name, os.path.realpath(e.path)))
-            elif skipped is not None and name not in SKIP_DIRS and _is_dir_link(e):
-                notes.append(f"skipped symlinked folder '{prefix}{name}' (links to folders are not "
-                             "followed; move or copy the images into the project to include them)")
+            if index is not None:
+                index.put_listing(prefix, st, listing[0], cacheable=not listing[1])
+            listing = listing[0]
+        if prefix and listing.kind:
+            if listing.kind == "project":
+                notes.append(f"skipped the project '{prefix[:-1]}' inside this folder; open it on its own")
+            continue
+        found.extend(prefix + name for name in listing.images)
+        stack.extend((os.path.join(folder, name), f"{prefix}{name}/") for name in listing.subfolders)
     if links:
         found = _without_second_names(Path(root), found, links, notes)
-    found.sort(key=natural_key)
+    order = index.sorted_ids() if index is not None else None
+    if order is None or len(order) != len(found):
+        found.sort(key=natural_key)
+        if index is not None:
+            index.put_order(tuple(found))
+    else:
+        found = list(order)
     if skipped is not None:
         skipped.extend(sorted(notes, key=natural_key))
     return found
+
+
+def _list_folder(folder: str, prefix: str, links: list[tuple[str, str]], notes: list[str],
+                 note_links: bool) -> tuple[Listing, bool] | None:
+    """One folder's listing and whether it holds links (then it is never cached); None when unreadable."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return None
+    names = {e.name for e in entries}
+    kind = "project" if CONFIG_NAME in names else "model" if MODEL_FILE in names else ""
+    images: list[str] = []
+    subs: list[str] = []
+    has_links = False
+    for e in entries:
+        name = e.name
+        if name.startswith("."):
+            continue
+        try:
+            is_dir = e.is_dir(follow_symlinks=False)
+            is_file = not is_dir and e.is_file(follow_symlinks=True)
+            is_link = e.is_symlink()
+        except OSError:
+            continue
+        has_links = has_links or is_link
+        if is_dir:
+            if name not in SKIP_DIRS:
+                subs.append(name)
+        elif is_file:
+            if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+                images.append(name)
+                if is_link:
+                    links.append((prefix + name, os.path.realpath(e.path)))
+        elif note_links and name not in SKIP_DIRS and _is_dir_link(e):
+            notes.append(f"skipped symlinked folder '{prefix}{name}' (links to folders are not "
+                         "followed; move or copy the images into the project to include them)")
+    return Listing(kind, tuple(images), tuple(subs)), has_links
 
 
 def enclosing_project(folder: str | os.PathLike) -> Path | None:

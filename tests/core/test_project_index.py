@@ -1,4 +1,4 @@
-"""The label index: reopening reads only changed label files; the sidecars stay the source of truth."""
+"""The project index: reopening lists only changed folders and reads only changed label files."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from napari_cellclass.core import labelstore
-from napari_cellclass.core.label_index import INDEX_PATH
 from napari_cellclass.core.project import Project
+from napari_cellclass.core.project_index import INDEX_PATH
 from napari_cellclass.core.sidecars import read_sidecar, sidecar_path, write_sidecar
 
 
@@ -83,8 +83,14 @@ def test_label_files_removed_or_added_by_others_are_seen(root):
     lambda f: f.unlink(),
     lambda f: f.write_text("{not json"),
     lambda f: f.write_text(json.dumps({"format": "other", "files": {}})),
-    lambda f: f.write_text(json.dumps({"format": "napari-cellclass/label-index", "version": 1,
-                                       "files": {"x": "y", "plate/cellclass_labels/im1.npz": [1, 2]}})),
+    lambda f: f.write_text(json.dumps({"format": "napari-cellclass/project-index", "version": 2,
+                                       "labels": {"x": "y", "plate/cellclass_labels": {"names": [1, 2]}},
+                                       "class_lists": [["mitotic"], 3], "folders": {"": [1, 2]},
+                                       "order": ["im0.png"]})),
+    lambda f: f.write_text(json.dumps({"format": "napari-cellclass/project-index", "version": 2,
+                                       "labels": {"plate/cellclass_labels": {"names": ["im1.npz"], "stamps": [1, 2, 3],
+                                                                             "lists": [7]}},
+                                       "class_lists": [], "folders": [], "order": 5})),
 ])
 def test_a_missing_damaged_or_foreign_index_loses_nothing(root, damage):
     expected = _labels(Project.open(root))
@@ -97,9 +103,9 @@ def test_an_index_entry_for_another_stamp_is_not_believed(root, reads):
     Project.open(root)
     index = root.joinpath(*INDEX_PATH)
     data = json.loads(index.read_text())
-    for entry in data["files"].values():
-        entry[4] = ["interphase"]  # lies about the content...
-        entry[0] += 1  # ...for a file that is not the one on disk
+    data["class_lists"] = [["interphase"] for _ in data["class_lists"]]  # lies about the content...
+    for rows in data["labels"].values():
+        rows["stamps"] = [v + 1 for v in rows["stamps"]]  # ...for files that are not the ones on disk
     index.write_text(json.dumps(data))
     p = Project.open(root)
     assert all(p.labels(i) in ((), ("mitotic",)) for i in p.image_ids) and len(reads) >= 4
@@ -124,3 +130,68 @@ def test_an_index_that_cannot_be_written_only_costs_speed(root, monkeypatch):
 
     monkeypatch.setattr(atomic, "_open_temp", full)
     assert _labels(Project.open(root)) == expected
+
+
+def _age(root, seconds=3600):
+    """Date every folder below ``root`` back (a folder changed a moment ago is always listed again).
+
+    The project is opened first: that makes its cache folder (a change of the project folder).
+    """
+    Project.open(root)
+    for d in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        st = d.stat()
+        os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns - seconds * 10**9))
+
+
+@pytest.fixture
+def listings(monkeypatch):
+    """Count the folders actually listed."""
+    from napari_cellclass.core import scan
+
+    calls = []
+    real = scan._list_folder
+
+    def counting(folder, *a, **k):
+        calls.append(os.path.relpath(folder))
+        return real(folder, *a, **k)
+
+    monkeypatch.setattr(scan, "_list_folder", counting)
+    return calls
+
+
+def test_reopening_lists_no_folder_when_none_changed(root, listings):
+    _age(root)
+    first = Project.open(root).image_ids
+    listings.clear()
+    assert Project.open(root).image_ids == first and listings == []
+
+
+def test_images_added_removed_or_renamed_by_others_are_seen(root, listings):
+    _age(root)
+    Project.open(root)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "plate" / "im10.png")
+    (root / "im0.png").rename(root / "im00.png")
+    (root / "im2.png").unlink()
+    listings.clear()
+    ids = Project.open(root).image_ids
+    assert ids == ("im00.png", "im4.png", "plate/im1.png", "plate/im3.png", "plate/im5.png", "plate/im10.png")
+    assert len(listings) == 2  # the two folders that changed, not every folder
+
+
+def test_a_subfolder_made_a_project_or_a_model_folder_later_is_left_out(root):
+    _age(root)
+    assert "plate/im1.png" in Project.open(root).image_ids
+    (root / "plate" / "cellclass.json").write_text("{}")
+    p = Project.open(root)
+    assert not any(i.startswith("plate/") for i in p.image_ids)
+    assert any("skipped the project 'plate'" in m for m in p.problems)
+
+
+def test_a_folder_changed_a_moment_ago_is_not_trusted_next_time(root):
+    Project.open(root)  # the folders were just written: not stored
+    data = json.loads(root.joinpath(*INDEX_PATH).read_text())
+    assert "plate/" not in data["folders"]
+    _age(root)
+    Project.open(root)
+    data = json.loads(root.joinpath(*INDEX_PATH).read_text())
+    assert set(data["folders"]) == {"", "plate/"}
