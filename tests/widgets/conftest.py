@@ -51,18 +51,23 @@ def notifications(monkeypatch) -> list[tuple[str, str]]:
 
 @pytest.fixture
 def open_widget(make_napari_viewer, tmp_path) -> Callable:
-    """``open_widget(n=6, channels=1, multi_label=False, page_size=16)`` -> (viewer, widget, project)."""
+    """``open_widget(n=6, channels=1, multi_label=False, page_size=16, display=None)`` -> (viewer, widget, project).
+
+    ``display``: the channel display to draw with (default: the dock's, one RGB layer per image).
+    """
     from napari_cellclass._widgets.labelling import LabellingWidget
 
     answers: dict[str, object] = {"confirm": True, "color": "#00ff00"}
 
     def make(n: int = 6, channels: int = 1, multi_label: bool = False, page_size: int = 16,
-             folder: Path | None = None):
+             folder: Path | None = None, display: str | None = None):
         project = write_project(folder or tmp_path / "project", n, channels, multi_label)
         viewer = make_napari_viewer(show=True)
         widget = LabellingWidget(viewer, confirm=lambda q: bool(answers["confirm"]),
                                  pick_color=lambda c: answers["color"])
         widget.page_size.value = page_size
+        if display is not None:
+            widget.channels.value = display
         viewer.window.add_dock_widget(widget, name="Labelling")
         widget.open_project(project)
         widget.answers = answers

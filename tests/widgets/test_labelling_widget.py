@@ -83,7 +83,7 @@ def test_page_turning_and_f2_at_page_end(open_widget):
     assert w.pager.page_ids == ids[2:4]
     assert w.selected()[0] == [ids[2]]
     assert {lyr.metadata["cellclass"]["image_id"] for lyr in viewer.layers} == set(ids[2:4])
-    assert [lyr.name for lyr in viewer.layers] == list(ids[2:4])
+    assert [lyr.name for lyr in viewer.layers] == [i.rsplit(".", 1)[0] for i in ids[2:4]]  # no extension
     assert w.page_label.value.startswith("page 2 / 3")
     press(viewer, "PageDown")
     assert w.pager.page_ids == ids[4:] and len(viewer.layers) == 1
@@ -162,7 +162,7 @@ def test_multi_label_toggle_and_nested_borders(open_widget):
 
 
 def test_multichannel_composite_shares_grid_cell(open_widget):
-    viewer, w, project = open_widget(n=3, channels=2)
+    viewer, w, project = open_widget(n=3, channels=2, display="composite")
     ids = project.image_ids
     assert len(viewer.layers) == 6 and viewer.canvas.grid.stride == 2
     first, second = viewer.layers[0], viewer.layers[1]

@@ -23,7 +23,7 @@ def cells(viewer) -> list[set[str]]:
 
 
 def test_unlabelled_filter_keeps_one_image_per_cell(open_widget, notifications):
-    viewer, w, project = open_widget(n=10, channels=2, page_size=4)
+    viewer, w, project = open_widget(n=10, channels=2, page_size=4, display="composite")
     ids = project.image_ids
     labelled = [ids[1], ids[2], ids[5]]
     project.assign(labelled, "alpha")
@@ -43,7 +43,7 @@ def test_unlabelled_filter_keeps_one_image_per_cell(open_widget, notifications):
 
 
 def test_failed_redraw_is_drawn_afresh(open_widget, monkeypatch, notifications):
-    viewer, w, project = open_widget(n=6, channels=2, page_size=3)
+    viewer, w, project = open_widget(n=6, channels=2, page_size=3, display="composite")
     from napari_cellclass._widgets import page_view
 
     calls = {"n": 0}
@@ -78,7 +78,7 @@ def test_unexpected_errors_are_one_line_notifications(open_widget, monkeypatch, 
 
 
 def test_opening_the_open_project_again_keeps_the_page(open_widget, qtbot):
-    viewer, w, project = open_widget(n=20, channels=2, page_size=4)
+    viewer, w, project = open_widget(n=20, channels=2, page_size=4, display="composite")
     w.next_page()
     w.label_selected()
     inserted = []
@@ -94,7 +94,7 @@ def test_opening_the_open_project_again_keeps_the_page(open_widget, qtbot):
 
 
 def test_opening_another_project_switches_without_inserting_into_the_grid(open_widget, tmp_path):
-    viewer, w, project = open_widget(n=8, channels=2, page_size=4)
+    viewer, w, project = open_widget(n=8, channels=2, page_size=4, display="composite")
     other = write_project(tmp_path / "other", n=5, channels=2)
     before = list(viewer.layers)
     changes = []
@@ -110,7 +110,7 @@ def test_opening_another_project_switches_without_inserting_into_the_grid(open_w
 def test_extra_layer_gets_its_own_cell_and_the_grid_is_refitted(open_widget, qtbot):
     import numpy as np
 
-    viewer, w, project = open_widget(n=12, channels=2, page_size=4)
+    viewer, w, project = open_widget(n=12, channels=2, page_size=4, display="composite")
     ids = project.image_ids
     qtbot.wait(20)
     zoom = viewer.scene.camera.zoom
@@ -134,7 +134,7 @@ def test_extra_layer_gets_its_own_cell_and_the_grid_is_refitted(open_widget, qtb
 def test_the_page_is_refitted_when_the_canvas_changes_size(open_widget, qtbot):
     from napari_cellclass._widgets.napari_private import main_window
 
-    viewer, w, project = open_widget(n=8, channels=2, page_size=4)
+    viewer, w, project = open_widget(n=8, channels=2, page_size=4, display="composite")
     window = main_window(viewer)
     qtbot.wait(300)
     zoom = viewer.scene.camera.zoom

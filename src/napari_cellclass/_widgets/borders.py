@@ -12,6 +12,9 @@ from .napari_private import layer_overlays, real_layer
 #: Keys of the extra rectangles (2nd, 3rd ... class of a multi-label image) among the layer's overlays.
 EXTRA_KEY = "cellclass_border_{}"
 _BASE_ORDER = 10_000
+#: Key of the selection mark (corner handles) among the layer's overlays, and its handle size.
+HIGHLIGHT_KEY = "cellclass_selected"
+HIGHLIGHT_POINT_PX = 14.0
 
 
 def apply_border(layer: Layer, specs: Sequence[BorderSpec]) -> None:
@@ -41,6 +44,30 @@ def apply_border(layer: Layer, specs: Sequence[BorderSpec]) -> None:
     while EXTRA_KEY.format(k) in overlays:
         _hide(overlays[EXTRA_KEY.format(k)])
         k += 1
+
+
+def set_highlight(layer: Layer, on: bool) -> None:
+    """Show (or hide) a thin white frame with corner handles around ``layer``: a selected image on the canvas.
+
+    Like the borders, "hidden" is a transparent overlay, never an invisible one (no grid re-layout).
+    """
+    overlays = layer_overlays(layer)
+    if overlays is None:
+        return
+    box = overlays.get(HIGHLIGHT_KEY)
+    if box is None:
+        if not on:
+            return
+        box = overlays[HIGHLIGHT_KEY] = BoundingBoxOverlay(
+            lines=True, line_color="white", line_thickness=2.0, points=True, point_color="white",
+            point_size=HIGHLIGHT_POINT_PX, order=_BASE_ORDER + 99, visible=True, opacity=0.0)
+    box.opacity = 1.0 if on else 0.0
+
+
+def is_highlighted(layer: Layer) -> bool:
+    """True when ``layer`` shows the selection mark."""
+    box = (layer_overlays(layer) or {}).get(HIGHLIGHT_KEY)
+    return box is not None and box.visible and box.opacity > 0
 
 
 def prepare_border(layer: Layer) -> None:

@@ -26,9 +26,9 @@ from .hotkeys import HOTKEY_HELP, Hotkeys
 from .labelling_model import LabellingSession, Pager, fallback_color
 from .napari_private import real_viewer
 from .page_controls import PageControls
-from .page_view import PageView, Shown
+from .page_view import CanvasClicks, PageView, Shown
 from .scripted import ScriptedLayer, ScriptedLayers, selection_targets
-from .session import session_for
+from .session import CANVAS, GALLERY, session_for
 
 if TYPE_CHECKING:
     import napari
@@ -104,6 +104,10 @@ class LabellingWidget(Container):
         self.shared.register_page_view(self)
         self.shared.labels_changed.connect(self._on_project_changed)
         self.shared.project_changed.connect(self._on_session_project)
+        self.shared.selection_changed.connect(self._on_shared_selection)
+        self.viewer.layers.selection.events.changed.connect(self._on_layer_selection)
+        self.canvas_clicks = CanvasClicks(self.viewer, self._on_canvas_click)
+        self._syncing = False
         self._lifetime = _LifetimeFilter(self)
         self.native.installEventFilter(self._lifetime)
         self.bind_hotkeys()
@@ -162,8 +166,11 @@ class LabellingWidget(Container):
         """Unbind the hotkeys and stop listening to the viewer and the session."""
         self.unbind_hotkeys()
         self.page.close()
+        self.canvas_clicks.close()
+        self.viewer.layers.selection.events.changed.disconnect(self._on_layer_selection)
         self.shared.labels_changed.disconnect(self._on_project_changed)
         self.shared.project_changed.disconnect(self._on_session_project)
+        self.shared.selection_changed.disconnect(self._on_shared_selection)
         if self.shared.page_view is self:
             self.shared.register_page_view(None)
         super().close()
@@ -263,11 +270,55 @@ class LabellingWidget(Container):
         """Make an image of the page the selected (active) layer."""
         self.page.select(image_id)
 
+    def shows_image(self, image_id: str) -> bool:
+        """True when ``image_id`` is on the canvas page."""
+        return image_id in self.page.shown
+
+    def page_length(self) -> int:
+        """Images per page."""
+        return int(self.page_size.value)
+
     # ================================================================== selection
     def selected(self) -> tuple[list[str], list[ScriptedLayer]]:
-        """Project image ids (page order) and scripted layers among the selected layers."""
+        """The images the hotkeys act on: the gallery's selection when it was made last, else the
+        project image ids (page order) and scripted layers among the selected layers."""
+        if self.shared.selection_source == GALLERY and self.project is not None:
+            return [i for i in self.shared.selection if i in self.project], []
         page = self.pager.page_ids if self.pager is not None else ()
         return selection_targets(list(self.viewer.layers.selection), self.project, page)
+
+    def _on_layer_selection(self, _event: Any = None) -> None:
+        """Layers were selected (layer list, canvas click, script): the gallery and the highlight follow."""
+        if self.project is None:
+            return
+        page = self.pager.page_ids if self.pager is not None else ()
+        ids, _ = selection_targets(list(self.viewer.layers.selection), self.project, page)
+        self.page.highlight(ids)
+        if not self._syncing:
+            self.shared.select(ids, CANVAS)
+
+    def _on_shared_selection(self, ids: tuple[str, ...], source: str) -> None:
+        """The gallery selected images: select their layers on the page."""
+        if source != GALLERY:
+            return
+        self._syncing = True
+        try:
+            self.page.select_many([i for i in ids if i in self.page.shown])
+        finally:
+            self._syncing = False
+
+    def _on_canvas_click(self, layer: Layer, modifiers: tuple[str, ...]) -> None:
+        """A click on an image of the canvas selects it (Shift/Ctrl: adds or removes it)."""
+        iid = next((i for i, shown in self.page.shown.items() if layer in shown.layers), None)
+        if iid is None:
+            return
+        if "Shift" in modifiers or "Control" in modifiers:
+            current, _ = selection_targets(list(self.viewer.layers.selection), self.project,
+                                           self.pager.page_ids if self.pager is not None else ())
+            ids = [i for i in current if i != iid] if iid in current else [*current, iid]
+            self.page.select_many(ids)
+        else:
+            self.page.select(iid)
 
     # ================================================================== scripted layers
     def save_scripted_layers(self, layers: Sequence[Layer] | None = None) -> list[str]:
@@ -285,7 +336,7 @@ class LabellingWidget(Container):
             return None
         ids, targets = self.selected()
         if not ids and not targets:
-            show_warning("select an image first (click its layer)")
+            show_warning("select an image first (click it on the canvas or in the gallery)")
             return None
         return ids, targets
 
@@ -309,8 +360,14 @@ class LabellingWidget(Container):
         ids, targets = sel
         self.session.label(ids, targets)
         self.scripted.labelled(targets)
-        if ids:
-            self._go_after(ids[-1])
+        if not ids:
+            return
+        gallery = self.shared.gallery
+        if self.shared.selection_source == GALLERY and gallery is not None:  # F2 follows the gallery's order
+            if not gallery.select_after(ids[-1]):
+                show_info("that was the last image of the gallery")
+            return
+        self._go_after(ids[-1])
 
     def _go_after(self, image_id: str) -> None:
         assert self.pager is not None

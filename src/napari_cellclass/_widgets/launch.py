@@ -29,7 +29,7 @@ def dock_all(viewer: Any, folder: str | os.PathLike | None = None) -> None:
     """Open ``folder`` (if any) in the labelling dock and dock the other cellclass widgets.
 
     The Training, Predictions and Metrics docks are tabs beside Labelling in the same dock area,
-    the Labelling tab in front, and the window fits the screen.
+    the Labelling tab in front, the gallery below them, and the window fits the screen.
     """
     from .reader import labelling_widget
 
@@ -41,6 +41,18 @@ def dock_all(viewer: Any, folder: str | os.PathLike | None = None) -> None:
             viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True)
         except KeyError:
             continue  # not contributed by this version
+    from .gallery import GalleryDock
+
+    if labelling.shared.gallery is None:  # beside the canvas, under the tabs: the whole project at a glance
+        gallery = viewer.window.add_dock_widget(GalleryDock(viewer), name="Gallery", area="right", tabify=False)
+        qt = main_window(viewer)
+        dock = labelling.native.parent()
+        while dock is not None and not hasattr(dock, "setFloating"):
+            dock = dock.parent()
+        if qt is not None and dock is not None:
+            from qtpy.QtCore import Qt
+
+            qt.resizeDocks([dock, gallery], [420, 560], Qt.Orientation.Vertical)
     labelling.raise_dock()
     fit_to_screen(viewer)
 

@@ -16,6 +16,26 @@ COMPOSITE = "composite"
 BLEND = "RGB blend"
 
 
+def short_names(image_ids: Sequence[str]) -> dict[str, str]:
+    """Layer names that show what tells images apart: the ids without their common folders and extension.
+
+    ``images/u2os_0002.tif`` on a page of ``images/`` gives ``u2os_0002``; fields of several
+    wells keep the well (``A01/f1``, ``A02/f1``).
+    """
+    parts = [iid.split("/") for iid in image_ids]
+    common = 0
+    if parts:
+        shortest = min(len(p) for p in parts) - 1  # never the file name itself
+        while common < shortest and len({p[common] for p in parts}) == 1:
+            common += 1
+    out = {}
+    for iid, p in zip(image_ids, parts, strict=True):
+        name = "/".join(p[common:])
+        stem, dot, _ = name.rpartition(".")
+        out[iid] = stem if dot and stem and not stem.endswith("/") else name
+    return out
+
+
 def contrast_limits(pixels: np.ndarray) -> list[float]:
     """Robust display range (0.5-99.8 percentiles) so 16-bit images are not black."""
     if pixels.dtype == np.uint8:
@@ -87,11 +107,14 @@ _RGB = {"blue": (0.0, 0.0, 1.0), "green": (0.0, 1.0, 0.0), "magenta": (1.0, 0.0,
         "gray": (1.0, 1.0, 1.0)}
 
 
-def blend_channels(pixels: np.ndarray) -> np.ndarray:
-    """Channels ``(C, Y, X)`` as one additive RGB ``float32`` image ``(Y, X, 3)`` in 0-1."""
+def blend_channels(pixels: np.ndarray, limits: Sequence[Sequence[float]] | None = None) -> np.ndarray:
+    """Channels ``(C, Y, X)`` as one additive RGB ``float32`` image ``(Y, X, 3)`` in 0-1.
+
+    ``limits``: each channel's display range (default: its own percentile contrast).
+    """
     out = np.zeros(pixels.shape[1:] + (3,), dtype=np.float32)
-    for c, cmap in zip(pixels, _channel_colormaps(pixels.shape[0]), strict=True):
-        lo, hi = contrast_limits(c)
+    for k, (c, cmap) in enumerate(zip(pixels, _channel_colormaps(pixels.shape[0]), strict=True)):
+        lo, hi = limits[k] if limits is not None else contrast_limits(c)
         norm = np.clip((c.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
         out += norm[..., None] * np.asarray(_RGB[cmap], dtype=np.float32)
     return np.clip(out, 0.0, 1.0, out=out)

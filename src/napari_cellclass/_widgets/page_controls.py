@@ -53,11 +53,11 @@ class PageControls(Container):
     def _channel_choices(self, _widget: Any = None) -> list[str]:
         page = getattr(self._owner, "page", None)
         n = page.max_channels if page is not None else 1
-        return [COMPOSITE, BLEND] + [f"channel {k + 1}" for k in range(n if n > 1 else 0)]
+        return [BLEND, COMPOSITE] + [f"channel {k + 1}" for k in range(n if n > 1 else 0)]
 
     def display_mode(self) -> str | int:
         """``"composite"``, ``"RGB blend"`` or the index of the one channel to show."""
-        value = self.channels.value or COMPOSITE
+        value = self.channels.value or BLEND
         if value in (COMPOSITE, BLEND):
             return value
         return int(str(value).split()[-1]) - 1

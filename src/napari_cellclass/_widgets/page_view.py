@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from napari.layers import Layer
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QEvent, QObject, QTimer
@@ -19,10 +20,10 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from ..core.errors import ImageReadError
 from ..core.images import ImageData
 from ..core.project import Project
-from .borders import apply_border, prepare_border
+from .borders import apply_border, prepare_border, set_highlight
 from .guards import reports_errors
 from .labelling_model import Pager, image_border_specs
-from .layers import BLEND, COMPOSITE, layer_data_from_image, layer_metadata, natural_layer_count
+from .layers import BLEND, COMPOSITE, layer_data_from_image, layer_metadata, natural_layer_count, short_names
 from .napari_private import canvas_widget
 from .scripted import project_meta
 
@@ -86,6 +87,55 @@ def bring_to_front(layers: Any, order: Sequence[Layer]) -> None:
             if src != k:
                 layers.move(src, k)
     layers.events.reordered(value=layers)
+
+
+class CanvasClicks:
+    """Calls ``on_click(layer, modifiers)`` when the user clicks (press and release, no drag) an image
+    of napari's grid; ``layer`` is the top visible layer of the clicked grid cell."""
+
+    def __init__(self, viewer: Any, on_click: Callable[[Layer, tuple[str, ...]], None]) -> None:
+        self.viewer = viewer
+        self._on_click = on_click
+        viewer.mouse_drag_callbacks.append(self._callback)
+
+    def close(self) -> None:
+        if self._callback in self.viewer.mouse_drag_callbacks:
+            self.viewer.mouse_drag_callbacks.remove(self._callback)
+
+    def _callback(self, viewer: Any, event: Any) -> Any:
+        if event.button != 1:
+            return
+        press = tuple(event.position)
+        viewbox = getattr(event, "viewbox", None)
+        modifiers = tuple(str(getattr(m, "name", m)) for m in event.modifiers)
+        yield
+        while event.type == "mouse_move":
+            if max(abs(a - b) for a, b in zip(event.position, press, strict=False)) > 2:
+                return  # a drag pans the view
+            yield
+        layer = layer_at(viewer, viewbox, press)
+        if layer is not None:
+            self._on_click(layer, modifiers)
+
+
+def layer_at(viewer: Any, viewbox: tuple[int, int] | None, position: Sequence[float]) -> Layer | None:
+    """The top visible layer under a click: the grid cell's top layer whose data holds ``position``."""
+    layers = viewer.layers
+    grid = viewer.canvas.grid
+    if grid.enabled:
+        if viewbox is None:
+            return None
+        candidates = [layers[i] for i in grid.contents_at(tuple(viewbox), layers)]
+    else:
+        candidates = list(layers)
+    for layer in reversed(candidates):  # the last one is drawn on top
+        if not layer.visible:
+            continue
+        coords = np.asarray(layer.world_to_data(position))[-2:]
+        shape = layer.data.shape[:2] if layer.rgb else layer.data.shape[-2:]
+        if np.all(coords >= -0.5) and np.all(coords < np.asarray(shape) - 0.5):
+            return layer
+    return None
 
 
 class _ResizeFilter(QObject):
@@ -243,11 +293,12 @@ class PageView:
         """Give every image of the page its layers: recycled from ``pool`` or newly added."""
         assert self.project is not None
         fresh: list[tuple[str, Any, dict[str, Any]]] = []
+        names = short_names(ids)
         for iid in ids:
             if iid not in key_of or iid in self.shown:
                 continue
             img = images.get(iid) or self.project.read_image(iid)
-            data, kwargs, _ = layer_data_from_image(img, layer_metadata(self.project, iid), iid, key_of[iid])
+            data, kwargs, _ = layer_data_from_image(img, layer_metadata(self.project, iid), names[iid], key_of[iid])
             n_layers = natural[iid] if key_of[iid] == COMPOSITE else 1
             reuse = next((s for s in pool if len(s.layers) == n_layers
                           and s.layers[0].rgb == bool(kwargs.get("rgb", False))), None)
@@ -307,10 +358,29 @@ class PageView:
             apply_border(layer, specs if k == 0 else [])
 
     def select(self, image_id: str) -> None:
-        """Make an image of the page the selected (active) layer."""
-        shown = self.shown.get(image_id)
-        if shown is not None and shown.layers:
-            self.viewer.layers.selection.active = shown.layers[0]
+        """Select an image of the page: its layers (all channels), the first one active."""
+        self.select_many([image_id])
+
+    def select_many(self, ids: Sequence[str]) -> None:
+        """Select the layers of these page images (no image: no layer selected)."""
+        layers = [lyr for i in ids if i in self.shown for lyr in self.shown[i].layers]
+        selection = self.viewer.layers.selection
+        if set(layers) == set(selection):
+            return
+        if len(layers) == 1:
+            selection.active = layers[0]
+            return
+        selection.clear()
+        selection.update(layers)
+        if layers:
+            selection._current = layers[0]  # noqa: SLF001 - napari offers no public setter for "current"
+
+    def highlight(self, ids: Sequence[str]) -> None:
+        """Mark the selected images on the canvas: white corner handles around each (others: none)."""
+        chosen = set(ids)
+        for iid, shown in self.shown.items():
+            if shown.layers:
+                set_highlight(shown.layers[0], iid in chosen)
 
     # ------------------------------------------------------------------ layers coming and going
     def _on_layer_inserted(self, event: Any) -> None:

@@ -159,6 +159,7 @@ class PredictionsWidget(Container):
             show_warning(str(exc))
             self.predictions = {}
         self.layers.set_predictions(project, self.predictions)
+        self.shared.set_predictions(self.predictions)
         model = self.model
         self.model_label.value = f"model: {model.name if model else 'none (train or load one)'}"
         self.class_filter.reset_choices()
@@ -207,6 +208,7 @@ class PredictionsWidget(Container):
             show_error(f"Prediction failed: {item.message}")
         elif isinstance(item, dict) and project is not None:
             self.predictions.update(item)
+            self.shared.set_predictions(self.predictions)
             self.layers.update(project, item)
             self.class_filter.reset_choices()
             self.refresh_table()

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from psygnal import Signal
 
+from ..core.predictions import Prediction
 from ..core.project import Project
 
 
@@ -30,6 +31,23 @@ class PageView(Protocol):
 
     def raise_dock(self) -> None: ...
 
+    def select_image(self, image_id: str) -> None: ...
+
+    def shows_image(self, image_id: str) -> bool: ...
+
+    def page_length(self) -> int: ...
+
+
+class Gallery(Protocol):
+    """What the gallery dock offers the labelling dock (F2 follows the gallery's order)."""
+
+    def select_after(self, image_id: str) -> bool: ...
+
+
+#: Where the selection was made.
+CANVAS = "canvas"
+GALLERY = "gallery"
+
 
 class CellclassSession:
     """The state the docks of one viewer share.
@@ -42,16 +60,26 @@ class CellclassSession:
         Labels of these image ids changed; an empty tuple means the class list changed.
     model_changed(folder)
         Another model folder (or ``None``) is the active model.
+    selection_changed(ids, source)
+        The selected images changed, in the gallery (``"gallery"``) or on the canvas (``"canvas"``).
+    predictions_changed()
+        The predictions shown changed (:attr:`predictions`).
     """
 
     project_changed = Signal(object)
     labels_changed = Signal(tuple)
     model_changed = Signal(object)
+    selection_changed = Signal(tuple, str)
+    predictions_changed = Signal()
 
     def __init__(self) -> None:
         self.project: Project | None = None
         self.model: Path | None = None
         self.page_view: PageView | None = None
+        self.gallery: Gallery | None = None
+        self.selection: tuple[str, ...] = ()
+        self.selection_source = CANVAS
+        self.predictions: dict[str, Prediction] = {}
 
     # ------------------------------------------------------------------ project
     def set_project(self, project: Project | None) -> None:
@@ -62,10 +90,13 @@ class CellclassSession:
             self.project.remove_listener(self._relay)
         self.project = project
         self.model = None
+        self.selection, self.selection_source = (), CANVAS
+        self.predictions = {}
         if project is not None:
             project.add_listener(self._relay)
         self.project_changed.emit(project)
         self.model_changed.emit(None)
+        self.predictions_changed.emit()
 
     def use_project(self, project: Project | str | os.PathLike) -> Project:
         """The open project when ``project`` names its folder, else open it and make it the open one."""
@@ -87,16 +118,36 @@ class CellclassSession:
         self.model = Path(folder) if folder is not None else None
         self.model_changed.emit(self.model)
 
+    # ------------------------------------------------------------------ selection and predictions
+    def select(self, ids: Sequence[str], source: str) -> None:
+        """The user selected these images (in the gallery or on the canvas)."""
+        ids = tuple(ids)
+        if ids == self.selection and source == self.selection_source:
+            return
+        self.selection, self.selection_source = ids, source
+        self.selection_changed.emit(ids, source)
+
+    def set_predictions(self, predictions: Mapping[str, Prediction]) -> None:
+        """The predictions every dock shows (the predictions dock sets them)."""
+        self.predictions = dict(predictions)
+        self.predictions_changed.emit()
+
     # ------------------------------------------------------------------ page view
     def register_page_view(self, view: PageView | None) -> None:
         """The labelling dock of this viewer (``None`` when it closes)."""
         self.page_view = view
 
-    def show_images(self, ids: Sequence[str], title: str) -> bool:
+    def register_gallery(self, gallery: Gallery | None) -> None:
+        """The gallery dock of this viewer (``None`` when it closes)."""
+        self.gallery = gallery
+
+    def show_images(self, ids: Sequence[str], title: str, select: str | None = None) -> bool:
         """Show these images as the page of the labelling dock; False when there is none."""
         if self.page_view is None:
             return False
         self.page_view.show_images(ids, title)
+        if select is not None:
+            self.page_view.select_image(select)
         return True
 
 

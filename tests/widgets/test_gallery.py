@@ -1,0 +1,155 @@
+"""The gallery dock with real clicks and keys: selection shared with the canvas, hotkeys, sort/filter, thumbnails."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QPoint, Qt
+from qtpy.QtTest import QTest
+
+from napari_cellclass.core.predictions import Prediction
+
+
+@pytest.fixture
+def gallery(open_widget, qtbot):
+    """``gallery(n=12, channels=2, page_size=4)`` -> (viewer, labelling dock, gallery dock, project)."""
+    from napari_cellclass._widgets.gallery import GalleryDock
+
+    def make(n: int = 12, channels: int = 2, page_size: int = 4):
+        viewer, w, project = open_widget(n=n, channels=channels, page_size=page_size)
+        g = GalleryDock(viewer)
+        viewer.window.add_dock_widget(g, name="Gallery", area="right")
+        qtbot.waitUntil(lambda: g.view.isVisible(), timeout=5000)
+        return viewer, w, g, project
+
+    yield make
+
+
+def click_item(g, row: int, modifier=Qt.KeyboardModifier.NoModifier) -> None:
+    """Scroll to a thumbnail (as a user would) and click it."""
+    g.view.scrollTo(g.model.index(row))
+    rect = g.view.visualRect(g.model.index(row))
+    assert rect.isValid() and g.view.viewport().rect().contains(rect.center())
+    QTest.mouseClick(g.view.viewport(), Qt.MouseButton.LeftButton, modifier, rect.center())
+
+
+def layer_ids(viewer) -> set[str]:
+    return {lyr.metadata["cellclass"]["image_id"] for lyr in viewer.layers.selection}
+
+
+def test_the_gallery_lists_the_whole_project_and_makes_thumbnails_in_the_canvas_colours(gallery, qtbot):
+    viewer, w, g, project = gallery(n=12)
+    assert g.model.ids == list(project.image_ids) and len(viewer.layers) == 4  # the canvas shows one page
+    qtbot.waitUntil(lambda: g.model.pixmap(project.image_ids[0]) is not None, timeout=10000)
+    img = g.model.pixmap(project.image_ids[0]).toImage()
+    px = img.pixelColor(img.width() // 2, img.height() // 2)
+    assert px.red() < px.green() or px.red() < px.blue()  # blue + green composite, not grey
+    cached = list(project.root.joinpath("cellclass_cache", "thumbnails").rglob("*.png"))
+    assert cached  # on disk inside the project
+    assert "12 shown of 12" in g.counts.text()
+
+
+def test_a_click_in_the_gallery_selects_the_image_layers_and_the_hotkeys_label_it(gallery, qtbot):
+    viewer, w, g, project = gallery(n=12)
+    ids = project.image_ids
+    click_item(g, 1)
+    assert g.selected_ids() == [ids[1]] and layer_ids(viewer) == {ids[1]}  # both channel layers
+    QTest.keyClick(g.view, Qt.Key.Key_F1)
+    assert project.labels(ids[1]) == ("alpha",)
+    click_item(g, 9, Qt.KeyboardModifier.ControlModifier)  # not on the canvas page
+    click_item(g, 10, Qt.KeyboardModifier.ControlModifier)
+    assert g.selected_ids() == [ids[1], ids[9], ids[10]]
+    QTest.keyClick(g.view, Qt.Key.Key_F4)  # next class
+    QTest.keyClick(g.view, Qt.Key.Key_F1)
+    assert [project.labels(i) for i in (ids[1], ids[9], ids[10])] == [("beta",)] * 3
+    QTest.keyClick(g.view, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert [project.labels(i) for i in (ids[1], ids[9], ids[10])] == [("alpha",), (), ()]
+    assert "1 labelled" in g.counts.text()  # counts follow live
+
+
+def test_f2_in_the_gallery_follows_the_gallery_order_and_the_canvas_follows(gallery, qtbot):
+    viewer, w, g, project = gallery(n=12)
+    ids = project.image_ids
+    project.assign([ids[0], ids[1], ids[2]], "alpha")
+    g.image_filter.setCurrentText("unlabelled")
+    assert g.model.ids == list(ids[3:])
+    click_item(g, 0)
+    for _ in range(3):
+        QTest.keyClick(g.view, Qt.Key.Key_F2)
+    assert [project.labels(i) for i in ids[3:6]] == [("alpha",)] * 3
+    assert g.selected_ids() == [ids[6]] and g.model.ids == list(ids[3:])  # the list stays while labelling
+    assert w.shows_image(ids[6]) and layer_ids(viewer) == {ids[6]}  # shown and selected on the canvas
+
+
+def test_selecting_layers_selects_their_thumbnails(gallery, qtbot):
+    viewer, w, g, project = gallery(n=12)
+    ids = project.image_ids
+    w.select_image(ids[2])
+    assert g.selected_ids() == [ids[2]]
+    from napari_cellclass._widgets.borders import is_highlighted
+
+    assert is_highlighted(w._shown[ids[2]].layers[0]) and not is_highlighted(w._shown[ids[1]].layers[0])
+
+
+def test_sort_and_filters_and_double_click_shows_the_image_on_the_canvas(gallery, qtbot):
+    viewer, w, g, project = gallery(n=12)
+    ids = project.image_ids
+    project.assign(ids[5], "beta")
+    project.assign(ids[7], "alpha")
+    g.sort.setCurrentText("class")
+    assert g.model.ids[:2] == [ids[7], ids[5]]
+    g.image_filter.setCurrentText("beta")
+    assert g.model.ids == [ids[5]]
+    g.image_filter.setCurrentText("all images")
+    g.sort.setCurrentText("name")
+    g.name_filter.setText("IMG1")
+    assert g.model.ids == [i for i in ids if "img1" in i]
+    g.name_filter.setText("")
+    preds = {i: Prediction(i, ("beta",), c) for i, c in zip(ids[:3], (0.9, 0.6, 0.99), strict=True)}
+    g.shared.set_predictions(preds)
+    g.sort.setCurrentText("confidence (lowest first)")
+    assert g.model.ids[:3] == [ids[1], ids[0], ids[2]]
+    g.image_filter.setCurrentText("predicted: beta")
+    assert sorted(g.model.ids) == sorted(ids[:3])
+    g.image_filter.setCurrentText("all images")
+    g.sort.setCurrentText("name")
+    g.view.scrollTo(g.model.index(10))
+    rect = g.view.visualRect(g.model.index(10))
+    QTest.mouseClick(g.view.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, rect.center())
+    QTest.mouseDClick(g.view.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, rect.center())
+    assert w.shows_image(ids[10]) and layer_ids(viewer) == {ids[10]}
+    assert w.pager.page_ids == tuple(ids[8:12])
+
+
+def test_a_click_on_the_canvas_selects_the_image_under_it(gallery, qtbot):
+    viewer, w, g, project = gallery(n=4, channels=1)
+    ids = project.image_ids
+    qt_canvas = viewer.window._qt_viewer.canvas
+    qtbot.waitUntil(lambda: len(qt_canvas.grid_views) >= 4, timeout=5000)
+    grid = viewer.canvas.grid
+    target = ids[3]
+    (index,) = [k for k, lyr in enumerate(viewer.layers) if lyr.metadata["cellclass"]["image_id"] == target]
+    cell = grid.position(index, viewer.layers)
+    views = dict(zip((c for c, _ in grid.iter_viewboxes(viewer.layers)), qt_canvas.grid_views, strict=False))
+    vb = views[cell]
+    x, y = (np.asarray(vb.transform.translate[:2]) + np.asarray(vb.inner_rect.size) / 2).astype(int)
+    native = qt_canvas.native
+    ratio = native.devicePixelRatioF()
+    pos = QPoint(int(x / ratio), int(y / ratio))
+    QTest.mouseClick(native, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, pos)
+    qtbot.waitUntil(lambda: layer_ids(viewer) == {target}, timeout=3000)
+    assert g.selected_ids() == [target]
+
+
+def test_long_names_are_never_cut_in_the_middle(qapp):
+    from qtpy.QtGui import QFont, QFontMetrics
+
+    from napari_cellclass._widgets.gallery import name_lines
+
+    metrics = QFontMetrics(QFont())
+    name = "plate_0001/well_B07/very_long_experiment_name_field_0042.tif"
+    text = name_lines(name, metrics, 80)
+    lines = text.split("\n")
+    assert len(lines) <= 2 and all(metrics.horizontalAdvance(x) <= 80 for x in lines)
+    assert text.replace("\n", "").endswith("field_0042.tif")  # the end that tells images apart stays
+    assert lines[0].startswith("…")  # only the start is left out
+    assert name_lines("a.tif", metrics, 80) == "a.tif"
