@@ -13,6 +13,7 @@ neighbours in gallery order as the canvas page, at full resolution.
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -61,19 +62,24 @@ if TYPE_CHECKING:
 MIN_SIZE, MAX_SIZE, DEFAULT_SIZE = 48, 160, 96
 #: Bytes of decoded thumbnails kept in memory (a few screens of them; the rest is on disk).
 MEMORY_BYTES = 96 * 2 ** 20
-#: Background threads making thumbnails (reading images releases the GIL).
-THREADS = 4
+#: Background threads making thumbnails (reading images releases the GIL); one core stays with the GUI.
+THREADS = max(1, min(4, (os.cpu_count() or 2) - 1))
 #: Requests kept waiting at most: older ones (scrolled past) are dropped.
 MAX_WAITING = 1024
 NAME_ROLE = Qt.ItemDataRole.UserRole + 1
 MIN_VIEW_HEIGHT = 300
+NAME_CACHE = 20_000
 TEXT_LINES = 2
 
 
 class ThumbnailLoader(QObject):
-    """Makes thumbnails in background threads, newest request first; ``ready(id, rgb)`` in the GUI thread."""
+    """Makes thumbnails in background threads, newest request first.
 
-    ready = Signal(str, object)
+    Finished thumbnails are collected; ``ready`` reaches the GUI thread once per batch and
+    :meth:`take` hands the batch over (one repaint for many thumbnails while scrolling).
+    """
+
+    ready = Signal()
 
     def __init__(self, threads: int = THREADS) -> None:
         super().__init__()
@@ -82,6 +88,7 @@ class ThumbnailLoader(QObject):
         self._queued: set[str] = set()
         self._cond = threading.Condition()
         self._closed = False
+        self._done: list[tuple[str, np.ndarray | None]] = []
         self._threads = [threading.Thread(target=self._run, daemon=True, name=f"cellclass-thumbnails-{k}")
                          for k in range(threads)]
         for t in self._threads:
@@ -123,14 +130,25 @@ class ThumbnailLoader(QObject):
                 self._queued.discard(image_id)
                 if store is not self._store or self._closed:
                     continue
-            try:
-                self.ready.emit(image_id, rgb)
-            except RuntimeError:  # the dock was deleted meanwhile
-                return
+                first = not self._done
+                self._done.append((image_id, rgb))
+            if first:
+                try:
+                    self.ready.emit()
+                except RuntimeError:  # the dock was deleted meanwhile
+                    return
+
+    def take(self) -> list[tuple[str, np.ndarray | None]]:
+        """The thumbnails finished since the last call (in the GUI thread)."""
+        with self._cond:
+            done, self._done = self._done, []
+        return done
 
 
 class GalleryModel(QAbstractListModel):
     """The listed image ids; thumbnails come from a bounded cache or are requested from the loader."""
+
+    thumbnails_arrived = Signal()
 
     def __init__(self, loader: ThumbnailLoader) -> None:
         super().__init__()
@@ -139,6 +157,7 @@ class GalleryModel(QAbstractListModel):
         self._loader = loader
         self._pixmaps: OrderedDict[str, QPixmap | None] = OrderedDict()
         self._bytes = 0
+        self.size = DEFAULT_SIZE  # thumbnails are kept scaled to the size shown
         loader.ready.connect(self._on_ready)
 
     def set_ids(self, ids: Sequence[str]) -> None:
@@ -150,6 +169,11 @@ class GalleryModel(QAbstractListModel):
     def clear_thumbnails(self) -> None:
         self._pixmaps.clear()
         self._bytes = 0
+
+    def set_size(self, px: int) -> None:
+        """Show thumbnails ``px`` wide (they are scaled again from the disk cache when shown)."""
+        self.size = int(px)
+        self.clear_thumbnails()
 
     def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008, N802 (Qt API)
         return 0 if parent.isValid() else len(self.ids)
@@ -172,22 +196,27 @@ class GalleryModel(QAbstractListModel):
         self._loader.request(image_id)
         return None
 
-    def _on_ready(self, image_id: str, rgb: np.ndarray | None) -> None:
+    def _on_ready(self) -> None:
+        done = self._loader.take()
+        for image_id, rgb in done:
+            self._add(image_id, rgb)
+        if done:  # same sizes, new pixels: a repaint of what is visible, no relayout, no per-row signal
+            self.thumbnails_arrived.emit()
+
+    def _add(self, image_id: str, rgb: np.ndarray | None) -> None:
         pix = None
         if rgb is not None:
             h, w = rgb.shape[:2]
             rgb = np.ascontiguousarray(rgb)
-            pix = QPixmap.fromImage(QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy())
-            self._bytes += 4 * w * h
+            image = QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888)
+            pix = QPixmap.fromImage(image.scaled(self.size, self.size, Qt.AspectRatioMode.KeepAspectRatio,
+                                                 Qt.TransformationMode.SmoothTransformation))
+            self._bytes += 4 * pix.width() * pix.height()
         self._pixmaps[image_id] = pix
         while self._bytes > MEMORY_BYTES and self._pixmaps:
             _, old = self._pixmaps.popitem(last=False)
             if old is not None:
                 self._bytes -= 4 * old.width() * old.height()
-        row = self.row_of.get(image_id)
-        if row is not None:
-            idx = self.index(row)
-            self.dataChanged.emit(idx, idx)
 
 
 class ThumbnailDelegate(QStyledItemDelegate):
@@ -197,6 +226,7 @@ class ThumbnailDelegate(QStyledItemDelegate):
         super().__init__(dock)
         self._dock = dock
         self.size = DEFAULT_SIZE
+        self._names: dict[tuple[str, int], str] = {}  # laid-out names (the font is the view's)
 
     def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex) -> QSize:  # noqa: N802 (Qt API)
         line = option.fontMetrics.height()
@@ -214,13 +244,11 @@ class ThumbnailDelegate(QStyledItemDelegate):
         if selected:
             painter.fillRect(r, option.palette.highlight())
         box = QRect(r.left() + 6, r.top() + 6, self.size, self.size)
-        pix = model.sourceModel().pixmap(iid) if hasattr(model, "sourceModel") else dock.model.pixmap(iid)
+        pix = dock.model.pixmap(iid)
         if pix is not None:
-            scaled = pix.scaled(self.size, self.size, Qt.AspectRatioMode.KeepAspectRatio,
-                                Qt.TransformationMode.SmoothTransformation)
-            x = box.left() + (self.size - scaled.width()) // 2
-            y = box.top() + (self.size - scaled.height()) // 2
-            painter.drawPixmap(x, y, scaled)
+            x = box.left() + (self.size - pix.width()) // 2
+            y = box.top() + (self.size - pix.height()) // 2
+            painter.drawPixmap(x, y, pix)
         else:
             painter.fillRect(box, QColor(40, 40, 40))
         for k, spec in enumerate(dock.frame(iid)):  # bottom first: nested bands stay visible
@@ -235,8 +263,13 @@ class ThumbnailDelegate(QStyledItemDelegate):
         painter.setPen(option.palette.highlightedText().color() if selected else option.palette.text().color())
         painter.setFont(QFont(option.font))
         text_rect = QRect(r.left() + 2, box.bottom() + 3, r.width() - 4, r.bottom() - box.bottom() - 3)
-        painter.drawText(text_rect, Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop,
-                         name_lines(iid, option.fontMetrics, text_rect.width()))
+        key = (iid, text_rect.width())
+        text = self._names.get(key)
+        if text is None:
+            if len(self._names) > NAME_CACHE:
+                self._names.clear()
+            text = self._names[key] = name_lines(iid, option.fontMetrics, text_rect.width())
+        painter.drawText(text_rect, Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop, text)
         painter.restore()
 
 
@@ -246,11 +279,15 @@ def name_lines(image_id: str, metrics: Any, width: int, lines: int = TEXT_LINES)
     out: list[str] = []
     rest = image_id
     while rest and len(out) < lines:
-        k = len(rest)
-        while k > 1 and metrics.horizontalAdvance(rest[-k:]) > width:
-            k -= 1
-        out.insert(0, rest[-k:])
-        rest = rest[:-k]
+        lo, hi = 1, len(rest)  # the longest tail that fits (at least one character)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if metrics.horizontalAdvance(rest[-mid:]) <= width:
+                lo = mid
+            else:
+                hi = mid - 1
+        out.insert(0, rest[-lo:])
+        rest = rest[:-lo]
     if rest and out:
         first = out[0]
         while len(first) > 1 and metrics.horizontalAdvance("…" + first) > width:
@@ -318,6 +355,7 @@ class GalleryDock(QWidget):
         self.view.setModel(self.model)
         self.delegate = ThumbnailDelegate(self)
         self.view.setItemDelegate(self.delegate)
+        self.model.thumbnails_arrived.connect(self.view.viewport().update)
         self._build()
         self.shared.register_gallery(self)
         self.shared.project_changed.connect(self._on_project)
@@ -426,6 +464,7 @@ class GalleryDock(QWidget):
     def set_thumbnail_size(self, px: int) -> None:
         """Show thumbnails ``px`` pixels wide."""
         self.delegate.size = int(px)
+        self.model.set_size(px)
         self.view.doItemsLayout()
 
     def frame(self, image_id: str) -> list:
