@@ -92,7 +92,7 @@ def list_images(project: Project, predictions: Mapping[str, Prediction], query: 
 def counts_text(project: Project, predictions: Mapping[str, Prediction], shown: int) -> str:
     """``shown / total · labelled · unlabelled · predicted`` for the gallery's status line."""
     n = len(project.image_ids)
-    labelled = len(project.labelled_ids())
+    labelled = project.n_labelled
     text = f"{shown:,} shown of {n:,} · {labelled:,} labelled · {n - labelled:,} unlabelled"
     if predictions:
         text += f" · {len(predictions):,} predicted"

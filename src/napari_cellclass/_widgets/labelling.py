@@ -460,5 +460,5 @@ class LabellingWidget(Container):
         project = self.project
         if project is None:
             return
-        self.summary.value = f"{project.root.name}: labelled {len(project.labelled_ids())} / {len(project)}"
+        self.summary.value = f"{project.root.name}: labelled {project.n_labelled} / {len(project)}"
         self.classes.refresh_counts()

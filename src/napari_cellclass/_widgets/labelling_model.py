@@ -182,15 +182,18 @@ class Pager:
         self.page_ids = tuple(ids[k:k + self.page_size])
         return self.page_ids
 
-    def next_page(self) -> tuple[str, ...] | None:
-        """Turn to the next page; None (page unchanged) when this is the last one."""
+    def peek_next(self) -> tuple[str, ...]:
+        """The ids the next page would show (empty at the end); the page does not turn."""
         ids = self.filtered_ids()
         if not self.page_ids:
-            page = tuple(ids[: self.page_size])
-        else:
-            last = self._position(self.page_ids[-1])
-            after = [i for i in ids if self._position(i) > last]
-            page = tuple(after[: self.page_size])
+            return tuple(ids[: self.page_size])
+        last = self._position(self.page_ids[-1])
+        after = [i for i in ids if self._position(i) > last]
+        return tuple(after[: self.page_size])
+
+    def next_page(self) -> tuple[str, ...] | None:
+        """Turn to the next page; None (page unchanged) when this is the last one."""
+        page = self.peek_next()
         if not page:
             return None
         self.page_ids = page

@@ -8,6 +8,7 @@ grid when its shape changes and takes over layers a napari-cellclass reader adde
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +88,81 @@ def bring_to_front(layers: Any, order: Sequence[Layer]) -> None:
             if src != k:
                 layers.move(src, k)
     layers.events.reordered(value=layers)
+
+
+def with_names(kwargs: dict[str, Any], name: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """Layer kwargs made for an empty name, given the layer name(s) and metadata of this page."""
+    out = dict(kwargs)
+    if isinstance(kwargs["name"], list):
+        out["name"] = [(name + n).strip() for n in kwargs["name"]]
+        out["metadata"] = [meta] * len(kwargs["name"])
+    else:
+        out["name"] = (name + kwargs["name"]).strip()
+        out["metadata"] = meta
+    return out
+
+
+class Prefetch:
+    """Reads the next page's images and computes their layer data (contrast, blend) in a background thread.
+
+    A page turn then only hands ready arrays to napari. Results are kept for one page and used
+    only for the same project, image and display.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready: dict[tuple[str, str], tuple[ImageData, dict[Any, tuple[Any, dict[str, Any]]]]] = {}
+        self._thread: threading.Thread | None = None
+
+    def start(self, project: Project, ids: Sequence[str], mode: str | int) -> None:
+        """Prepare ``ids`` (the next page) shown with ``mode``."""
+        root = str(project.root)
+        with self._lock:
+            self._ready = {k: v for k, v in self._ready.items() if k[0] == root and k[1] in ids}
+        todo = [i for i in ids if (root, i) not in self._ready]
+        if not todo:
+            return
+        thread = threading.Thread(target=self._run, args=(project, list(ids), todo, mode), daemon=True,
+                                  name="cellclass-prefetch")
+        self._thread = thread
+        thread.start()
+
+    def wait(self, timeout: float = 5.0) -> None:
+        """Wait for the running prefetch (tests and benchmarks)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self, project: Project, ids: list[str], todo: list[str], mode: str | int) -> None:
+        images: dict[str, ImageData] = {}
+        for iid in todo:
+            try:
+                images[iid] = project.read_image(iid)
+            except Exception:  # noqa: BLE001 - the page turn reads it again and reports the problem
+                continue
+        natural = {i: natural_layer_count(img) for i, img in images.items()}
+        key_of, _ = page_layout(natural, mode)
+        root = str(project.root)
+        for iid, img in images.items():
+            try:
+                data, kwargs, _ = layer_data_from_image(img, {}, "", key_of[iid])
+            except Exception:  # noqa: BLE001 - computed again at the page turn
+                continue
+            with self._lock:
+                self._ready[(root, iid)] = (img, {key_of[iid]: (data, kwargs)})
+
+    def image(self, project: Project, image_id: str) -> ImageData | None:
+        with self._lock:
+            got = self._ready.get((str(project.root), image_id))
+        return got[0] if got is not None else None
+
+    def layer_data(self, project: Project, image_id: str, key: str | int) -> tuple[Any, dict[str, Any]] | None:
+        with self._lock:
+            got = self._ready.get((str(project.root), image_id))
+        return got[1].get(key) if got is not None else None
+
+    def forget(self) -> None:
+        with self._lock:
+            self._ready = {}
 
 
 class CanvasClicks:
@@ -187,6 +263,7 @@ class PageView:
         self._reload = False
         self._grid_shape: tuple[int, int] | None = None
         self._adopt_scheduled = False
+        self.prefetch = Prefetch()
         viewer.layers.events.inserted.connect(self._on_layer_inserted)
         viewer.layers.events.removed.connect(self._on_layer_removed)
         # the canvas changes size when docks come or go: fit the page again once it settles
@@ -225,6 +302,8 @@ class PageView:
         is drawn again with new layers. ``reload`` reads every image of the page again.
         """
         self._reload = self._reload or reload
+        if reload:
+            self.prefetch.forget()
         try:
             self._draw_page(select, recycle=True)
         except Exception:  # noqa: BLE001 - retried from scratch below; a second failure is reported
@@ -243,8 +322,9 @@ class PageView:
             if shown is not None and not reload:  # already shown: its channel count is known
                 natural[iid] = shown.natural
                 continue
+            img = None if reload else self.prefetch.image(self.project, iid)
             try:
-                img = self.project.read_image(iid)
+                img = img or self.project.read_image(iid)
             except ImageReadError as exc:
                 show_warning(f"skipped on this page: {exc}")
                 continue
@@ -287,6 +367,7 @@ class PageView:
         if target is not None:
             self.select(target)
         self._on_drawn()
+        self.prefetch.start(self.project, self.pager.peek_next(), self._mode())
 
     def _fill_page(self, ids: Sequence[str], key_of: dict[str, str | int], natural: dict[str, int],
                    images: dict[str, ImageData], pool: list[Shown]) -> None:
@@ -298,7 +379,10 @@ class PageView:
             if iid not in key_of or iid in self.shown:
                 continue
             img = images.get(iid) or self.project.read_image(iid)
-            data, kwargs, _ = layer_data_from_image(img, layer_metadata(self.project, iid), names[iid], key_of[iid])
+            meta = layer_metadata(self.project, iid)
+            ready = self.prefetch.layer_data(self.project, iid, key_of[iid])
+            data, kwargs = ready if ready is not None else layer_data_from_image(img, meta, "", key_of[iid])[:2]
+            kwargs = with_names(kwargs, names[iid], meta)
             n_layers = natural[iid] if key_of[iid] == COMPOSITE else 1
             reuse = next((s for s in pool if len(s.layers) == n_layers
                           and s.layers[0].rgb == bool(kwargs.get("rgb", False))), None)

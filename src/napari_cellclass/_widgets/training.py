@@ -322,7 +322,7 @@ class TrainingWidget(Container):
             self.project_label.value = "No project: open one in the Labelling widget"
             return
         counts = project.counts()
-        self.project_label.value = (f"{project.root.name}: {len(project.labelled_ids())} labelled of "
+        self.project_label.value = (f"{project.root.name}: {project.n_labelled} labelled of "
                                     f"{len(project)} · " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         if not running:
             self.models.show_active()

@@ -263,6 +263,11 @@ class Project(ImageFolder):
         labels = self._store.labels
         return [i for i in self.image_ids if i in labels]
 
+    @property
+    def n_labelled(self) -> int:
+        """How many images have a label (O(1))."""
+        return len(self._store.labels)
+
     def unlabelled_ids(self) -> list[str]:
         """Ids of images without a label, in project order."""
         labels = self._store.labels
