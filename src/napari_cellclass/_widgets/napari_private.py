@@ -5,6 +5,8 @@ napari 0.9 offers no public way to:
 - reach the real viewer or layer behind the plugin proxy (which warns on private attributes);
 - add extra bounding boxes to a layer (the nested bands of a multi-label image):
   ``layer._overlays``;
+- swap the data of many layers with one update of the viewer's dimensions instead of one per
+  layer (each recomputes the extent of every layer): the viewer's ``_on_layers_change``;
 - reach the Qt main window (fitting it to the screen, window-wide key handling), the canvas
   widget and the layer-list view: ``viewer.window._qt_window`` and ``viewer.window._qt_viewer``.
 
@@ -13,6 +15,8 @@ border, keys only on the canvas) instead of failing.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 #: The napari minor versions these accessors were checked against (see tests/widgets).
@@ -61,3 +65,23 @@ def layer_list_view(viewer: Any) -> Any | None:
 def dock_inner_widget(widget: Any) -> Any:
     """The magicgui widget behind what ``add_plugin_dock_widget`` returns."""
     return getattr(widget, "_magic_widget", widget)
+
+
+@contextlib.contextmanager
+def one_dims_update(viewer: Any, layers: Sequence[Any]) -> Iterator[None]:
+    """While new data goes into ``layers``, the viewer updates its dimensions once, at the end."""
+    viewer = real_viewer(viewer)
+    handler = getattr(viewer, "_on_layers_change", None)
+    held = []
+    if handler is not None:
+        for layer in layers:
+            with contextlib.suppress(AttributeError, TypeError, ValueError):
+                real_layer(layer).events.data.disconnect(handler)
+                held.append(real_layer(layer))
+    try:
+        yield
+    finally:
+        for layer in held:
+            layer.events.data.connect(handler)
+        if held:
+            handler()

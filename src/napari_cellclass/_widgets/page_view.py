@@ -25,7 +25,7 @@ from .borders import apply_border, prepare_border, set_highlight
 from .guards import reports_errors
 from .labelling_model import Pager, image_border_specs
 from .layers import BLEND, COMPOSITE, layer_data_from_image, layer_metadata, natural_layer_count, short_names
-from .napari_private import canvas_widget
+from .napari_private import canvas_widget, one_dims_update
 from .scripted import project_meta
 
 log = logging.getLogger(__name__)
@@ -375,23 +375,24 @@ class PageView:
         assert self.project is not None
         fresh: list[tuple[str, Any, dict[str, Any]]] = []
         names = short_names(ids)
-        for iid in ids:
-            if iid not in key_of or iid in self.shown:
-                continue
-            img = images.get(iid) or self.project.read_image(iid)
-            meta = layer_metadata(self.project, iid)
-            ready = self.prefetch.layer_data(self.project, iid, key_of[iid])
-            data, kwargs = ready if ready is not None else layer_data_from_image(img, meta, "", key_of[iid])[:2]
-            kwargs = with_names(kwargs, names[iid], meta)
-            n_layers = natural[iid] if key_of[iid] == COMPOSITE else 1
-            reuse = next((s for s in pool if len(s.layers) == n_layers
-                          and s.layers[0].rgb == bool(kwargs.get("rgb", False))), None)
-            if reuse is None:
-                fresh.append((iid, data, kwargs))
-                continue
-            recycle(reuse.layers, data, kwargs)
-            pool.remove(reuse)
-            self.shown[iid] = Shown(key_of[iid], reuse.layers, natural[iid])
+        with one_dims_update(self.viewer, [lyr for shown in pool for lyr in shown.layers]):
+            for iid in ids:
+                if iid not in key_of or iid in self.shown:
+                    continue
+                img = images.get(iid) or self.project.read_image(iid)
+                meta = layer_metadata(self.project, iid)
+                ready = self.prefetch.layer_data(self.project, iid, key_of[iid])
+                data, kwargs = ready if ready is not None else layer_data_from_image(img, meta, "", key_of[iid])[:2]
+                kwargs = with_names(kwargs, names[iid], meta)
+                n_layers = natural[iid] if key_of[iid] == COMPOSITE else 1
+                reuse = next((s for s in pool if len(s.layers) == n_layers
+                              and s.layers[0].rgb == bool(kwargs.get("rgb", False))), None)
+                if reuse is None:
+                    fresh.append((iid, data, kwargs))
+                    continue
+                recycle(reuse.layers, data, kwargs)
+                pool.remove(reuse)
+                self.shown[iid] = Shown(key_of[iid], reuse.layers, natural[iid])
         if not fresh and not pool:
             return
         # adding or removing layers: one scene-graph update for all, with the grid off
