@@ -25,7 +25,7 @@ from .borders import apply_border, prepare_border, set_highlight
 from .guards import reports_errors
 from .labelling_model import Pager, image_border_specs
 from .layers import BLEND, COMPOSITE, layer_data_from_image, layer_metadata, natural_layer_count, short_names
-from .napari_private import canvas_widget, one_dims_update
+from .napari_private import canvas_widget, one_dims_update, swap_data
 from .scripted import project_meta
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def recycle(layers: list[Layer], data: Any, kwargs: dict[str, Any]) -> None:
     metas = kwargs["metadata"] if isinstance(kwargs["metadata"], list) else [kwargs["metadata"]]
     limits = kwargs.get("contrast_limits")
     for k, layer in enumerate(layers):
-        layer.data = data[k] if kwargs.get("channel_axis") is not None else data
+        swap_data(layer, data[k] if kwargs.get("channel_axis") is not None else data)
         if limits is not None:
             layer.contrast_limits = limits[k] if isinstance(limits[0], list) else limits
         layer.metadata = dict(metas[min(k, len(metas) - 1)])
