@@ -6,7 +6,9 @@ prepared in the background (waited for between turns, as a user's look at the pa
 as the same-run reference, with that preparation thrown away before each turn. Both channel
 displays: "RGB blend" (one layer per image, the default) and "composite" (one layer per channel).
 ``napari_share`` is the part of a turn spent in napari's own layer updates (``layer.data``,
-contrast limits, names, metadata) and layer moves.
+contrast limits, names, metadata) and layer moves. Same-run references: napari alone adding
+16 RGB image layers of the same size in grid mode (one batched update) and painting them, in a
+fresh viewer, and then giving all 16 new data with ``layer.data = ...`` and painting them.
 
     xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python benchmarks/bench_pages.py
 
@@ -89,7 +91,37 @@ def main() -> None:
                 result[f"turn_{key}_napari_share_ms"] = round(statistics.median(shares), 1)
                 result[f"layer_rows_per_image_{key.split('_')[0]}"] = len(viewer.layers) / 16
         viewer.close()
+        first, turn = napari_reference(app, args.turns)
+        result["reference_napari_16_layers_first_paint_ms"] = round(first)
+        result["reference_napari_16_layers_new_data_median_ms"] = round(turn, 1)
     print(json.dumps(result))
+
+
+def napari_reference(app, turns: int) -> tuple[float, float]:
+    """napari alone: 16 RGB layers added in one batched update, grid on, painted once (ms), and the
+    median time to give all 16 new data (``layer.data = ...``) and paint them (ms)."""
+    import napari
+
+    viewer = napari.Viewer(show=True)
+    app.processEvents()
+    rgb = np.random.default_rng(1).random((128, 128, 3), dtype=np.float32)
+    t = time.perf_counter()
+    with viewer.layers.batched_update():
+        for k in range(16):
+            viewer.add_image(rgb, rgb=True, name=f"image {k}")
+    viewer.canvas.grid.enabled = True
+    app.processEvents()
+    ms = (time.perf_counter() - t) * 1000
+    times = []
+    for k in range(turns):
+        new = np.roll(rgb, k + 1, axis=0)
+        t = time.perf_counter()
+        for layer in viewer.layers:
+            layer.data = new
+        app.processEvents()
+        times.append((time.perf_counter() - t) * 1000)
+    viewer.close()
+    return ms, statistics.median(times)
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ class LabellingWidget(Container):
         self.controls = PageControls(self)
         self.page = PageView(self.viewer, mode=self.controls.display_mode, color_of=self._color_of,
                              on_foreign_project=self._open_foreign, on_other_layer=self.scripted.draw,
-                             on_drawn=self.controls.refresh_page)
+                             on_drawn=self._on_page_drawn)
         self.classes = ClassPanel(self)
         for part, names in _PART_ATTRIBUTES.items():  # the parts' controls, reachable on the dock
             for name in names:
@@ -289,13 +289,17 @@ class LabellingWidget(Container):
 
     def _on_layer_selection(self, _event: Any = None) -> None:
         """Layers were selected (layer list, canvas click, script): the gallery and the highlight follow."""
-        if self.project is None:
+        if self.project is None or self.page.rendering:  # napari selects each new layer: wait for the page
             return
         page = self.pager.page_ids if self.pager is not None else ()
         ids, _ = selection_targets(list(self.viewer.layers.selection), self.project, page)
         self.page.highlight(ids)
         if not self._syncing:
             self.shared.select(ids, CANVAS)
+
+    def _on_page_drawn(self) -> None:
+        self.controls.refresh_page()
+        self._on_layer_selection()  # the selection mark and the gallery follow the new page
 
     def _on_shared_selection(self, ids: tuple[str, ...], source: str) -> None:
         """The gallery selected images: select their layers on the page."""

@@ -91,11 +91,12 @@ def one_dims_update(viewer: Any, layers: Sequence[Any]) -> Iterator[None]:
             handler()
 
 
-def swap_data(layer: Any, data: Any) -> None:
+def swap_data(layer: Any, data: Any) -> bool:
     """Show ``data`` in an image layer; a cheaper path when shape, dtype and RGB-ness are unchanged.
 
     The extent and the data-to-world transforms of the layer stay as they are (they depend only
-    on the shape); the slice, the texture, the thumbnail and the ``data`` event are refreshed.
+    on the shape); the slice, the texture and the ``data`` event are refreshed, the layer-list
+    icon is not (call :func:`refresh_icon` soon after). Returns False when the full path was taken.
     """
     layer = real_layer(layer)
     old = getattr(layer, "_data", None)
@@ -103,9 +104,18 @@ def swap_data(layer: Any, data: Any) -> None:
             and old.dtype == data.dtype and not getattr(layer, "multiscale", True))
     if not same or not hasattr(layer, "_data_raw") or not hasattr(layer, "_reset_thumbnail_level_data"):
         layer.data = data
-        return
+        return False
     layer._data_raw = data
     layer._data = data
     layer._reset_thumbnail_level_data()
-    layer.refresh(extent=False)
+    layer.refresh(extent=False, thumbnail=False)
     layer.events.data(value=data)
+    return True
+
+
+def refresh_icon(layer: Any) -> None:
+    """Redraw a layer's icon in the layer list (its thumbnail)."""
+    layer = real_layer(layer)
+    update = getattr(layer, "_update_thumbnail", None)
+    if update is not None:
+        update()

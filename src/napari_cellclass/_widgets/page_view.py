@@ -25,7 +25,7 @@ from .borders import apply_border, prepare_border, set_highlight
 from .guards import reports_errors
 from .labelling_model import Pager, image_border_specs
 from .layers import BLEND, COMPOSITE, layer_data_from_image, layer_metadata, natural_layer_count, short_names
-from .napari_private import canvas_widget, one_dims_update, swap_data
+from .napari_private import canvas_widget, one_dims_update, refresh_icon, swap_data
 from .scripted import project_meta
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ GRID_SPACING = 0.06
 REFIT_DELAY_MS = 150
 #: Room around the grid when it is fitted to the canvas (the class borders of the outer cells show whole).
 FIT_MARGIN = 0.1
+#: Milliseconds after a page is drawn before the layer-list icons follow (the canvas comes first).
+ICON_DELAY_MS = 60
 
 
 @dataclass
@@ -46,7 +48,10 @@ class Shown:
 
 
 def recycle(layers: list[Layer], data: Any, kwargs: dict[str, Any]) -> None:
-    """Show new image data in existing layers (one per channel for a composite)."""
+    """Show new image data in existing layers (one per channel for a composite).
+
+    Their layer-list icons are left to :meth:`PageView.refresh_icons` (after the page is on screen).
+    """
     names = kwargs["name"] if isinstance(kwargs["name"], list) else [kwargs["name"]]
     metas = kwargs["metadata"] if isinstance(kwargs["metadata"], list) else [kwargs["metadata"]]
     limits = kwargs.get("contrast_limits")
@@ -264,6 +269,10 @@ class PageView:
         self._grid_shape: tuple[int, int] | None = None
         self._adopt_scheduled = False
         self.prefetch = Prefetch()
+        self._icons = QTimer()
+        self._icons.setSingleShot(True)
+        self._icons.setInterval(ICON_DELAY_MS)
+        self._icons.timeout.connect(self.refresh_icons)
         viewer.layers.events.inserted.connect(self._on_layer_inserted)
         viewer.layers.events.removed.connect(self._on_layer_removed)
         # the canvas changes size when docks come or go: fit the page again once it settles
@@ -276,11 +285,17 @@ class PageView:
         if self._canvas is not None:
             self._canvas.installEventFilter(self._resize_filter)
 
+    @property
+    def rendering(self) -> bool:
+        """True while a page is being drawn (layers come, go and get selected one by one)."""
+        return self._rendering
+
     def close(self) -> None:
         """Stop following the viewer's layer list and canvas."""
         self.viewer.layers.events.inserted.disconnect(self._on_layer_inserted)
         self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
         self._refit.stop()
+        self._icons.stop()
         if self._canvas is not None:
             self._canvas.removeEventFilter(self._resize_filter)
 
@@ -367,6 +382,7 @@ class PageView:
         if target is not None:
             self.select(target)
         self._on_drawn()
+        self._icons.start()  # the layer-list icons once the page is on screen
         self.prefetch.start(self.project, self.pager.peek_next(), self._mode())
 
     def _fill_page(self, ids: Sequence[str], key_of: dict[str, str | int], natural: dict[str, int],
@@ -406,6 +422,13 @@ class PageView:
                 self.shown[iid] = Shown(key_of[iid], layers, natural[iid])
             for shown in pool:
                 self._remove_layers(shown.layers)
+
+    def refresh_icons(self) -> None:
+        """Redraw the layer-list icons of the page's layers."""
+        for shown in list(self.shown.values()):
+            for layer in shown.layers:
+                if layer in self.viewer.layers:
+                    refresh_icon(layer)
 
     def remove_page_layers(self, ids: list[str]) -> None:
         """Remove the layers of these page images."""
