@@ -1,6 +1,7 @@
 """The project index: reopening lists only changed folders and reads only changed label files."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 
@@ -83,13 +84,13 @@ def test_label_files_removed_or_added_by_others_are_seen(root):
     lambda f: f.unlink(),
     lambda f: f.write_text("{not json"),
     lambda f: f.write_text(json.dumps({"format": "other", "files": {}})),
-    lambda f: f.write_text(json.dumps({"format": "napari-cellclass/project-index", "version": 2,
+    lambda f: f.write_text(json.dumps({"format": "napari-cellclass/project-index", "version": 3,
                                        "labels": {"x": "y", "plate/cellclass_labels": {"names": [1, 2]}},
                                        "class_lists": [["mitotic"], 3], "folders": {"": [1, 2]},
                                        "order": ["im0.png"]})),
-    lambda f: f.write_text(json.dumps({"format": "napari-cellclass/project-index", "version": 2,
-                                       "labels": {"plate/cellclass_labels": {"names": ["im1.npz"], "stamps": [1, 2, 3],
-                                                                             "lists": [7]}},
+    lambda f: f.write_text(json.dumps({"format": "napari-cellclass/project-index", "version": 3,
+                                       "labels": {"plate/cellclass_labels": {"names": "im1.npz", "stamps": "AAAA!!",
+                                                                             "lists": "AQAAAAAAAAA="}},
                                        "class_lists": [], "folders": [], "order": 5})),
 ])
 def test_a_missing_damaged_or_foreign_index_loses_nothing(root, damage):
@@ -105,7 +106,8 @@ def test_an_index_entry_for_another_stamp_is_not_believed(root, reads):
     data = json.loads(index.read_text())
     data["class_lists"] = [["interphase"] for _ in data["class_lists"]]  # lies about the content...
     for rows in data["labels"].values():
-        rows["stamps"] = [v + 1 for v in rows["stamps"]]  # ...for files that are not the ones on disk
+        stamps = np.frombuffer(base64.b64decode(rows["stamps"]), "<i8") + 1  # ...for files that are not on disk
+        rows["stamps"] = base64.b64encode(stamps.astype("<i8").tobytes()).decode()
     index.write_text(json.dumps(data))
     p = Project.open(root)
     assert all(p.labels(i) in ((), ("mitotic",)) for i in p.image_ids) and len(reads) >= 4

@@ -151,7 +151,7 @@ class LabelStore:
         done = checked.get(stored)
         if done is None:
             done = checked[stored] = self._check_names(names[0], stored, opening)
-        ids = [stems.get(n[:-4]) for n in names]
+        ids = list(map(stems.get, [n[:-4] for n in names]))
         if done[1] or done[2] or None in ids or not self._clashes.keys().isdisjoint(ids):
             for name in names:  # the rare cases, one by one
                 self._take(stems, name, folder, stored, checked, opening)

@@ -16,6 +16,7 @@ ignored, and deleting it loses nothing. The index is written only for a project 
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -32,7 +33,7 @@ from .errors import ProjectError
 from .textfiles import MAX_CSV_BYTES, read_bytes_bounded, stamp_of
 
 INDEX_FORMAT = "napari-cellclass/project-index"
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 INDEX_PATH = ("cellclass_cache", "project_index.json")
 #: A folder changed this recently may still change within the same clock tick (FAT: 2 s): list it again next time.
 RACY_SECONDS = 2.0
@@ -59,18 +60,26 @@ class Listing:
     subfolders: tuple[str, ...]
 
 
+def _join(names: Sequence[str]) -> str | None:
+    """Names as one string (one JSON token parses far faster than 100,000); None when a name holds a newline."""
+    text = "\n".join(names)
+    return None if text.count("\n") != max(0, len(names) - 1) else text
+
+
+def _split(text: str) -> list[str]:
+    return text.split("\n") if text else []
+
+
 def _listing(value: object) -> tuple[FolderStamp, Listing] | None:
-    """A checked ``[mtime_ns, inode, kind, [images], [subfolders]]`` entry, or None."""
+    """A checked ``[mtime_ns, inode, kind, "images", "subfolders"]`` entry (names joined by newlines), or None."""
     if not (isinstance(value, list) and len(value) == 5):
         return None
     m, ino, kind, images, subs = value
     if type(m) is not int or type(ino) is not int or kind not in ("", "model", "project"):
         return None
-    if not (isinstance(images, list) and isinstance(subs, list)):
+    if not (isinstance(images, str) and isinstance(subs, str)):
         return None
-    if not all(isinstance(n, str) for n in images) or not all(isinstance(n, str) for n in subs):
-        return None
-    return (m, ino), Listing(kind, tuple(images), tuple(subs))
+    return (m, ino), Listing(kind, tuple(_split(images)), tuple(_split(subs)))
 
 
 class ProjectIndex:
@@ -105,8 +114,8 @@ class ProjectIndex:
             index._old_folders = _read_folders(data.get("folders"))
             index._lists, index._old_rows = _read_labels(data.get("labels"), data.get("class_lists"))
             order = data.get("order")
-            if isinstance(order, list) and all(isinstance(i, str) for i in order):
-                index._old_order = tuple(order)
+            if isinstance(order, str):
+                index._old_order = tuple(_split(order))
         return index
 
     # ------------------------------------------------------------------ folders
@@ -192,14 +201,20 @@ class ProjectIndex:
                 and self._new_folders == self._old_folders and order == self._old_order):
             return
         lists: dict[tuple[str, ...], int] = {}
-        labels = {folder: {"names": [r[0] for r in rows],
-                           "stamps": [int(v) for r in rows for v in r[1]],
-                           "lists": [lists.setdefault(r[2], len(lists)) for r in rows]}
-                  for folder, rows in self._new_files.items()}
-        folders = {rel: [*st, lst.kind, list(lst.images), list(lst.subfolders)]
-                   for rel, (st, lst) in self._new_folders.items()}
+        labels = {}
+        for folder, rows in self._new_files.items():
+            names = _join([r[0] for r in rows])
+            if names is not None:
+                stamps = np.array([r[1] for r in rows], dtype=np.int64).reshape(-1, 4)
+                kinds = np.array([lists.setdefault(r[2], len(lists)) for r in rows], dtype=np.int64)
+                labels[folder] = {"names": names, "stamps": _pack(stamps), "lists": _pack(kinds)}
+        folders = {}
+        for rel, (st, lst) in self._new_folders.items():
+            images, subs = _join(lst.images), _join(lst.subfolders)
+            if images is not None and subs is not None:
+                folders[rel] = [*st, lst.kind, images, subs]
         data = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "folders": folders,
-                "order": list(order or ()), "class_lists": [list(k) for k in lists], "labels": labels}
+                "order": _join(order or ()) or "", "class_lists": [list(k) for k in lists], "labels": labels}
         text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
         with contextlib.suppress(ProjectError, OSError):  # a cache: a read-only or full disk only costs speed
             atomic_write_text(self.path, text, fsync=False)
@@ -235,15 +250,29 @@ def _read_labels(value: object, class_lists: object) -> tuple[list[tuple[str, ..
         if not isinstance(rows, dict):
             continue
         names, stamps, kinds = rows.get("names"), rows.get("stamps"), rows.get("lists")
-        if not (isinstance(names, list) and isinstance(stamps, list) and isinstance(kinds, list)):
+        if not (isinstance(names, str) and isinstance(stamps, str) and isinstance(kinds, str)):
             continue
-        n = len(names)
-        if len(stamps) != 4 * n or len(kinds) != n or not all(isinstance(x, str) for x in names):
+        name_list = _split(names)
+        stamp_arr, kind_arr = _unpack(stamps), _unpack(kinds)
+        n = len(name_list)
+        if stamp_arr is None or kind_arr is None or stamp_arr.size != 4 * n or kind_arr.size != n:
             continue
-        if not all(type(x) is int for x in stamps) or not all(type(x) is int for x in kinds):
+        if n and (kind_arr.min() < 0 or kind_arr.max() >= len(lists)):
             continue
-        k = np.asarray(kinds, dtype=np.int64)
-        if n and (k.min() < 0 or k.max() >= len(lists)):
-            continue
-        out[folder] = (names, np.asarray(stamps, dtype=np.int64).reshape(n, 4), k)
+        out[folder] = (name_list, stamp_arr.reshape(n, 4), kind_arr)
     return lists, out
+
+
+def _pack(values: np.ndarray) -> str:
+    """Little-endian int64 values as base64 text."""
+    return base64.b64encode(values.astype("<i8").tobytes()).decode("ascii")
+
+
+def _unpack(text: str) -> np.ndarray | None:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        return None
+    if len(raw) % 8:
+        return None
+    return np.frombuffer(raw, dtype="<i8").astype(np.int64)
