@@ -65,6 +65,14 @@ def test_gui_opens_the_docks_as_tabs_with_labelling_in_front(make_napari_viewer,
     qtbot.waitUntil(lambda: not labelling.visibleRegion().isEmpty())
     assert all(dock.visibleRegion().isEmpty() for dock in others)  # Labelling is the tab in front
     assert labelling.inner_widget().project is not None
+    gallery = docks["Gallery"]  # beside the canvas, under the tabs, never a hidden tab
+    assert gallery not in window.tabifiedDockWidgets(labelling)
+    qtbot.waitUntil(lambda: not gallery.visibleRegion().isEmpty())
+    from napari_cellclass._widgets.gallery import MIN_VIEW_HEIGHT
+    from napari_cellclass._widgets.session import session_for
+
+    view = session_for(viewer).gallery.view
+    assert view.height() >= MIN_VIEW_HEIGHT and session_for(viewer).gallery.model.ids  # two rows of the project
     assert window.minimumSizeHint().height() <= ROOM
     assert window.geometry().height() <= SCREEN_HEIGHT
 

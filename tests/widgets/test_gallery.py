@@ -153,3 +153,5 @@ def test_long_names_are_never_cut_in_the_middle(qapp):
     assert text.replace("\n", "").endswith("field_0042.tif")  # the end that tells images apart stays
     assert lines[0].startswith("…")  # only the start is left out
     assert name_lines("a.tif", metrics, 80) == "a.tif"
+    width = metrics.horizontalAdvance("u2os_0001.tif") + 2
+    assert name_lines("images/u2os_0001.tif", metrics, width) == "images/\nu2os_0001.tif"  # broken at the folder

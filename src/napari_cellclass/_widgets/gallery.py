@@ -274,8 +274,9 @@ class ThumbnailDelegate(QStyledItemDelegate):
 
 
 def name_lines(image_id: str, metrics: Any, width: int, lines: int = TEXT_LINES) -> str:
-    """The image id in at most ``lines`` lines of ``width`` px: broken at any character, never cut
-    in the middle; when it is too long, its start is left out (the end tells images apart)."""
+    """The image id in at most ``lines`` lines of ``width`` px: broken after a folder's ``/`` when
+    that fits (else at any character), never cut in the middle; when it is too long, its start is
+    left out (the end tells images apart)."""
     out: list[str] = []
     rest = image_id
     while rest and len(out) < lines:
@@ -286,6 +287,10 @@ def name_lines(image_id: str, metrics: Any, width: int, lines: int = TEXT_LINES)
                 lo = mid
             else:
                 hi = mid - 1
+        if lo < len(rest) and len(out) + 1 < lines:  # more lines to come: break after a "/" when one fits
+            cut = rest.rfind("/", len(rest) - lo - 1, len(rest) - 1)
+            if cut >= len(rest) - lo - 1:
+                lo = len(rest) - cut - 1
         out.insert(0, rest[-lo:])
         rest = rest[:-lo]
     if rest and out:
