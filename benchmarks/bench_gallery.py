@@ -17,7 +17,6 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import resource
 import statistics
@@ -27,30 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
-
-def make_big_project(root: Path, n: int) -> None:
-    """``n`` tiny PNGs in folders of 1,000 (the listing is what the gallery scales with)."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(buf, format="PNG")
-    data = buf.getvalue()
-    for i in range(n):
-        sub = root / f"plate{i // 1000:03d}"
-        if i % 1000 == 0:
-            sub.mkdir(parents=True, exist_ok=True)
-        (sub / f"img_{i:06d}.png").write_bytes(data)
-
-
-def make_real_images(root: Path, n: int) -> None:
-    import tifffile
-
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        tifffile.imwrite(root / f"cell_{i:05d}.tif", rng.integers(100, 4000, (2, 128, 128), dtype=np.uint16),
-                         metadata={"axes": "CYX"})
+from bench_pages import make_project  # the benchmarks folder is the script's folder
+from bench_project import make_folder
 
 
 def rss_mb() -> float:
@@ -142,7 +119,7 @@ def bench_gallery(root: Path, steps: int) -> dict:
     return {"images": len(project.image_ids), "project_open_s": round(open_s, 2),
             "first_paint_ms": round(first_paint_ms, 1), "visible_thumbnails_ms": round(all_visible_ms, 1),
             "visible_thumbnails": len(ids), "full_layout_ms": round(layout_ms),
-            "layout_longest_stall_ms": round(max(layout_stalls), 1), "scroll_positions": len(stalls),
+            "layout_longest_stall_ms": round(max(layout_stalls, default=0.0), 1), "scroll_positions": len(stalls),
             "scroll_total_s": round(scroll_s, 2),
             "scroll_longest_stall_ms": round(max(stalls), 1),
             "scroll_median_stall_ms": round(statistics.median(stalls), 2),
@@ -155,7 +132,7 @@ def bench_thumbnails(root: Path, n: int) -> dict:
     from napari_cellclass._widgets.thumbnails import ThumbnailStore
     from napari_cellclass.core.project import Project
 
-    make_real_images(root, n)
+    make_project(root, n)  # two-channel 128 px 16-bit TIFFs
     project = Project.open(root)
     project.add_class("a")  # a project: thumbnails are cached on disk
     store = ThumbnailStore(project)
@@ -219,7 +196,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         big = Path(tmp) / "big"
-        make_big_project(big, args.n)
+        make_folder(big, args.n)  # tiny PNGs in folders of 1,000: the listing is what the gallery scales with
         result = {"benchmark": "gallery"}
         result.update(bench_gallery(big, args.steps))
         result.update(bench_thumbnails(Path(tmp) / "real", args.images))

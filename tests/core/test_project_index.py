@@ -26,18 +26,23 @@ def root(tmp_path):
     return tmp_path
 
 
-@pytest.fixture
-def reads(monkeypatch):
-    """Count the label files actually read."""
-    calls = []
-    real = labelstore.read_sidecar
+def _count_calls(monkeypatch, module, name: str) -> list[str]:
+    """Record the first argument (a path: its base name) of every call of ``module.name``."""
+    calls: list[str] = []
+    real = getattr(module, name)
 
     def counting(path, *a, **k):
         calls.append(os.path.basename(path))
         return real(path, *a, **k)
 
-    monkeypatch.setattr(labelstore, "read_sidecar", counting)
+    monkeypatch.setattr(module, name, counting)
     return calls
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """The label files actually read."""
+    return _count_calls(monkeypatch, labelstore, "read_sidecar")
 
 
 def _labels(p):
@@ -147,18 +152,10 @@ def _age(root, seconds=3600):
 
 @pytest.fixture
 def listings(monkeypatch):
-    """Count the folders actually listed."""
+    """The folders actually listed."""
     from napari_cellclass.core import scan
 
-    calls = []
-    real = scan._list_folder
-
-    def counting(folder, *a, **k):
-        calls.append(os.path.relpath(folder))
-        return real(folder, *a, **k)
-
-    monkeypatch.setattr(scan, "_list_folder", counting)
-    return calls
+    return _count_calls(monkeypatch, scan, "_list_folder")
 
 
 def test_reopening_lists_no_folder_when_none_changed(root, listings):
