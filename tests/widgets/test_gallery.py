@@ -155,3 +155,18 @@ def test_long_names_are_never_cut_in_the_middle(qapp):
     assert name_lines("a.tif", metrics, 80) == "a.tif"
     width = metrics.horizontalAdvance("u2os_0001.tif") + 2
     assert name_lines("images/u2os_0001.tif", metrics, width) == "images/\nu2os_0001.tif"  # broken at the folder
+
+
+def test_f2_keeps_the_gallery_order_across_canvas_pages(gallery, qtbot):
+    viewer, w, g, project = gallery(n=8, page_size=2)
+    ids = project.image_ids
+    order = [ids[k] for k in (7, 2, 5, 0, 6, 1, 3, 4)]
+    g.shared.set_predictions({iid: Prediction(iid, ("beta",), 0.99 - 0.1 * k) for k, iid in enumerate(order)})
+    g.sort.setCurrentText("confidence (highest first)")
+    assert g.model.ids == order
+    click_item(g, 0)
+    for _ in range(5):  # crosses three canvas pages
+        QTest.keyClick(g.view, Qt.Key.Key_F2)
+    assert [project.labels(i) for i in order[:5]] == [("alpha",)] * 5
+    assert [project.labels(i) for i in order[5:]] == [(), (), ()]
+    assert g.selected_ids() == [order[5]] and layer_ids(viewer) == {order[5]}

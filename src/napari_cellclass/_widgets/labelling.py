@@ -251,10 +251,11 @@ class LabellingWidget(Container):
         """PageUp: the previous page."""
         self.controls.previous_page()
 
-    def show_images(self, image_ids: Sequence[str], title: str = "") -> None:
+    def show_images(self, image_ids: Sequence[str], title: str = "", select: str | None = None) -> None:
         """Show these project images as the page, in this order (e.g. a confusion-matrix cell).
 
-        The next page continues after the last of them in project order.
+        The next page continues after the last of them in project order. ``select``: the image
+        selected on the new page (default: the first).
         """
         if self.project is None or self.pager is None:
             return
@@ -262,7 +263,7 @@ class LabellingWidget(Container):
         if not ids:
             return
         self.pager.show_list(ids, title or "chosen images")
-        self.page.render()
+        self.page.render(select=select)
         if title:
             self.viewer.status = f"{title}: {len(ids)} images"
 
@@ -294,7 +295,7 @@ class LabellingWidget(Container):
         page = self.pager.page_ids if self.pager is not None else ()
         ids, _ = selection_targets(list(self.viewer.layers.selection), self.project, page)
         self.page.highlight(ids)
-        if not self._syncing:
+        if not self._syncing and set(ids) != set(self.shared.selection):  # the gallery's own choice stays
             self.shared.select(ids, CANVAS)
 
     def _on_page_drawn(self) -> None:

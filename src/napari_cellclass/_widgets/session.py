@@ -23,7 +23,7 @@ from ..core.project import Project
 class PageView(Protocol):
     """What the labelling dock offers the other docks and the reader."""
 
-    def show_images(self, image_ids: Sequence[str], title: str = "") -> None: ...
+    def show_images(self, image_ids: Sequence[str], title: str = "", select: str | None = None) -> None: ...
 
     def open_project(self, project: Project | str | Path) -> None: ...
 
@@ -145,9 +145,7 @@ class CellclassSession:
         """Show these images as the page of the labelling dock; False when there is none."""
         if self.page_view is None:
             return False
-        self.page_view.show_images(ids, title)
-        if select is not None:
-            self.page_view.select_image(select)
+        self.page_view.show_images(ids, title, select)
         return True
 
 
