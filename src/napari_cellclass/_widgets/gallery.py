@@ -251,14 +251,14 @@ class ThumbnailDelegate(QStyledItemDelegate):
             painter.drawPixmap(x, y, pix)
         else:
             painter.fillRect(box, QColor(40, 40, 40))
-        for k, spec in enumerate(dock.frame(iid)):  # bottom first: nested bands stay visible
+        for spec in dock.frame(iid):  # bottom first: nested bands stay visible
             width = max(1, round(spec.thickness * self.size / 128 * (0.6 if spec.kind == "label" else 0.5)))
             color = QColor(spec.color)
             color.setAlphaF(spec.opacity)
             pen = QPen(color, width)
             pen.setJoinStyle(Qt.PenJoinStyle.MiterJoin)
             painter.setPen(pen)
-            inset = width // 2 + (0 if k == 0 else 0)
+            inset = width // 2
             painter.drawRect(box.adjusted(inset, inset, -inset - 1, -inset - 1))
         painter.setPen(option.palette.highlightedText().color() if selected else option.palette.text().color())
         painter.setFont(QFont(option.font))
