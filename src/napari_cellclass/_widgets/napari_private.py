@@ -9,6 +9,8 @@ napari 0.9 offers no public way to:
   layer (each recomputes the extent of every layer): the viewer's ``_on_layers_change``;
 - show new data of the same shape in an image layer without recomputing its extent and
   transforms (napari's ``data`` setter redoes both, about 10 ms a layer): ``layer._data``;
+- add many layers without napari selecting each one as it arrives (every selection change
+  updates the layer list, the layer controls and the canvas): ``layers._activate_on_insert``;
 - reach the Qt main window (fitting it to the screen, window-wide key handling), the canvas
   widget and the layer-list view: ``viewer.window._qt_window`` and ``viewer.window._qt_viewer``.
 
@@ -119,3 +121,18 @@ def refresh_icon(layer: Any) -> None:
     update = getattr(layer, "_update_thumbnail", None)
     if update is not None:
         update()
+
+
+@contextlib.contextmanager
+def no_select_on_insert(viewer: Any) -> Iterator[None]:
+    """Layers added meanwhile are not selected one by one (the caller selects what it wants after)."""
+    layers = real_viewer(viewer).layers
+    had = getattr(layers, "_activate_on_insert", None)
+    if had is None:
+        yield
+        return
+    layers._activate_on_insert = False
+    try:
+        yield
+    finally:
+        layers._activate_on_insert = had

@@ -25,7 +25,7 @@ from .borders import apply_border, prepare_border, set_highlight
 from .guards import reports_errors
 from .labelling_model import Pager, image_border_specs
 from .layers import BLEND, COMPOSITE, layer_data_from_image, layer_metadata, natural_layer_count, short_names
-from .napari_private import canvas_widget, one_dims_update, refresh_icon, swap_data
+from .napari_private import canvas_widget, no_select_on_insert, one_dims_update, refresh_icon, swap_data
 from .scripted import project_meta
 
 log = logging.getLogger(__name__)
@@ -413,7 +413,7 @@ class PageView:
             return
         # adding or removing layers: one scene-graph update for all, with the grid off
         self.viewer.canvas.grid.enabled = False
-        with self.viewer.layers.batched_update():
+        with self.viewer.layers.batched_update(), no_select_on_insert(self.viewer):
             for iid, data, kwargs in fresh:
                 added = self.viewer.add_image(data, **kwargs)
                 layers = list(added) if isinstance(added, list) else [added]
