@@ -170,3 +170,14 @@ def test_f2_keeps_the_gallery_order_across_canvas_pages(gallery, qtbot):
     assert [project.labels(i) for i in order[:5]] == [("alpha",)] * 5
     assert [project.labels(i) for i in order[5:]] == [(), (), ()]
     assert g.selected_ids() == [order[5]] and layer_ids(viewer) == {order[5]}
+
+
+def test_an_unreadable_image_gets_a_thumbnail_saying_so(gallery, qtbot):
+    viewer, w, g, project = gallery(n=3, channels=1)
+    qtbot.waitUntil(lambda: all(g.model.pixmap(i) is not None for i in project.image_ids), timeout=10000)
+    bad = project.root / project.image_ids[1]
+    bad.write_bytes(b"not an image any more")
+    g.model.clear_thumbnails()
+    g.view.viewport().update()
+    qtbot.waitUntil(lambda: g.model.unreadable(project.image_ids[1]), timeout=10000)
+    assert not g.model.unreadable(project.image_ids[0])

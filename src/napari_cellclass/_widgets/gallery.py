@@ -196,6 +196,10 @@ class GalleryModel(QAbstractListModel):
         self._loader.request(image_id)
         return None
 
+    def unreadable(self, image_id: str) -> bool:
+        """True when the image could not be read (its thumbnail shows that)."""
+        return image_id in self._pixmaps and self._pixmaps[image_id] is None
+
     def _on_ready(self) -> None:
         done = self._loader.take()
         for image_id, rgb in done:
@@ -251,6 +255,9 @@ class ThumbnailDelegate(QStyledItemDelegate):
             painter.drawPixmap(x, y, pix)
         else:
             painter.fillRect(box, QColor(40, 40, 40))
+            if dock.model.unreadable(iid):
+                painter.setPen(QColor(220, 120, 120))
+                painter.drawText(box, Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, "cannot be read")
         for spec in dock.frame(iid):  # bottom first: nested bands stay visible
             width = max(1, round(spec.thickness * self.size / 128 * (0.6 if spec.kind == "label" else 0.5)))
             color = QColor(spec.color)
