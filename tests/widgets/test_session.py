@@ -36,9 +36,10 @@ def test_show_images_goes_to_the_registered_page_view():
     class View:
         shown: list = []
 
-        def show_images(self, ids, title=""):
-            self.shown.append((list(ids), title))
+        def show_images(self, ids, title="", select=None):
+            self.shown.append((list(ids), title, select))
 
     view = View()
     session.register_page_view(view)
-    assert session.show_images(["a", "b"], "cell") is True and view.shown == [(["a", "b"], "cell")]
+    assert session.show_images(["a", "b"], "cell") is True and view.shown == [(["a", "b"], "cell", None)]
+    assert session.show_images(["a", "b"], "g", select="b") and view.shown[-1] == (["a", "b"], "g", "b")
