@@ -181,3 +181,14 @@ def test_an_unreadable_image_gets_a_thumbnail_saying_so(gallery, qtbot):
     g.view.viewport().update()
     qtbot.waitUntil(lambda: g.model.unreadable(project.image_ids[1]), timeout=10000)
     assert not g.model.unreadable(project.image_ids[0])
+
+
+def test_a_layer_of_your_own_selected_after_the_gallery_is_what_f1_labels(gallery, qtbot):
+    viewer, w, g, project = gallery(n=4, channels=1)
+    click_item(g, 1)
+    g.select([])  # nothing selected in the gallery any more
+    plain = viewer.add_image(np.zeros((8, 8), np.uint8), name="from a script")
+    viewer.layers.selection.active = plain
+    QTest.keyClick(g.view, Qt.Key.Key_F1)
+    assert plain.metadata["cellclass"]["labels"] == ["alpha"]
+    assert all(project.labels(i) == () for i in project.image_ids)

@@ -293,9 +293,10 @@ class LabellingWidget(Container):
         if self.project is None or self.page.rendering:  # napari selects each new layer: wait for the page
             return
         page = self.pager.page_ids if self.pager is not None else ()
-        ids, _ = selection_targets(list(self.viewer.layers.selection), self.project, page)
+        ids, targets = selection_targets(list(self.viewer.layers.selection), self.project, page)
         self.page.highlight(ids)
-        if not self._syncing and set(ids) != set(self.shared.selection):  # the gallery's own choice stays
+        # the gallery's own choice stays the selection while the canvas shows the same images
+        if not self._syncing and (targets or set(ids) != set(self.shared.selection)):
             self.shared.select(ids, CANVAS)
 
     def _on_page_drawn(self) -> None:
@@ -315,7 +316,8 @@ class LabellingWidget(Container):
     def _on_canvas_click(self, layer: Layer, modifiers: tuple[str, ...]) -> None:
         """A click on an image of the canvas selects it (Shift/Ctrl: adds or removes it)."""
         iid = next((i for i, shown in self.page.shown.items() if layer in shown.layers), None)
-        if iid is None:
+        if iid is None:  # a layer of your own (e.g. added by a script)
+            self.viewer.layers.selection.active = layer
             return
         if "Shift" in modifiers or "Control" in modifiers:
             current, _ = selection_targets(list(self.viewer.layers.selection), self.project,
