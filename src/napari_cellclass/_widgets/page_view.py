@@ -118,6 +118,7 @@ class Prefetch:
         self._lock = threading.Lock()
         self._ready: dict[tuple[str, str], tuple[ImageData, dict[Any, tuple[Any, dict[str, Any]]]]] = {}
         self._thread: threading.Thread | None = None
+        self._generation = 0  # bumped by forget(): a preparation started before it is thrown away
 
     def start(self, project: Project, ids: Sequence[str], mode: str | int) -> None:
         """Prepare ``ids`` (the next page) shown with ``mode``."""
@@ -127,7 +128,7 @@ class Prefetch:
         todo = [i for i in ids if (root, i) not in self._ready]
         if not todo:
             return
-        thread = threading.Thread(target=self._run, args=(project, list(ids), todo, mode), daemon=True,
+        thread = threading.Thread(target=self._run, args=(project, todo, mode, self._generation), daemon=True,
                                   name="cellclass-prefetch")
         self._thread = thread
         thread.start()
@@ -137,7 +138,7 @@ class Prefetch:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def _run(self, project: Project, ids: list[str], todo: list[str], mode: str | int) -> None:
+    def _run(self, project: Project, todo: list[str], mode: str | int, generation: int) -> None:
         images: dict[str, ImageData] = {}
         for iid in todo:
             try:
@@ -153,6 +154,8 @@ class Prefetch:
             except Exception:  # noqa: BLE001 - computed again at the page turn
                 continue
             with self._lock:
+                if generation != self._generation:
+                    return
                 self._ready[(root, iid)] = (img, {key_of[iid]: (data, kwargs)})
 
     def image(self, project: Project, image_id: str) -> ImageData | None:
@@ -166,8 +169,10 @@ class Prefetch:
         return got[1].get(key) if got is not None else None
 
     def forget(self) -> None:
+        """Throw away what was prepared (the images may have changed on disk)."""
         with self._lock:
             self._ready = {}
+            self._generation += 1
 
 
 class CanvasClicks:
