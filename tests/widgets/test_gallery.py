@@ -126,18 +126,24 @@ def test_a_click_on_the_canvas_selects_the_image_under_it(gallery, qtbot):
     qt_canvas = viewer.window._qt_viewer.canvas
     qtbot.waitUntil(lambda: len(qt_canvas.grid_views) >= 4, timeout=5000)
     grid = viewer.canvas.grid
-    target = ids[3]
-    (index,) = [k for k, lyr in enumerate(viewer.layers) if lyr.metadata["cellclass"]["image_id"] == target]
-    cell = grid.position(index, viewer.layers)
     views = dict(zip((c for c, _ in grid.iter_viewboxes(viewer.layers)), qt_canvas.grid_views, strict=False))
-    vb = views[cell]
-    x, y = (np.asarray(vb.transform.translate[:2]) + np.asarray(vb.inner_rect.size) / 2).astype(int)
     native = qt_canvas.native
-    ratio = native.devicePixelRatioF()
-    pos = QPoint(int(x / ratio), int(y / ratio))
-    QTest.mouseClick(native, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, pos)
-    qtbot.waitUntil(lambda: layer_ids(viewer) == {target}, timeout=3000)
-    assert g.selected_ids() == [target]
+
+    def click(target, modifier=Qt.KeyboardModifier.NoModifier):
+        (index,) = [k for k, lyr in enumerate(viewer.layers) if lyr.metadata["cellclass"]["image_id"] == target]
+        vb = views[grid.position(index, viewer.layers)]
+        x, y = (np.asarray(vb.transform.translate[:2]) + np.asarray(vb.inner_rect.size) / 2).astype(int)
+        ratio = native.devicePixelRatioF()
+        QTest.mouseClick(native, Qt.MouseButton.LeftButton, modifier, QPoint(int(x / ratio), int(y / ratio)))
+
+    click(ids[3])
+    qtbot.waitUntil(lambda: layer_ids(viewer) == {ids[3]}, timeout=3000)
+    assert g.selected_ids() == [ids[3]]
+    click(ids[1], Qt.KeyboardModifier.ControlModifier)  # adds one
+    qtbot.waitUntil(lambda: layer_ids(viewer) == {ids[1], ids[3]}, timeout=3000)
+    assert g.selected_ids() == [ids[1], ids[3]]
+    click(ids[3], Qt.KeyboardModifier.ControlModifier)  # and removes it again
+    qtbot.waitUntil(lambda: layer_ids(viewer) == {ids[1]}, timeout=3000)
 
 
 def test_long_names_are_never_cut_in_the_middle(qapp):
