@@ -198,3 +198,15 @@ def test_a_layer_of_your_own_selected_after_the_gallery_is_what_f1_labels(galler
     QTest.keyClick(g.view, Qt.Key.Key_F1)
     assert plain.metadata["cellclass"]["labels"] == ["alpha"]
     assert all(project.labels(i) == () for i in project.image_ids)
+
+
+def test_thumbnails_finished_for_the_previous_project_are_not_shown_for_the_next(qapp, tmp_path):
+    from napari_cellclass._widgets.gallery import ThumbnailLoader
+
+    loader = ThumbnailLoader(threads=1)
+    try:
+        loader._done.append(("img00.tif", np.zeros((4, 4, 3), np.uint8)))  # finished just before the switch
+        loader.set_store(None)  # another project (the same image names can recur there)
+        assert loader.take() == []
+    finally:
+        loader.close()

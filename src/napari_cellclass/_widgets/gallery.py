@@ -95,10 +95,12 @@ class ThumbnailLoader(QObject):
             t.start()
 
     def set_store(self, store: ThumbnailStore | None) -> None:
+        """Make thumbnails of another project from now on (finished ones of the old project are dropped)."""
         with self._cond:
             self._store = store
             self._waiting.clear()
             self._queued.clear()
+            self._done.clear()
 
     def request(self, image_id: str) -> None:
         with self._cond:
