@@ -50,7 +50,7 @@ from qtpy.QtWidgets import (
 from ..core.project import Project
 from .gallery_model import SORTS, GalleryQuery, counts_text, filter_choices, frame_specs, list_images
 from .guards import reports_errors
-from .labelling_model import fallback_color
+from .labelling_model import class_color
 from .layers import PAGE_SIZE
 from .session import GALLERY, session_for
 from .thumbnails import THUMB_PX, ThumbnailStore
@@ -488,10 +488,7 @@ class GalleryDock(QWidget):
         return frame_specs(self.project, self.shared.predictions, image_id, self._color_of)
 
     def _color_of(self, name: str) -> str:
-        project = self.project
-        if project is not None and name in project.class_names:
-            return project.class_color(name)
-        return fallback_color(name)
+        return class_color(self.project, name)
 
     # ------------------------------------------------------------------ following the session
     def _on_labels(self, ids: tuple[str, ...]) -> None:

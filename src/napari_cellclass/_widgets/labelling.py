@@ -23,7 +23,7 @@ from .compact import compact_dock
 from .dialogs import ask_color, ask_yes_no, raise_dock
 from .guards import quiet, reports_errors
 from .hotkeys import HOTKEY_HELP, Hotkeys
-from .labelling_model import LabellingSession, Pager, fallback_color
+from .labelling_model import LabellingSession, Pager, class_color
 from .napari_private import real_viewer
 from .page_controls import PageControls
 from .page_view import CanvasClicks, PageView, Shown
@@ -454,9 +454,7 @@ class LabellingWidget(Container):
         self._refresh_panel()
 
     def _color_of(self, name: str) -> str:
-        if self.project is not None and name in self.project.class_names:
-            return self.project.class_color(name)
-        return fallback_color(name)
+        return class_color(self.project, name)
 
     def _refresh_choices(self) -> None:
         self._classes_shown = self.project.class_names if self.project is not None else ()

@@ -83,6 +83,13 @@ def image_border_specs(labels: Sequence[str], prediction: Sequence[str],
     return border_specs(prediction, color_of, "prediction")
 
 
+def class_color(project: Project | None, name: str) -> str:
+    """A class's colour: the project's, or a stable fallback for a class it does not know."""
+    if project is not None and name in project.class_names:
+        return project.class_color(name)
+    return fallback_color(name)
+
+
 def fallback_color(name: str) -> str:
     """A stable colour for a class the project does not know (e.g. in layer metadata)."""
     from ..core.classes import DEFAULT_PALETTE

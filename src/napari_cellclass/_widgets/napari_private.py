@@ -11,6 +11,7 @@ napari 0.9 offers no public way to:
   transforms (napari's ``data`` setter redoes both, about 10 ms a layer): ``layer._data``;
 - add many layers without napari selecting each one as it arrives (every selection change
   updates the layer list, the layer controls and the canvas): ``layers._activate_on_insert``;
+- make a layer the current one of a multiple selection: ``selection._current``;
 - reach the Qt main window (fitting it to the screen, window-wide key handling), the canvas
   widget and the layer-list view: ``viewer.window._qt_window`` and ``viewer.window._qt_viewer``.
 
@@ -136,3 +137,9 @@ def no_select_on_insert(viewer: Any) -> Iterator[None]:
         yield
     finally:
         layers._activate_on_insert = had
+
+
+def set_current(selection: Any, layer: Any) -> None:
+    """Make ``layer`` (already selected) the current layer of a selection of several."""
+    if hasattr(selection, "_current"):
+        selection._current = layer

@@ -25,7 +25,14 @@ from .borders import apply_border, prepare_border, set_highlight
 from .guards import reports_errors
 from .labelling_model import Pager, image_border_specs
 from .layers import BLEND, COMPOSITE, layer_data_from_image, layer_metadata, natural_layer_count, short_names
-from .napari_private import canvas_widget, no_select_on_insert, one_dims_update, refresh_icon, swap_data
+from .napari_private import (
+    canvas_widget,
+    no_select_on_insert,
+    one_dims_update,
+    refresh_icon,
+    set_current,
+    swap_data,
+)
 from .scripted import project_meta
 
 log = logging.getLogger(__name__)
@@ -486,7 +493,7 @@ class PageView:
         selection.clear()
         selection.update(layers)
         if layers:
-            selection._current = layers[0]  # noqa: SLF001 - napari offers no public setter for "current"
+            set_current(selection, layers[0])
 
     def highlight(self, ids: Sequence[str]) -> None:
         """Mark the selected images on the canvas: white corner handles around each (others: none)."""

@@ -97,7 +97,6 @@ class ProjectIndex:
         self._changed_files = False
         self._folders_changed = False
         self._now = time.time()
-        self.hits = 0
 
     @classmethod
     def load(cls, root: Path) -> ProjectIndex:
@@ -149,9 +148,8 @@ class ProjectIndex:
         """Split the label files ``entries`` of ``folder`` into unchanged ones and ones to read.
 
         Returns ``({class names: [file names holding them]}, [(entry, stat or None when it failed),
-        ...])``. Every
-        file is stat-ed (one call each, the same check ``git status`` makes); unchanged files keep
-        their entry in the index.
+        ...])``. Every file is stat-ed (one call each, the same check ``git status`` makes);
+        unchanged files keep their entry in the index.
         """
         stats: list[os.stat_result | None]
         try:
@@ -181,7 +179,6 @@ class ProjectIndex:
         same_kinds = kinds[same]
         for kind in np.unique(same_kinds).tolist():
             known[lists[kind]] = [got[k] for k in same[same_kinds == kind].tolist()]
-        self.hits += len(same)
         self._new_files.setdefault(folder, []).extend(
             (got[k], now[k], lists[kind]) for k, kind in zip(same.tolist(), same_kinds.tolist(), strict=True))
         if len(same) != len(names):

@@ -15,13 +15,12 @@ import tempfile
 from pathlib import Path
 
 from .images import IMAGE_SUFFIXES
+from .model_folder import WEIGHTS_NAME
 from .project_index import Listing, ProjectIndex
 from .settings_file import CONFIG_NAME
 from .sidecars import LABEL_DIR
 
 #: folders of a project that hold its models and caches (never images, never written by users)
-#: the file that makes a folder a model folder (never entered as images)
-MODEL_FILE = "model.safetensors"
 PROJECT_DIRS = ("cellclass_models", "cellclass_cache")
 # folders that never hold project images
 SKIP_DIRS = frozenset({LABEL_DIR, *PROJECT_DIRS, "__pycache__", "__MACOSX"})
@@ -96,7 +95,7 @@ def _list_folder(folder: str, prefix: str, links: list[tuple[str, str]], notes: 
     except OSError:
         return None
     names = {e.name for e in entries}
-    kind = "project" if CONFIG_NAME in names else "model" if MODEL_FILE in names else ""
+    kind = "project" if CONFIG_NAME in names else "model" if WEIGHTS_NAME in names else ""
     images: list[str] = []
     subs: list[str] = []
     has_links = False
