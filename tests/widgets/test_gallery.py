@@ -210,3 +210,12 @@ def test_thumbnails_finished_for_the_previous_project_are_not_shown_for_the_next
         assert loader.take() == []
     finally:
         loader.close()
+
+
+def test_opening_the_folder_again_lists_images_added_meanwhile(gallery, qtbot):
+    import tifffile
+
+    viewer, w, g, project = gallery(n=3, channels=1)
+    tifffile.imwrite(project.root / "img99.tif", np.full((24, 24), 500, np.uint16))
+    w.open_project(project.root)  # the same folder again: listed anew
+    assert "img99.tif" in g.model.ids and "4 shown of 4" in g.counts.text()

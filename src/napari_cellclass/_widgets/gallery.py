@@ -362,6 +362,7 @@ class GalleryDock(QWidget):
         self.viewer = real_viewer(viewer)
         self.shared = session_for(self.viewer)
         self.project: Project | None = None
+        self._listed: tuple[str, ...] = ()  # the project's image ids the list was made from
         self._syncing = False
         self.loader = ThumbnailLoader()
         self.model = GalleryModel(self.loader)
@@ -467,6 +468,7 @@ class GalleryDock(QWidget):
             self.counts.setText("No project open: open a folder in the Labelling dock or File > Open Folder")
             return
         keep = self.selected_ids()
+        self._listed = self.project.image_ids
         self.model.set_ids(list_images(self.project, self.shared.predictions, self.query))
         self._select_rows(keep, scroll=True)
         self._refresh_counts()
@@ -492,8 +494,11 @@ class GalleryDock(QWidget):
 
     # ------------------------------------------------------------------ following the session
     def _on_labels(self, ids: tuple[str, ...]) -> None:
-        if not ids:  # the classes changed
+        if not ids:  # the classes changed, or the folder was listed again
             self._refresh_filters()
+            if self.project is not None and self.project.image_ids is not self._listed:
+                self._requery()
+                return
         self.view.viewport().update()  # frames; the list itself stays as it is while labelling
         self._refresh_counts()
 
