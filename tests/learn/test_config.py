@@ -62,10 +62,21 @@ def test_split_fractions_and_monitor():
     assert cfg.val_fraction == pytest.approx(0.2) and cfg.test_fraction == pytest.approx(0.1)
     with pytest.raises(ConfigError, match="must be 100"):
         TrainConfig(train_percent=70, val_percent=20, test_percent=20)
-    assert TrainConfig().monitor_for(False) == ("accuracy", "max")
+    assert TrainConfig().monitor_for(False) == ("balanced_accuracy", "max")
     assert TrainConfig().monitor_for(True) == ("f1_macro", "max")
     assert TrainConfig(monitor="loss").monitor_for(False) == ("loss", "min")
     assert TrainConfig(fine_tune="none").fine_tune == "full"
+
+
+def test_automatic_defaults_resolve_from_the_settings():
+    assert TrainConfig().fine_tune_mode == "full"  # random weights: train everything
+    assert TrainConfig(pretrained="imagenet").fine_tune_mode == "head-then-all"
+    assert TrainConfig(pretrained="imagenet", fine_tune="head").fine_tune_mode == "head"
+    cfg = TrainConfig.from_dict({"lr": "auto"})
+    assert cfg.lr_find and cfg.lr == TrainConfig().lr
+    assert not TrainConfig(lr=0.01).lr_find
+    with pytest.raises(ConfigError, match="lr="):
+        TrainConfig(lr="fast")
 
 
 def test_model_config_json_is_accepted(tmp_path):

@@ -73,7 +73,7 @@ def test_divergence_in_the_first_epoch_saves_nothing_and_says_lower_the_lr(tiny_
 
 def test_a_nan_validation_loss_is_never_best(tiny_sample, fast_config, tmp_path, monkeypatch):
     def nan_loss(self, subset, epoch):
-        return {"loss": math.nan, "n": 4, "accuracy": 0.75}
+        return {"loss": math.nan, "n": 4, "accuracy": 0.75, "balanced_accuracy": 0.75}
         yield
 
     monkeypatch.setattr(Trainer, "validate_events", nan_loss)

@@ -41,7 +41,7 @@ def test_event_order_and_model_folder(tiny_sample, fast_config, tmp_path):
     assert isinstance(evs[first_end + 1], CheckpointSaved) and evs[first_end + 1].kind == "best"
     end = epoch_ends[0]
     assert list(end.train)[:3] == ["loss", "n", "accuracy"] and "confusion_matrix" in end.val
-    assert end.is_best and end.monitor == "accuracy"
+    assert end.is_best and end.monitor == "balanced_accuracy"  # the default: honest on imbalanced classes
     fin = evs[-1]
     assert not fin.cancelled and fin.epochs_run == 2 and len(fin.history) == 2
     model = load_model(fin.model_dir)
@@ -140,7 +140,7 @@ def test_early_stopping_and_ties(tiny_sample, fast_config, tmp_path, monkeypatch
 
     def fixed(self, subset, epoch):
         acc, loss = next(scores)
-        return {"loss": loss, "n": 1, "accuracy": acc}
+        return {"loss": loss, "n": 1, "accuracy": acc, "balanced_accuracy": acc}
         yield  # a generator, like the real one
 
     monkeypatch.setattr(Trainer, "validate_events", fixed)
@@ -153,7 +153,7 @@ def test_equal_accuracy_with_lower_loss_is_better(tiny_sample, fast_config, tmp_
 
     def fixed(self, subset, epoch):
         acc, loss = next(scores)
-        return {"loss": loss, "n": 1, "accuracy": acc}
+        return {"loss": loss, "n": 1, "accuracy": acc, "balanced_accuracy": acc}
         yield
 
     monkeypatch.setattr(Trainer, "validate_events", fixed)

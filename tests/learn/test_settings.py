@@ -56,7 +56,10 @@ def test_cli_flags_are_generated_from_the_fields():
         assert s.description.split(" (")[0] in action.help.replace("\n", " ")
         if s.enum:
             assert tuple(action.choices) == s.enum
-        assert action.type is {int: int, float: float, str: str}[s.kind]
+        if s.auto:  # --lr auto
+            assert action.type("auto") == "auto" and action.type("0.5") == 0.5
+        else:
+            assert action.type is {int: int, float: float, str: str}[s.kind]
     # the run's own flags are kept
     assert {"--config", "--freeze", "--out", "--resume", "--json"} <= set(actions)
 

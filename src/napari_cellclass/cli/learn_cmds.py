@@ -103,12 +103,22 @@ def setting_flag(s: Setting) -> dict[str, Any]:
     help_text = f"{s.description} (default {default})".replace("%", "%%")
     if s.kind is bool:
         return {"action": argparse.BooleanOptionalAction, "help": help_text}
-    kw: dict[str, Any] = {"type": {int: int, float: float}.get(s.kind, str), "help": help_text}
+    kind = {int: int, float: float}.get(s.kind, str)
+    kw: dict[str, Any] = {"type": _or_auto(kind) if s.auto else kind, "help": help_text}
     if s.enum:
         kw["choices"] = s.enum
     if s.metavar:
         kw["metavar"] = s.metavar
     return kw
+
+
+def _or_auto(kind: type) -> Callable[[str], Any]:
+    """An argparse type that also takes the word ``auto``."""
+    def parse(text: str) -> Any:
+        return text if text == "auto" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -28,7 +28,7 @@ from ..core.project import Project
 from . import checkpoint as ckpt
 from . import distributed as ddp
 from . import models
-from .config import TrainConfig
+from .config import IMBALANCE_RATIO, TrainConfig
 from .data import (
     BatchAugment,
     Batcher,
@@ -280,14 +280,13 @@ class Optimization:
     steps_per_epoch: int
     monitor: str
     mode: str  # 'max' or 'min'
+    note: str | None = None  # what was done about class imbalance, for the run's log
 
 
 def build_optimization(cfg: TrainConfig, data: RunData, images: ImageSet, model: nn.Module,
                        hw: Hardware) -> Optimization:
     """The loss (class weights), optimizer (parameter groups) and schedule (steps per epoch) of a run."""
-    weights = None
-    if cfg.class_weights == "balanced":
-        weights = balanced_class_weights(images.targets["train"], len(data.classes), data.multi_label)
+    weights, note = class_weighting(cfg, data, images)
     criterion = build_loss(cfg.loss, multi_label=data.multi_label, class_weights=weights,
                            label_smoothing=cfg.label_smoothing, focal_gamma=cfg.focal_gamma).to(hw.device)
     optimizer = build_optimizer(cfg, model)
@@ -295,7 +294,31 @@ def build_optimization(cfg: TrainConfig, data: RunData, images: ImageSet, model:
     monitor, mode = cfg.monitor_for(data.multi_label)
     schedule = LRSchedule(optimizer, cfg.schedule, cfg.epochs * steps, int(round(cfg.warmup_epochs * steps)), mode,
                           cfg.plateau_patience, cfg.plateau_factor)
-    return Optimization(criterion, optimizer, schedule, steps, monitor, mode)
+    return Optimization(criterion, optimizer, schedule, steps, monitor, mode, note)
+
+
+def class_weighting(cfg: TrainConfig, data: RunData, images: ImageSet) -> tuple[np.ndarray | None, str | None]:
+    """The loss's class weights (or None) and a line saying why, from ``class_weights``.
+
+    ``auto`` weighs single-label classes by rarity when the largest training class has more than
+    :data:`~.config.IMBALANCE_RATIO` times the images of the smallest (unless the sampler balances).
+    """
+    targets = images.targets["train"]
+    k = len(data.classes)
+    if cfg.class_weights == "balanced":
+        return balanced_class_weights(targets, k, data.multi_label), "the loss weighs each class by its rarity"
+    if cfg.class_weights != "auto" or data.multi_label or cfg.balanced_sampler or not len(targets):
+        return None, None
+    counts = np.bincount(np.asarray(targets, dtype=np.int64), minlength=k)
+    present = counts[counts > 0]
+    ratio = present.max() / present.min() if len(present) > 1 else 1.0
+    if ratio <= IMBALANCE_RATIO:
+        return None, None
+    largest = data.classes[int(np.argmax(counts))]
+    smallest = data.classes[int(np.argmin(np.where(counts > 0, counts, counts.max() + 1)))]
+    return (balanced_class_weights(targets, k),
+            f"classes are imbalanced ({largest} {counts.max()} vs {smallest} {present.min()} training images, "
+            f"{ratio:.1f}x): the loss weighs each class by its rarity (class_weights=auto)")
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -304,7 +327,7 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     head_ids = {id(p) for p in head}
     body = [p for p in models.backbone_parameters(model) if id(p) not in head_ids]
     groups = []
-    if cfg.fine_tune != "head":
+    if cfg.fine_tune_mode != "head":
         groups.append({"params": body, "lr": cfg.lr, "lr_scale": 1.0, "name": "backbone"})
     groups.append({"params": head, "lr": cfg.lr, "lr_scale": 1.0, "name": "head"})
     if cfg.optimizer == "sgd":

@@ -25,6 +25,8 @@ MONITORS = ("auto", "loss", "accuracy", "balanced_accuracy", "f1_macro", "f1_wei
 #: The largest seed: what ``numpy.random.seed`` accepts (``torch.manual_seed`` takes up to 2**64 - 1).
 SEED_MAX = 2**32 - 1
 _PERCENT = {"maximum": 100, "step": 5}
+#: class_weights=auto weighs the classes when the largest has more than this many times the smallest's images.
+IMBALANCE_RATIO = 1.5
 #: The largest settings file read (settings are a few kB; a bigger file is a mistake).
 MAX_CONFIG_BYTES = 4 * 2**20
 
@@ -47,8 +49,9 @@ class TrainConfig:
     head: str = setting("pool", "pool: global pool + dropout + linear; classic: AlexNet/VGG fully connected head",
                         enum=("pool", "classic"))
     dropout: float = setting(0.2, "dropout before the last layer", minimum=0, exclusive_maximum=1, step=0.05)
-    fine_tune: str = setting("full", "full: train everything; head: frozen backbone; head-then-all: the head "
-                             "first, then everything", enum=("full", "head", "head-then-all"),
+    fine_tune: str = setting("auto", "full: train everything; head: frozen backbone; head-then-all: the head "
+                             "first, then everything; auto: head-then-all with pretrained weights, else full",
+                             enum=("auto", "full", "head", "head-then-all"),
                              value_aliases={"none": "full", "all": "full", "freeze": "head"}, basic=3)
     freeze_epochs: int = setting(2, "head-then-all: epochs with the backbone frozen", minimum=0, maximum=100_000)
     backbone_lr_factor: float = setting(0.1, "head-then-all: backbone learning rate = lr x factor after "
@@ -59,13 +62,16 @@ class TrainConfig:
     label_smoothing: float = setting(0.0, "share of each target spread over all classes", minimum=0,
                                      exclusive_maximum=1, step=0.05)
     focal_gamma: float = setting(2.0, "focal loss: the focusing exponent", minimum=0, maximum=10, step=0.5)
-    class_weights: str = setting("none", "balanced: weigh each class by its rarity", enum=("none", "balanced"),
-                                 basic=15)
+    class_weights: str = setting("auto", "balanced: weigh each class by its rarity; auto: balanced when the "
+                                 f"largest class has over {IMBALANCE_RATIO:g}x the images of the smallest "
+                                 "(single-label)", enum=("auto", "none", "balanced"), basic=15)
     balanced_sampler: bool = setting(False, "draw training images so that every class is seen equally often",
                                      basic=16)
     # optimisation
     optimizer: str = setting("adamw", "the optimizer", enum=("sgd", "adam", "adamw"), basic=5, cli=True)
-    lr: float = setting(2e-3, "learning rate", exclusive_minimum=0, maximum=10, step=1e-4, basic=6, cli=True)
+    lr: float = setting(2e-3, "learning rate (auto: found by a range test before training)", exclusive_minimum=0,
+                        maximum=10, step=1e-4, basic=6, cli=True, auto="lr_find", metavar="LR|auto")
+    lr_find: bool = setting(False, "find the learning rate with a range test before training (--lr auto)")
     momentum: float = setting(0.9, "SGD momentum (Nesterov when above 0)", minimum=0, maximum=1, step=0.05)
     weight_decay: float = setting(1e-4, "weight decay", minimum=0, maximum=1, step=1e-4)
     schedule: str = setting("cosine", "learning-rate schedule after the warm-up",
@@ -115,8 +121,8 @@ class TrainConfig:
     # stopping and selection
     early_stopping: int = setting(0, "stop after this many epochs without improvement; 0 = off", minimum=0,
                                   maximum=100_000)
-    monitor: str = setting("auto", "validation metric that picks the best epoch (auto: accuracy, multi-label "
-                           "f1_macro)", enum=MONITORS)
+    monitor: str = setting("auto", "validation metric that picks the best epoch and stops early (auto: "
+                           "balanced accuracy, multi-label f1_macro)", enum=MONITORS)
     threshold: float = setting(0.5, "multi-label decision threshold", exclusive_minimum=0, exclusive_maximum=1,
                                step=0.05)
     bn_recalibrate: int = setting(2048, "re-estimate batch-norm statistics on up to N training images after "
@@ -154,6 +160,9 @@ class TrainConfig:
             One line naming the first bad field and the values it allows.
         """
         for s in settings_of(type(self)):
+            if s.auto and getattr(self, s.name) == "auto":  # lr="auto": lr_find on, lr its default
+                setattr(self, s.auto, True)
+                setattr(self, s.name, s.default)
             setattr(self, s.name, s.check(getattr(self, s.name)))
         total = self.train_percent + self.test_percent
         if self.val_fraction < -1e-9 or total > 100 + 1e-9:
@@ -176,11 +185,18 @@ class TrainConfig:
         """Test share of the labelled images (0-1)."""
         return self.test_percent / 100.0
 
+    @property
+    def fine_tune_mode(self) -> str:
+        """``fine_tune`` with ``auto`` resolved: head-then-all from pretrained weights, else full."""
+        if self.fine_tune != "auto":
+            return self.fine_tune
+        return "full" if self.pretrained in ("none", "") else "head-then-all"
+
     def monitor_for(self, multi_label: bool) -> tuple[str, str]:
         """The monitored validation metric and its direction (``'max'`` or ``'min'``)."""
         name = self.monitor
         if name == "auto":
-            name = "f1_macro" if multi_label else "accuracy"
+            name = "f1_macro" if multi_label else "balanced_accuracy"
         return name, ("min" if name == "loss" else "max")
 
     # ------------------------------------------------------------------ (de)serialisation

@@ -11,6 +11,7 @@ keeps its :class:`~.record.RunRecord` and writes the model folder (:mod:`.checkp
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator
@@ -49,6 +50,7 @@ from .events import (
     Log,
     WarningEvent,
 )
+from .lr_find import LrFindResult, find_lr
 from .record import RunRecord
 from .rundata import MODELS_DIR, RunData, default_out_dir, make_split, open_project, run_data
 
@@ -98,6 +100,7 @@ class Trainer:
         self.record = RunRecord()
         self.net: nn.Module | None = None  # what the training step calls (DistributedDataParallel when distributed)
         self._net_frozen: bool | None = None
+        self.lr_found: LrFindResult | None = None
 
     @property
     def built(self) -> RunParts:
@@ -153,8 +156,18 @@ class Trainer:
         if network.note:
             yield Log(network.note)
         optimization = build_optimization(cfg, data, images, network.model, hw)
+        if optimization.note:
+            yield Log(optimization.note)
         self.parts = RunParts(hw, data, images, network, optimization, Batcher(images.store, hw.device),
                               BatchAugment(cfg, images.norm, hw.device))
+        if cfg.lr_find and not resume:
+            found = find_lr(self.parts, cfg)
+            yield Log(found.note)
+            self.lr_found = found
+            self.cfg = cfg = cfg.replace(lr=found.lr)
+            self.parts = dataclasses.replace(self.parts, optimization=build_optimization(cfg, data, images,
+                                                                                       network.model, hw))
+            optimization = self.parts.optimization
         self.net = network.model
         self.record = RunRecord(optimization.monitor, optimization.mode)
         if resume:
@@ -247,6 +260,8 @@ class Trainer:
             "precision": hw.precision,
             **({"distributed": {"world_size": self.dist.world_size,
                                 "backend": torch.distributed.get_backend()}} if self.dist.enabled else {}),
+            **({"lr_find": {"lr": self.lr_found.lr, "lrs": list(self.lr_found.lrs),
+                            "losses": list(self.lr_found.losses)}} if self.lr_found else {}),
             "history": rec.history,
             "best_epoch": rec.best_epoch,
             "best_metrics": rec.best_metrics,

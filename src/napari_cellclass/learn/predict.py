@@ -7,7 +7,7 @@ For a project, results are stored in ``cellclass_predictions.csv`` (never in the
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +154,31 @@ def check_batch_size(batch_size: Any) -> int:
     return int(batch_size)
 
 
+def input_batches(store: ImageStore, index: np.ndarray, normalisation: Any, device: torch.device,
+                  batch_size: int, cancel: CancelToken | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start, x)``: normalised float32 batches of a built store's rows ``index`` on ``device``.
+
+    Channels-last on CUDA; stops early when ``cancel`` is set.
+    """
+    mean, std = normalisation.tensors(device)
+    for start in range(0, len(index), batch_size):
+        if cancel is not None and cancel.is_set():
+            return
+        x = torch.from_numpy(store.gather(index[start:start + batch_size]))
+        if device.type == "cuda":
+            x = x.pin_memory()
+        x = (x.to(device, non_blocking=True).float() - mean) / std
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield start, x
+
+
+def eval_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` on ``device`` in eval mode (channels-last on CUDA)."""
+    model = model.to(device).eval()
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
 def infer(trained: TrainedModel, store: ImageStore, index: np.ndarray, *, device: torch.device,
           batch_size: int = 128, tta: bool = False, progress: Progress | None = None,
           cancel: CancelToken | None = None) -> np.ndarray:
@@ -165,28 +190,16 @@ def infer(trained: TrainedModel, store: ImageStore, index: np.ndarray, *, device
         When the model gives NaN or infinite outputs (a diverged model): nothing is returned.
     """
     batch_size = check_batch_size(batch_size)
-    model = trained.model.to(device).eval()
+    model = eval_model(trained.model, device)
     precision = resolve_precision(trained.config.get("train_config", {}).get("precision", "auto"), device)
-    channels_last = device.type == "cuda"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    mean, std = trained.normalisation.tensors(device)
     multi = trained.multi_label
     out = []
     n = len(index)
     with torch.inference_mode():
-        for start in range(0, n, batch_size):
-            if cancel is not None and cancel.is_set():
-                break
-            x = torch.from_numpy(store.gather(index[start:start + batch_size]))
-            if device.type == "cuda":
-                x = x.pin_memory()
-            x = (x.to(device, non_blocking=True).float() - mean) / std
+        for start, x in input_batches(store, index, trained.normalisation, device, batch_size, cancel):
             views = [x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)] if tta else [x]
             acc = None
             for v in views:
-                if channels_last:
-                    v = v.contiguous(memory_format=torch.channels_last)
                 with autocast(device, precision):
                     logits = model(v).float()
                 p = torch.sigmoid(logits) if multi else torch.softmax(logits, dim=1)

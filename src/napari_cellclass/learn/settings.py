@@ -10,7 +10,8 @@ validation need, as a plain dict (no magicgui or Qt import here):
 - hints of this project: ``step`` (widget step), ``none_value`` (the widget / command-line
   value that stands for None), ``basic`` (position in the widget's main section), ``cli``
   (a flag of ``napari-cellclass train``), ``metavar``, ``examples`` (well-known values of a
-  free text), ``value_aliases`` (old names accepted for a value).
+  free text), ``value_aliases`` (old names accepted for a value), ``auto`` (the yes/no setting
+  that the value ``"auto"`` turns on, the setting itself keeping its default: ``lr="auto"``).
 
 :func:`settings_of` reads them back as :class:`Setting` objects; :meth:`Setting.check` is the
 validation of one value.
@@ -72,6 +73,7 @@ class Setting:
     metavar: str | None = None
     examples: tuple[str, ...] = ()
     value_aliases: Mapping[str, str] = field(default_factory=dict)
+    auto: str | None = None
 
     @property
     def label(self) -> str:

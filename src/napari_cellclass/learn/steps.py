@@ -57,9 +57,9 @@ def batch_norm_eval_for_one(model: nn.Module, batch: int) -> Iterator[None]:
 
 def set_backbone_phase(cfg: TrainConfig, parts: RunParts, epoch: int) -> bool:
     """Freeze or unfreeze the backbone for ``epoch``; True while it is frozen."""
-    frozen = cfg.fine_tune == "head" or (cfg.fine_tune == "head-then-all" and epoch <= cfg.freeze_epochs)
+    frozen = cfg.fine_tune_mode == "head" or (cfg.fine_tune_mode == "head-then-all" and epoch <= cfg.freeze_epochs)
     models.set_backbone_trainable(parts.model, not frozen)
-    if cfg.fine_tune == "head-then-all":
+    if cfg.fine_tune_mode == "head-then-all":
         for g in parts.optimization.optimizer.param_groups:
             if g.get("name") == "backbone":
                 g["lr_scale"] = cfg.backbone_lr_factor
@@ -131,8 +131,11 @@ def train_one_epoch(parts: RunParts, net: nn.Module, cfg: TrainConfig, epoch: in
 
 
 def train_step(parts: RunParts, net: nn.Module, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor,
-               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on a batch (augmented on its device); returns the loss and the logits."""
+               gen: torch.Generator, schedule: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch (augmented on its device); returns the loss and the logits.
+
+    ``schedule=False`` leaves the learning rates as they are (the range test sets them itself).
+    """
     hw, opt = parts.hardware, parts.optimization
     x = parts.augment(x, gen)
     if hw.channels_last:
@@ -147,7 +150,8 @@ def train_step(parts: RunParts, net: nn.Module, cfg: TrainConfig, x: torch.Tenso
     if cfg.grad_clip > 0:
         nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.grad_clip)
     opt.optimizer.step()
-    opt.schedule.step_batch()
+    if schedule:
+        opt.schedule.step_batch()
     return loss, logits
 
 
