@@ -28,7 +28,8 @@ from .core.transfer import export_csv, import_csv, import_folders
 
 __version__ = "0.1.0"
 
-_LEARN_NAMES = ("TrainConfig", "train", "predict", "evaluate", "load_model", "list_backbones")
+_LEARN_NAMES = ("TrainConfig", "train", "predict", "evaluate", "load_model", "list_backbones", "suggest",
+                "check_labels")
 
 __all__ = [
     "CellclassError", "ClassInfo", "ImageData", "ImageReadError", "Project", "ProjectError", "Split",

@@ -24,6 +24,7 @@ from .events import (
     Started,
     WarningEvent,
 )
+from .label_check import LabelCheckResult, LabelIssue, check_labels
 from .models import (
     CellClassifier,
     backbone_parameters,
@@ -34,6 +35,7 @@ from .models import (
 )
 from .predict import PredictionResult, predict
 from .pretrained import LoadReport
+from .suggest import Suggestion, SuggestResult, suggest
 
 __all__ = [
     "BackboneInfo", "CellClassifier", "LoadReport", "backbone_parameters",
@@ -42,5 +44,5 @@ __all__ = [
     "TrainConfig", "train", "run_training", "Trainer", "TrainResult", "resolve_device",
     "predict", "PredictionResult", "evaluate", "load_model", "TrainedModel",
     "Event", "Log", "WarningEvent", "Started", "BatchProgress", "EpochEnd", "CheckpointSaved", "Finished",
-    "CancelToken",
+    "CancelToken", "suggest", "Suggestion", "SuggestResult", "check_labels", "LabelCheckResult", "LabelIssue",
 ]
