@@ -46,28 +46,50 @@ def apply_border(layer: Layer, specs: Sequence[BorderSpec]) -> None:
         k += 1
 
 
-def set_highlight(layer: Layer, on: bool) -> None:
-    """Show (or hide) a thin white frame with corner handles around ``layer``: a selected image on the canvas.
+#: The marks a layer can carry (corner handles, no class meaning), each an overlay under its key.
+SUGGESTED_KEY = "cellclass_suggested"
+MISTAKE_KEY = "cellclass_mistake"
+_MARKS: dict[str, dict] = {
+    HIGHLIGHT_KEY: {"lines": True, "line_color": "white", "line_thickness": 2.0, "points": True,
+                    "point_color": "white", "point_size": HIGHLIGHT_POINT_PX, "order": _BASE_ORDER + 99},
+    SUGGESTED_KEY: {"lines": False, "points": True, "point_color": "#ffd400", "point_size": 24.0,
+                    "order": _BASE_ORDER + 97},
+    MISTAKE_KEY: {"lines": False, "points": True, "point_color": "#ff5050", "point_size": 24.0,
+                  "order": _BASE_ORDER + 98},
+}
+
+
+def set_mark(layer: Layer, key: str, on: bool) -> None:
+    """Show (or hide) the mark ``key`` around ``layer``: the selection (white frame with corner handles),
+    a suggestion (gold corners) or a likely mistake (red corners).
 
     Like the borders, "hidden" is a transparent overlay, never an invisible one (no grid re-layout).
     """
     overlays = layer_overlays(layer)
     if overlays is None:
         return
-    box = overlays.get(HIGHLIGHT_KEY)
+    box = overlays.get(key)
     if box is None:
         if not on:
             return
-        box = overlays[HIGHLIGHT_KEY] = BoundingBoxOverlay(
-            lines=True, line_color="white", line_thickness=2.0, points=True, point_color="white",
-            point_size=HIGHLIGHT_POINT_PX, order=_BASE_ORDER + 99, visible=True, opacity=0.0)
+        box = overlays[key] = BoundingBoxOverlay(**_MARKS[key], visible=True, opacity=0.0)
     box.opacity = 1.0 if on else 0.0
+
+
+def has_mark(layer: Layer, key: str) -> bool:
+    """True when ``layer`` shows the mark ``key``."""
+    box = (layer_overlays(layer) or {}).get(key)
+    return box is not None and box.visible and box.opacity > 0
+
+
+def set_highlight(layer: Layer, on: bool) -> None:
+    """Show (or hide) the selection mark around ``layer``: a selected image on the canvas."""
+    set_mark(layer, HIGHLIGHT_KEY, on)
 
 
 def is_highlighted(layer: Layer) -> bool:
     """True when ``layer`` shows the selection mark."""
-    box = (layer_overlays(layer) or {}).get(HIGHLIGHT_KEY)
-    return box is not None and box.visible and box.opacity > 0
+    return has_mark(layer, HIGHLIGHT_KEY)
 
 
 def prepare_border(layer: Layer) -> None:

@@ -48,7 +48,17 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.project import Project
-from .gallery_model import SORTS, GalleryQuery, counts_text, filter_choices, frame_specs, list_images
+from .gallery_model import (
+    FILTER_MISTAKES,
+    FILTER_SUGGESTED,
+    SORTS,
+    GalleryQuery,
+    counts_text,
+    filter_choices,
+    frame_specs,
+    list_images,
+    mark_text,
+)
 from .guards import reports_errors
 from .labelling_model import class_color
 from .layers import PAGE_SIZE
@@ -269,6 +279,9 @@ class ThumbnailDelegate(QStyledItemDelegate):
             painter.setPen(pen)
             inset = width // 2
             painter.drawRect(box.adjusted(inset, inset, -inset - 1, -inset - 1))
+        badge = dock.badge(iid)
+        if badge:
+            self._paint_badge(painter, box, badge, option)
         painter.setPen(option.palette.highlightedText().color() if selected else option.palette.text().color())
         painter.setFont(QFont(option.font))
         text_rect = QRect(r.left() + 2, box.bottom() + 3, r.width() - 4, r.bottom() - box.bottom() - 3)
@@ -280,6 +293,18 @@ class ThumbnailDelegate(QStyledItemDelegate):
             text = self._names[key] = name_lines(iid, option.fontMetrics, text_rect.width())
         painter.drawText(text_rect, Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop, text)
         painter.restore()
+
+
+    def _paint_badge(self, painter: QPainter, box: QRect, text: str, option: QStyleOptionViewItem) -> None:
+        """A suggestion's rank or a likely mistake's class, on a dark plate at the thumbnail's top left."""
+        metrics = option.fontMetrics
+        width = min(box.width() - 4, metrics.horizontalAdvance(text) + 8)
+        plate = QRect(box.left() + 2, box.top() + 2, width, metrics.height() + 2)
+        painter.fillRect(plate, QColor(0, 0, 0, 190))
+        painter.setPen(QColor(255, 212, 0) if text.startswith("★") else QColor(255, 110, 110))
+        shown = metrics.elidedText(text, Qt.TextElideMode.ElideRight, width - 6)
+        painter.drawText(plate.adjusted(4, 0, -2, 0), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft,
+                         shown)
 
 
 def name_lines(image_id: str, metrics: Any, width: int, lines: int = TEXT_LINES) -> str:
@@ -377,6 +402,7 @@ class GalleryDock(QWidget):
         self.shared.labels_changed.connect(self._on_labels)
         self.shared.selection_changed.connect(self._on_session_selection)
         self.shared.predictions_changed.connect(self._on_predictions)
+        self.shared.marks_changed.connect(self._on_predictions)
         self.view.selectionModel().selectionChanged.connect(self._on_view_selection)
         self.view.activated_image.connect(self.show_on_canvas)
         self._on_project(self.shared.project)
@@ -429,7 +455,8 @@ class GalleryDock(QWidget):
         for signal, slot in ((self.shared.project_changed, self._on_project),
                              (self.shared.labels_changed, self._on_labels),
                              (self.shared.selection_changed, self._on_session_selection),
-                             (self.shared.predictions_changed, self._on_predictions)):
+                             (self.shared.predictions_changed, self._on_predictions),
+                             (self.shared.marks_changed, self._on_predictions)):
             signal.disconnect(slot)
         if self.shared.gallery is self:
             self.shared.register_gallery(None)
@@ -451,7 +478,7 @@ class GalleryDock(QWidget):
 
     def _refresh_filters(self) -> None:
         current = self.image_filter.currentText()
-        choices = filter_choices(self.project, self.shared.predictions)
+        choices = filter_choices(self.project, self.shared.predictions, self.marks)
         self.image_filter.blockSignals(True)
         self.image_filter.clear()
         self.image_filter.addItems(choices)
@@ -469,7 +496,7 @@ class GalleryDock(QWidget):
             return
         keep = self.selected_ids()
         self._listed = self.project.image_ids
-        self.model.set_ids(list_images(self.project, self.shared.predictions, self.query))
+        self.model.set_ids(list_images(self.project, self.shared.predictions, self.query, self.marks))
         self._select_rows(keep, scroll=True)
         self._refresh_counts()
 
@@ -503,9 +530,28 @@ class GalleryDock(QWidget):
         self._refresh_counts()
 
     def _on_predictions(self) -> None:
+        """New predictions or marks: the filters offered, the frames and badges, a marked list made again."""
         self._refresh_filters()
+        if self.query.image_filter in (FILTER_SUGGESTED, FILTER_MISTAKES):
+            self._requery()
         self.view.viewport().update()
         self._refresh_counts()
+
+    @property
+    def marks(self) -> dict[str, list[str]]:
+        """The marked images by filter name (suggested, likely mistakes), in their order."""
+        return {FILTER_SUGGESTED: list(self.shared.suggested), FILTER_MISTAKES: list(self.shared.mistakes)}
+
+    def badge(self, image_id: str) -> str:
+        """The mark drawn on a thumbnail (see :func:`~.gallery_model.mark_text`)."""
+        return mark_text(image_id, self.shared.suggested, self.shared.mistakes)
+
+    def show_filter(self, name: str) -> None:
+        """List the images of filter ``name`` (e.g. the suggested ones) when it is offered."""
+        self._refresh_filters()
+        k = self.image_filter.findText(name)
+        if k >= 0:
+            self.image_filter.setCurrentIndex(k)
 
     # ------------------------------------------------------------------ selection
     def selected_ids(self) -> list[str]:

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..core.predictions import Prediction
 from ..core.project import Project
 from .labelling_model import FILTER_ALL, FILTER_LABELLED, FILTER_UNLABELLED, BorderSpec, image_border_specs
 
 PREDICTED_PREFIX = "predicted: "
+#: Filters of the marked images, listed in their own order (suggestion order, most suspicious first).
+FILTER_SUGGESTED = "suggested"
+FILTER_MISTAKES = "likely mistakes"
 SORT_NAME = "name"
 SORT_CLASS = "class"
 SORT_PREDICTED = "predicted class"
@@ -33,9 +37,14 @@ class GalleryQuery:
     name: str = ""
 
 
-def filter_choices(project: Project | None, predictions: Mapping[str, Prediction]) -> list[str]:
-    """The filters offered: the special ones, each class, each predicted class."""
+def filter_choices(project: Project | None, predictions: Mapping[str, Prediction],
+                   marks: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """The filters offered: the special ones, the marked images (when any), each class, each predicted class.
+
+    ``marks`` maps :data:`FILTER_SUGGESTED` / :data:`FILTER_MISTAKES` to their image ids.
+    """
     out = [FILTER_ALL, FILTER_UNLABELLED, FILTER_LABELLED]
+    out += [name for name in (FILTER_SUGGESTED, FILTER_MISTAKES) if (marks or {}).get(name)]
     if project is not None:
         out += list(project.class_names)
         predicted = {c for p in predictions.values() for c in p.classes}
@@ -48,10 +57,14 @@ def _class_order(project: Project) -> Callable[[str], tuple[int, str]]:
     return lambda c: (order.get(c, len(order)), c)
 
 
-def list_images(project: Project, predictions: Mapping[str, Prediction], query: GalleryQuery) -> list[str]:
-    """The image ids the gallery shows for ``query``, in its order."""
+def list_images(project: Project, predictions: Mapping[str, Prediction], query: GalleryQuery,
+                marks: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """The image ids the gallery shows for ``query``, in its order (marked images: in their own order)."""
     f = query.image_filter
-    if f == FILTER_ALL:
+    if f in (FILTER_SUGGESTED, FILTER_MISTAKES):
+        known = set(project.image_ids)
+        ids = [i for i in (marks or {}).get(f, ()) if i in known]
+    elif f == FILTER_ALL:
         ids: Sequence[str] = project.image_ids
     elif f == FILTER_UNLABELLED:
         ids = project.unlabelled_ids()
@@ -97,6 +110,18 @@ def counts_text(project: Project, predictions: Mapping[str, Prediction], shown: 
     if predictions:
         text += f" · {len(predictions):,} predicted"
     return text
+
+
+def mark_text(image_id: str, suggested: Sequence[str] | Mapping[str, Any],
+              mistakes: Mapping[str, Mapping[str, Any]]) -> str:
+    """The badge of a thumbnail: ``→ class`` for a likely mistake, ``★ rank`` for a suggestion, else ''."""
+    issue = mistakes.get(image_id)
+    if issue is not None:
+        got = issue.get("suggested")
+        return "→ " + (got if isinstance(got, str) else ";".join(got) or "(none)")
+    if image_id in suggested:
+        return f"★ {list(suggested).index(image_id) + 1}"
+    return ""
 
 
 def frame_specs(project: Project, predictions: Mapping[str, Prediction], image_id: str,

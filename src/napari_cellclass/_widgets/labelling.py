@@ -20,6 +20,7 @@ from ..core.project import Project
 from ..core.scan import enclosing_project
 from .class_panel import ClassPanel
 from .compact import compact_dock
+from .curation import CurationPanel
 from .dialogs import ask_color, ask_yes_no, raise_dock
 from .guards import quiet, reports_errors
 from .hotkeys import HOTKEY_HELP, Hotkeys
@@ -105,6 +106,7 @@ class LabellingWidget(Container):
         self.shared.labels_changed.connect(self._on_project_changed)
         self.shared.project_changed.connect(self._on_session_project)
         self.shared.selection_changed.connect(self._on_shared_selection)
+        self.shared.marks_changed.connect(self._show_marks)
         self.viewer.layers.selection.events.changed.connect(self._on_layer_selection)
         self.canvas_clicks = CanvasClicks(self.viewer, self._on_canvas_click)
         self._syncing = False
@@ -130,6 +132,7 @@ class LabellingWidget(Container):
         self.clear_button = PushButton(text="Clear labels")
         self.help = Label(value=HOTKEY_HELP)
         self.help.native.setWordWrap(True)
+        self.curation = CurationPanel(self)
 
         def row(*widgets: Any) -> Container:
             return Container(widgets=list(widgets), layout="horizontal", labels=False)
@@ -138,7 +141,7 @@ class LabellingWidget(Container):
             Container(widgets=[self.folder], labels=True), row(self.open_button, self.multi_label), self.summary,
             self.classes, self.controls,
             row(self.label_button, self.label_next_button, self.undo_button, self.clear_button),
-            self.help,
+            self.curation, self.help,
         ])
         compact_dock(self)  # rows scroll in a short dock; the window never outgrows the screen
         for signal, slot in ((self.open_button.changed, self._on_open_clicked),
@@ -171,6 +174,7 @@ class LabellingWidget(Container):
         self.shared.labels_changed.disconnect(self._on_project_changed)
         self.shared.project_changed.disconnect(self._on_session_project)
         self.shared.selection_changed.disconnect(self._on_shared_selection)
+        self.shared.marks_changed.disconnect(self._show_marks)
         if self.shared.page_view is self:
             self.shared.register_page_view(None)
         super().close()
@@ -301,7 +305,12 @@ class LabellingWidget(Container):
 
     def _on_page_drawn(self) -> None:
         self.controls.refresh_page()
+        self._show_marks()
         self._on_layer_selection()  # the selection mark and the gallery follow the new page
+
+    def _show_marks(self) -> None:
+        """Suggested images and likely mistakes carry their corner marks on the canvas."""
+        self.page.show_marks(self.shared.suggested, self.shared.mistakes)
 
     def _on_shared_selection(self, ids: tuple[str, ...], source: str) -> None:
         """The gallery selected images: select their layers on the page."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from ..core.errors import ImageReadError
 from ..core.images import ImageData
 from ..core.project import Project
-from .borders import apply_border, prepare_border, set_highlight
+from .borders import MISTAKE_KEY, SUGGESTED_KEY, apply_border, prepare_border, set_highlight, set_mark
 from .guards import reports_errors
 from .labelling_model import Pager, image_border_specs
 from .layers import BLEND, COMPOSITE, layer_data_from_image, layer_metadata, natural_layer_count, short_names
@@ -501,6 +501,13 @@ class PageView:
         for iid, shown in self.shown.items():
             if shown.layers:
                 set_highlight(shown.layers[0], iid in chosen)
+
+    def show_marks(self, suggested: Collection[str], mistakes: Collection[str]) -> None:
+        """Gold corners on the suggested images, red corners on the likely mistakes (others: none)."""
+        for iid, shown in self.shown.items():
+            if shown.layers:
+                set_mark(shown.layers[0], SUGGESTED_KEY, iid in suggested)
+                set_mark(shown.layers[0], MISTAKE_KEY, iid in mistakes)
 
     # ------------------------------------------------------------------ layers coming and going
     def _on_layer_inserted(self, event: Any) -> None:

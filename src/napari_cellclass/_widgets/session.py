@@ -43,6 +43,12 @@ class Gallery(Protocol):
 
     def select_after(self, image_id: str) -> bool: ...
 
+    def show_filter(self, name: str) -> None: ...
+
+    def select(self, ids: Sequence[str]) -> None: ...
+
+    def show_on_canvas(self, image_id: str) -> None: ...
+
 
 #: Where the selection was made.
 CANVAS = "canvas"
@@ -64,6 +70,8 @@ class CellclassSession:
         The selected images changed, in the gallery (``"gallery"``) or on the canvas (``"canvas"``).
     predictions_changed()
         The predictions shown changed (:attr:`predictions`).
+    marks_changed()
+        The suggested images (:attr:`suggested`) or the likely mistakes (:attr:`mistakes`) changed.
     """
 
     project_changed = Signal(object)
@@ -71,6 +79,7 @@ class CellclassSession:
     model_changed = Signal(object)
     selection_changed = Signal(tuple, str)
     predictions_changed = Signal()
+    marks_changed = Signal()
 
     def __init__(self) -> None:
         self.project: Project | None = None
@@ -80,6 +89,8 @@ class CellclassSession:
         self.selection: tuple[str, ...] = ()
         self.selection_source = CANVAS
         self.predictions: dict[str, Prediction] = {}
+        self.suggested: dict[str, str] = {}  # image id -> reason, in suggestion order
+        self.mistakes: dict[str, dict[str, Any]] = {}  # image id -> {"given", "suggested", "score"}, worst first
 
     # ------------------------------------------------------------------ project
     def set_project(self, project: Project | None) -> None:
@@ -92,11 +103,13 @@ class CellclassSession:
         self.model = None
         self.selection, self.selection_source = (), CANVAS
         self.predictions = {}
+        self.suggested, self.mistakes = {}, {}
         if project is not None:
             project.add_listener(self._relay)
         self.project_changed.emit(project)
         self.model_changed.emit(None)
         self.predictions_changed.emit()
+        self.marks_changed.emit()
 
     def use_project(self, project: Project | str | os.PathLike) -> Project:
         """The open project when ``project`` names its folder, else open it and make it the open one."""
@@ -131,6 +144,16 @@ class CellclassSession:
         """The predictions every dock shows (the predictions dock sets them)."""
         self.predictions = dict(predictions)
         self.predictions_changed.emit()
+
+    def set_suggestions(self, items: Sequence[Mapping[str, Any]]) -> None:
+        """The images suggested for labelling (``{"image_id", "score", "reason"}``, best first)."""
+        self.suggested = {str(i["image_id"]): str(i.get("reason", "")) for i in items}
+        self.marks_changed.emit()
+
+    def set_mistakes(self, items: Sequence[Mapping[str, Any]]) -> None:
+        """The likely labelling mistakes (``{"image_id", "given", "suggested", "score"}``, worst first)."""
+        self.mistakes = {str(i["image_id"]): dict(i) for i in items}
+        self.marks_changed.emit()
 
     # ------------------------------------------------------------------ page view
     def register_page_view(self, view: PageView | None) -> None:

@@ -84,3 +84,31 @@ class DockJob:
             button.enabled = not running
         for button in self._stop_buttons:
             button.enabled = running
+
+
+def with_progress(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterator[Any]:
+    """Run ``call(*args, progress=..., **kwargs)`` in a thread; yields its ``(done, total)`` pairs, then its result.
+
+    For a worker: a library call that reports progress by callback becomes a generator the
+    dock's :class:`DockJob` can run. Its exception is raised here, after the progress so far.
+    """
+    import queue
+    import threading
+
+    pairs: queue.Queue = queue.Queue()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["result"] = call(*args, progress=lambda done, total: pairs.put((done, total)), **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the worker below
+            box["error"] = exc
+        finally:
+            pairs.put(None)
+
+    threading.Thread(target=work, name="cellclass-job", daemon=True).start()
+    while (item := pairs.get()) is not None:
+        yield item
+    if "error" in box:
+        raise box["error"]
+    yield box["result"]

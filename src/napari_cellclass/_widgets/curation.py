@@ -1,0 +1,141 @@
+"""The labelling dock's part that helps label: suggest what to label next, find likely mistakes.
+
+Both run in a worker (:func:`~.workers.with_progress` over :func:`napari_cellclass.learn.suggest`
+and :func:`napari_cellclass.learn.check_labels`); the results become the session's marks, which
+the canvas (gold / red corners) and the gallery (``★ rank`` / ``→ class`` badges, the
+"suggested" and "likely mistakes" filters) show. The gallery then lists them in their order and
+selects the first, so F2 walks them in that order.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_warning
+
+from .gallery_model import FILTER_MISTAKES, FILTER_SUGGESTED
+from .training_model import Failed, import_learning_libraries, user_message
+from .workers import DockJob, with_progress
+
+if TYPE_CHECKING:
+    from .labelling import LabellingWidget
+
+STRATEGIES = ("auto", "typical", "margin", "entropy", "random")  # as learn.suggest (not imported: torch)
+
+
+class CurationPanel(Container):
+    """"Suggest N" and "Check labels" with their status line."""
+
+    def __init__(self, dock: LabellingWidget) -> None:
+        super().__init__(labels=False)
+        self.dock = dock
+        self.shared = dock.shared
+        self.n = SpinBox(value=20, min=1, max=100_000, tooltip="how many images to suggest")
+        self.strategy = ComboBox(choices=STRATEGIES, value="auto",
+                                 tooltip="auto: typical images first, the model's least certain once every class "
+                                         "has 5 labels and a model exists")
+        self.suggest_button = PushButton(text="Suggest 20")
+        self.suggest_button.tooltip = "which unlabelled images would teach the model most"
+        self.check_button = PushButton(text="Check labels")
+        self.check_button.tooltip = "find labelled images whose label is probably wrong (cross-validation + cleanlab)"
+        self.status = Label(value="")
+        self.status.native.setWordWrap(True)
+        self.job = DockJob("a suggestion or label check", start_buttons=[self.suggest_button, self.check_button])
+        self._pbar: progress | None = None
+        self._done = 0
+        self.extend([Container(widgets=[self.suggest_button, self.n, self.strategy, self.check_button],
+                               layout="horizontal", labels=False), self.status])
+        self.n.changed.connect(lambda v: setattr(self.suggest_button, "text", f"Suggest {v}"))
+        self.suggest_button.changed.connect(self.suggest)
+        self.check_button.changed.connect(self.check_labels)
+
+    def suggest(self, *_: Any) -> Any:
+        """Suggest N images to label next (in a worker); returns the worker or None."""
+        project = self.shared.project
+        if project is None:
+            show_warning("open a project first")
+            return None
+        _import_libraries()
+        from ..learn.suggest import suggest
+
+        model = str(self.shared.model) if self.shared.model is not None else None
+        self.status.value = f"choosing {self.n.value} images to label…"
+        return self._start(suggest, project, model=model, n=int(self.n.value), strategy=str(self.strategy.value))
+
+    def check_labels(self, *_: Any) -> Any:
+        """Look for likely labelling mistakes (in a worker); returns the worker or None."""
+        project = self.shared.project
+        if project is None:
+            show_warning("open a project first")
+            return None
+        _import_libraries()
+        from ..learn.label_check import check_labels
+
+        self.status.value = f"checking {project.n_labelled} labels…"
+        return self._start(check_labels, project)
+
+    def _start(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        self._pbar = progress(total=0, desc="reading images")
+        self._done = 0
+        return self.job.start(_steps, call, args, kwargs, on_item=self._on_item, on_done=self._finish)
+
+    def _on_item(self, item: Any) -> None:
+        from ..learn.label_check import LabelCheckResult
+        from ..learn.suggest import SuggestResult
+
+        if isinstance(item, tuple):
+            done, total = item
+            if self._pbar is not None:
+                self._pbar.total = total
+                self._pbar.update(max(0, done - self._done))
+                self._done = done
+        elif isinstance(item, Failed):
+            self.status.value = f"failed: {item.message}"
+            show_error(item.message)
+        elif isinstance(item, SuggestResult):
+            self.shared.set_suggestions([s.to_dict() for s in item.suggestions])
+            self.status.value = (f"{len(item.suggestions)} suggested ({item.strategy}); F2 walks them in order"
+                                 if item.suggestions else "nothing to suggest: every image is labelled")
+            self._walk(FILTER_SUGGESTED, item.ids, "suggested")
+        elif isinstance(item, LabelCheckResult):
+            self.shared.set_mistakes([i.to_dict() for i in item.issues])
+            self.status.value = (f"{len(item.issues)} likely mistake(s) among {item.checked} labels "
+                                 f"(out-of-fold accuracy {item.oof_accuracy:.2f}); F1/F2 relabel")
+            self._walk(FILTER_MISTAKES, [i.image_id for i in item.issues], "likely mistakes")
+
+    def _walk(self, filter_name: str, ids: list[str], title: str) -> None:
+        """List the marked images in the gallery (first selected, on the canvas) or as the canvas page."""
+        if not ids:
+            return
+        gallery = self.shared.gallery
+        if gallery is not None:
+            gallery.show_filter(filter_name)
+            gallery.select([ids[0]])
+            gallery.show_on_canvas(ids[0])
+        else:
+            self.shared.show_images(ids, title, select=ids[0])
+
+    def _finish(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+
+
+def _import_libraries() -> None:
+    """torch, scikit-learn and cleanlab imported in the main thread (never first in a worker)."""
+    import_learning_libraries()
+    import cleanlab.filter  # noqa: F401
+    import cleanlab.rank  # noqa: F401
+    import sklearn.cluster  # noqa: F401
+    import sklearn.decomposition  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+    import sklearn.model_selection  # noqa: F401
+
+
+def _steps(call: Any, args: tuple, kwargs: dict) -> Any:
+    """The job: progress pairs, then the result, or a :class:`Failed` line instead of an exception."""
+    try:
+        yield from with_progress(call, *args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - shown to the user as one line
+        yield Failed(user_message(exc))
