@@ -52,11 +52,13 @@ MISTAKE_KEY = "cellclass_mistake"
 _MARKS: dict[str, dict] = {
     HIGHLIGHT_KEY: {"lines": True, "line_color": "white", "line_thickness": 2.0, "points": True,
                     "point_color": "white", "point_size": HIGHLIGHT_POINT_PX, "order": _BASE_ORDER + 99},
-    SUGGESTED_KEY: {"lines": False, "points": True, "point_color": "#ffd400", "point_size": 24.0,
-                    "order": _BASE_ORDER + 97},
-    MISTAKE_KEY: {"lines": False, "points": True, "point_color": "#ff5050", "point_size": 24.0,
-                  "order": _BASE_ORDER + 98},
+    SUGGESTED_KEY: {"lines": False, "line_color": (0, 0, 0, 0), "points": True, "point_color": "#ffd400",
+                    "point_size": 24.0, "order": _BASE_ORDER + 97},
+    MISTAKE_KEY: {"lines": False, "line_color": (0, 0, 0, 0), "points": True, "point_color": "#ff5050",
+                  "point_size": 24.0, "order": _BASE_ORDER + 98},
 }
+# napari 0.9 applies ``lines`` only when it changes, not when the overlay is drawn first: the corner-only
+# marks also get transparent lines.
 
 
 def set_mark(layer: Layer, key: str, on: bool) -> None:

@@ -44,8 +44,9 @@ class CurationPanel(Container):
         self.job = DockJob("a suggestion or label check", start_buttons=[self.suggest_button, self.check_button])
         self._pbar: progress | None = None
         self._done = 0
-        self.extend([Container(widgets=[self.suggest_button, self.n, self.strategy, self.check_button],
-                               layout="horizontal", labels=False), self.status])
+        self.extend([Container(widgets=[self.suggest_button, self.n, self.strategy], layout="horizontal",
+                               labels=False),
+                      Container(widgets=[self.check_button], layout="horizontal", labels=False), self.status])
         self.n.changed.connect(lambda v: setattr(self.suggest_button, "text", f"Suggest {v}"))
         self.suggest_button.changed.connect(self.suggest)
         self.check_button.changed.connect(self.check_labels)
