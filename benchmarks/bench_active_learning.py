@@ -54,6 +54,8 @@ def sample_dataset(folder: Path, n: int, third_class: bool) -> tuple[Path, dict[
 
     from napari_cellclass.core.sample import make_image
 
+    if (folder / "truth.json").exists():  # made by an earlier run (its features are cached too)
+        return folder, json.loads((folder / "truth.json").read_text())
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(11 if third_class else 10)
     truth = {}
@@ -69,6 +71,7 @@ def sample_dataset(folder: Path, n: int, third_class: bool) -> tuple[Path, dict[
         name = f"img_{i:05d}.tif"
         tifffile.imwrite(folder / name, img, metadata={"axes": "CYX"})
         truth[name] = cls
+    (folder / "truth.json").write_text(json.dumps(truth))
     return folder, truth
 
 
@@ -77,6 +80,8 @@ def digits_dataset(folder: Path) -> tuple[Path, dict[str, str]]:
     from PIL import Image
     from sklearn.datasets import load_digits
 
+    if (folder / "truth.json").exists():
+        return folder, json.loads((folder / "truth.json").read_text())
     folder.mkdir(parents=True, exist_ok=True)
     d = load_digits()
     truth = {}
@@ -85,6 +90,7 @@ def digits_dataset(folder: Path) -> tuple[Path, dict[str, str]]:
         arr = (img / 16 * 255).astype(np.uint8)
         Image.fromarray(arr).resize((64, 64), Image.Resampling.BILINEAR).save(folder / name)
         truth[name] = str(int(y))
+    (folder / "truth.json").write_text(json.dumps(truth))
     return folder, truth
 
 

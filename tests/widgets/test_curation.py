@@ -35,12 +35,14 @@ def test_suggest_marks_the_images_lists_them_in_order_and_f2_walks_them(open_wid
     assert set(order) <= set(project.unlabelled_ids()) and "typical" in panel.status.value
     assert g.image_filter.currentText() == "suggested" and g.model.ids == order  # suggestion order
     assert g.badge(order[0]) == "★ 1" and g.badge(order[4]) == "★ 5"
-    assert g.selected_ids() == [order[0]] and w.shows_image(order[0])
-    assert _marked(w, SUGGESTED_KEY) == set(order) & set(w.page.shown)  # gold corners on the canvas
-    for k in range(3):
-        QTest.keyClick(g.view, Qt.Key.Key_F2)
+    assert w.image_filter.value == "suggested" and list(w.page.shown) == order[:4]  # "Show: suggested", page 1
+    assert g.selected_ids() == [order[0]] and w.selected()[0] == [order[0]]
+    assert _marked(w, SUGGESTED_KEY) == set(order[:4])  # gold corners on the canvas
+    for k in range(4):  # F2 walks them in suggestion order, onto the next page
+        QTest.keyClick(viewer.window._qt_viewer.canvas.native, Qt.Key.Key_F2)
         assert project.labels(order[k]) == ("alpha",)
-    assert g.selected_ids() == [order[3]] and w.shows_image(order[3])
+    assert list(w.page.shown) == [order[4]] and w.selected()[0] == [order[4]]
+    assert g.selected_ids() == [order[4]]
 
 
 def test_check_labels_lists_likely_mistakes_with_the_suggested_class(open_widget, qtbot, tmp_path):
@@ -62,4 +64,5 @@ def test_check_labels_lists_likely_mistakes_with_the_suggested_class(open_widget
     assert g.image_filter.currentText() == "likely mistakes" and g.model.ids == list(w.shared.mistakes)
     assert g.badge(first.image_id) == f"→ {first.suggested}"
     assert first.image_id in _marked(w, MISTAKE_KEY) and g.selected_ids() == [first.image_id]
+    assert w.image_filter.value == "likely mistakes" and w.selected()[0] == [first.image_id]
     assert "likely mistake" in w.curation.status.value

@@ -3,8 +3,8 @@
 Both run in a worker (:func:`~.workers.with_progress` over :func:`napari_cellclass.learn.suggest`
 and :func:`napari_cellclass.learn.check_labels`); the results become the session's marks, which
 the canvas (gold / red corners) and the gallery (``★ rank`` / ``→ class`` badges, the
-"suggested" and "likely mistakes" filters) show. The gallery then lists them in their order and
-selects the first, so F2 walks them in that order.
+"suggested" and "likely mistakes" filters) show. The canvas ("Show: suggested") and the gallery then
+list them in their order with the first selected, so F2 walks them in that order.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_warning
 
-from .gallery_model import FILTER_MISTAKES, FILTER_SUGGESTED
+from .labelling_model import FILTER_MISTAKES, FILTER_SUGGESTED
 from .training_model import Failed, import_learning_libraries, user_message
 from .workers import DockJob, with_progress
 
@@ -34,7 +34,7 @@ class CurationPanel(Container):
         self.n = SpinBox(value=20, min=1, max=100_000, tooltip="how many images to suggest")
         self.strategy = ComboBox(choices=STRATEGIES, value="auto",
                                  tooltip="auto: typical images first, the model's least certain once every class "
-                                         "has 5 labels and a model exists")
+                                         "has 3 labels and a model exists")
         self.suggest_button = PushButton(text="Suggest 20")
         self.suggest_button.tooltip = "which unlabelled images would teach the model most"
         self.check_button = PushButton(text="Check labels")
@@ -106,15 +106,14 @@ class CurationPanel(Container):
             self._walk(FILTER_MISTAKES, [i.image_id for i in item.issues], "likely mistakes")
 
     def _walk(self, filter_name: str, ids: list[str], title: str) -> None:
-        """List the marked images in the gallery (first selected, on the canvas) or as the canvas page."""
+        """Show the marked images from the first, in their order, on the canvas ("Show") and in the gallery."""
         if not ids:
             return
         gallery = self.shared.gallery
         if gallery is not None:
             gallery.show_filter(filter_name)
-            gallery.select([ids[0]])
-            gallery.show_on_canvas(ids[0])
-        else:
+        self.dock.show_filter(filter_name)
+        if title and not self.dock.shows_image(ids[0]):  # the filter is not offered (e.g. no page yet)
             self.shared.show_images(ids, title, select=ids[0])
 
     def _finish(self) -> None:

@@ -14,12 +14,18 @@ from typing import Any
 
 from ..core.predictions import Prediction
 from ..core.project import Project
-from .labelling_model import FILTER_ALL, FILTER_LABELLED, FILTER_UNLABELLED, BorderSpec, image_border_specs
+from .labelling_model import (
+    FILTER_ALL,
+    FILTER_LABELLED,
+    FILTER_MISTAKES,
+    FILTER_SUGGESTED,
+    FILTER_UNLABELLED,
+    BorderSpec,
+    image_border_specs,
+)
 
 PREDICTED_PREFIX = "predicted: "
-#: Filters of the marked images, listed in their own order (suggestion order, most suspicious first).
-FILTER_SUGGESTED = "suggested"
-FILTER_MISTAKES = "likely mistakes"
+
 SORT_NAME = "name"
 SORT_CLASS = "class"
 SORT_PREDICTED = "predicted class"

@@ -24,7 +24,7 @@ from .curation import CurationPanel
 from .dialogs import ask_color, ask_yes_no, raise_dock
 from .guards import quiet, reports_errors
 from .hotkeys import HOTKEY_HELP, Hotkeys
-from .labelling_model import LabellingSession, Pager, class_color
+from .labelling_model import FILTER_MISTAKES, FILTER_SUGGESTED, LabellingSession, Pager, class_color
 from .napari_private import real_viewer
 from .page_controls import PageControls
 from .page_view import CanvasClicks, PageView, Shown
@@ -309,8 +309,26 @@ class LabellingWidget(Container):
         self._on_layer_selection()  # the selection mark and the gallery follow the new page
 
     def _show_marks(self) -> None:
-        """Suggested images and likely mistakes carry their corner marks on the canvas."""
+        """Suggested images and likely mistakes carry their corner marks on the canvas and are "Show" choices."""
+        if self.pager is not None:
+            marks = {FILTER_SUGGESTED: tuple(self.shared.suggested), FILTER_MISTAKES: tuple(self.shared.mistakes)}
+            if marks != self.pager.marks:
+                self.pager.marks = marks
+                self.controls.refresh_filters()
         self.page.show_marks(self.shared.suggested, self.shared.mistakes)
+
+    def show_filter(self, name: str) -> None:
+        """Show the images of filter ``name`` (e.g. "suggested") from their first page, the first selected."""
+        self._show_marks()
+        if self.pager is None or name not in self.controls.image_filter.choices:
+            return
+        if self.controls.image_filter.value == name:
+            self.pager.first_page()
+            self.page.render()
+        else:
+            self.controls.image_filter.value = name
+        if self.pager.page_ids:
+            self.page.select(self.pager.page_ids[0])
 
     def _on_shared_selection(self, ids: tuple[str, ...], source: str) -> None:
         """The gallery selected images: select their layers on the page."""

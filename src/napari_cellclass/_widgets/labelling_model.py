@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -26,6 +26,9 @@ FILTER_ALL = "all images"
 FILTER_UNLABELLED = "unlabelled"
 FILTER_LABELLED = "labelled"
 SPECIAL_FILTERS: tuple[str, ...] = (FILTER_ALL, FILTER_UNLABELLED, FILTER_LABELLED)
+#: Filters of marked images, listed in their own order (suggestion order, most suspicious first).
+FILTER_SUGGESTED = "suggested"
+FILTER_MISTAKES = "likely mistakes"
 
 LABEL_THICKNESS = 10.0
 PREDICTION_THICKNESS = 4.0
@@ -111,8 +114,9 @@ class Pager:
         self.image_filter = image_filter
         self._page_ids: tuple[str, ...] = ()
         self.list_title = ""  # set while the page shows a chosen list (e.g. a confusion cell)
+        self.marks: Mapping[str, Sequence[str]] = {}  # filters of marked images (suggested, ...), in their order
         self._order: dict[str, int] = {}
-        self._order_of: tuple[str, ...] | None = None
+        self._order_of: Sequence[str] | None = None
 
     @property
     def page_ids(self) -> tuple[str, ...]:
@@ -138,17 +142,21 @@ class Pager:
 
     # ------------------------------------------------------------------ helpers
     def _position(self, image_id: str) -> int:
-        if self._order_of is not self.project.image_ids:
-            self._order = {iid: i for i, iid in enumerate(self.project.image_ids)}
-            self._order_of = self.project.image_ids
+        """Place in the filter's order: a marked list's own order, else project order."""
+        order = self.marks.get(self.image_filter, self.project.image_ids)
+        if self._order_of is not order:
+            self._order = {iid: i for i, iid in enumerate(order)}
+            self._order_of = order
         return self._order.get(image_id, -1)
 
     def filtered_ids(self) -> list[str]:
-        """Image ids that pass the filter, in project order."""
+        """Image ids that pass the filter, in project order (a marked list: in its own order)."""
         f = self.image_filter
         p = self.project
         if f == FILTER_ALL:
             return list(p.image_ids)
+        if f in self.marks:
+            return [i for i in self.marks[f] if i in p]
         if f == FILTER_UNLABELLED:
             return p.unlabelled_ids()
         if f == FILTER_LABELLED:

@@ -48,7 +48,9 @@ class PageControls(Container):
 
     def _filter_choices(self, _widget: Any = None) -> list[str]:
         project = self._owner.project
-        return list(SPECIAL_FILTERS) + (list(project.class_names) if project is not None else [])
+        pager = self._owner.pager
+        marked = [name for name, ids in (pager.marks if pager is not None else {}).items() if ids]
+        return list(SPECIAL_FILTERS) + marked + (list(project.class_names) if project is not None else [])
 
     def _channel_choices(self, _widget: Any = None) -> list[str]:
         page = getattr(self._owner, "page", None)
