@@ -121,3 +121,16 @@ def test_margin_with_a_model_names_the_top_classes(project, fast_config, tmp_pat
     assert len(res.suggestions) == 4 and all(" vs " in s.reason for s in res.suggestions)
     ent = suggest(project, model=model, n=4, strategy="entropy", device="cpu")
     assert all(0 <= s.score <= 1 for s in ent.suggestions)
+
+
+def test_a_plain_folder_gets_suggestions_and_no_cache_folder(tmp_path):
+    from PIL import Image
+
+    from napari_cellclass.learn.suggest import suggest
+
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(tmp_path / f"cell{k}.png")
+    res = suggest(tmp_path, n=2, device="cpu")
+    assert len(res.ids) == 2 and set(res.ids) <= {f"cell{k}.png" for k in range(4)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"cell{k}.png" for k in range(4)]  # nothing written

