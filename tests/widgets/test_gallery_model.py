@@ -10,6 +10,7 @@ from napari_cellclass._widgets.gallery_model import (
     filter_choices,
     frame_specs,
     list_images,
+    mark_text,
 )
 from napari_cellclass.core.predictions import Prediction
 from napari_cellclass.core.project import Project
@@ -58,3 +59,17 @@ def test_frames_follow_the_canvas_borders(tmp_path):
     assert label.kind == "label" and label.color == "#ff0000"
     assert pred.kind == "prediction" and pred.color == "#0000ff" and pred.thickness < label.thickness
     assert frame_specs(p, preds, ids[2], color) == []
+
+
+def test_marked_lists_keep_their_order_and_carry_badges(tmp_path):
+    p = _project(tmp_path)
+    ids = p.image_ids
+    marks = {"suggested": [ids[4], ids[0], "gone.png"], "likely mistakes": [ids[2]]}
+    assert filter_choices(p, {}, marks)[:5] == ["all images", "unlabelled", "labelled", "suggested", "likely mistakes"]
+    assert "suggested" not in filter_choices(p, {}, {"suggested": []})
+    assert list_images(p, {}, GalleryQuery("suggested"), marks) == [ids[4], ids[0]]
+    assert list_images(p, {}, GalleryQuery("suggested", name="im0"), marks) == [ids[0]]
+    suggested = {ids[4]: "typical", ids[0]: "typical"}
+    mistakes = {ids[2]: {"given": "a", "suggested": "b", "score": 0.9}}
+    assert mark_text(ids[0], suggested, mistakes) == "★ 2"
+    assert mark_text(ids[2], suggested, mistakes) == "→ b" and mark_text(ids[3], suggested, mistakes) == ""

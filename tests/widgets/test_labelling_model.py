@@ -122,3 +122,17 @@ def test_border_specs_label_vs_prediction():
     # a human label always wins over a prediction
     assert image_border_specs(["beta"], ["alpha"], color)[0].color == BLUE
     assert image_border_specs([], ["alpha"], color)[0].kind == "prediction"
+
+
+def test_a_marked_list_pages_in_its_own_order(tmp_path):
+    p = write_project(tmp_path / "p", n=7)
+    ids = p.image_ids
+    pager = Pager(p, page_size=2)
+    order = (ids[5], ids[1], ids[6], "gone.tif", ids[0])
+    pager.marks = {"suggested": order}
+    assert pager.set_filter("suggested") == (ids[5], ids[1])  # suggestion order, not project order
+    assert pager.filtered_ids() == [ids[5], ids[1], ids[6], ids[0]]  # an image no longer there is left out
+    assert pager.next_image(ids[1]) == (ids[6], True)
+    assert pager.next_page() == (ids[6], ids[0]) and pager.next_page() is None
+    assert pager.previous_page() == (ids[5], ids[1])
+    assert pager.page_info() == (1, 2, 4)
