@@ -53,11 +53,9 @@ class CurationPanel(Container):
 
     def suggest(self, *_: Any) -> Any:
         """Suggest N images to label next (in a worker); returns the worker or None."""
-        project = self.shared.project
+        project = self._ready()
         if project is None:
-            show_warning("open a project first")
             return None
-        _import_libraries()
         from ..learn.suggest import suggest
 
         model = str(self.shared.model) if self.shared.model is not None else None
@@ -66,15 +64,24 @@ class CurationPanel(Container):
 
     def check_labels(self, *_: Any) -> Any:
         """Look for likely labelling mistakes (in a worker); returns the worker or None."""
-        project = self.shared.project
+        project = self._ready()
         if project is None:
-            show_warning("open a project first")
             return None
-        _import_libraries()
         from ..learn.label_check import check_labels
 
         self.status.value = f"checking {project.n_labelled} labels…"
         return self._start(check_labels, project)
+
+    def _ready(self) -> Any:
+        """The open project with the libraries loaded, or None (and why) when none is open or a job runs."""
+        if self.shared.project is None:
+            show_warning("open a project first")
+            return None
+        if self.job.running:
+            show_warning(f"{self.job.what} is already running")
+            return None
+        _import_libraries()
+        return self.shared.project
 
     def _start(self, call: Any, *args: Any, **kwargs: Any) -> Any:
         self._pbar = progress(total=0, desc="reading images")
