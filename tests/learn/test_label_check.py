@@ -71,3 +71,13 @@ def test_multi_label_check(multi):
     probs = out_of_fold_probabilities(feats, noisy, 3, folds=3, multi_label=multi)
     flagged, _ = rank_issues([list(np.flatnonzero(r)) for r in noisy], probs, multi_label=multi)
     assert 5 in flagged[:3]
+
+
+def test_a_class_nobody_labelled_takes_no_part(tmp_path, capsys):
+    from napari_cellclass.core.sample import make_sample_project
+
+    p = make_sample_project(tmp_path / "p", n=30, seed=2, size=64, labelled_fraction=1.0)
+    p.add_class("empty")
+    assert main(["check-labels", str(p.root), "--json", "--device", "cpu", "--folds", "3"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["checked"] == 30 and all(i["suggested"] != "empty" for i in res["issues"])

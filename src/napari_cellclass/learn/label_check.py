@@ -157,16 +157,19 @@ def check_labels(project: Project | str | os.PathLike, *, folds: int = 5, model:
     k = int(min(folds, used.min())) if not multi else int(min(folds, len(emb.ids)))
     if k < folds:
         notes.append(f"{k} folds instead of {folds}: the rarest class has {used.min()} labelled images")
-    probs = out_of_fold_probabilities(emb.features, targets, len(classes), k, seed, multi)
+    present = np.flatnonzero(counts > 0)  # classes nobody labelled take no part (cleanlab needs examples)
+    names = [classes[c] for c in present]
+    targets = targets[:, present] if multi else np.searchsorted(present, targets)
+    probs = out_of_fold_probabilities(emb.features, targets, len(present), k, seed, multi)
     if multi:
         given_idx = [list(np.flatnonzero(row)) for row in targets]
         flagged, scores = rank_issues(given_idx, probs, True)
         predicted = probs >= 0.5
         oof = float((predicted == targets.astype(bool)).all(axis=1).mean())
-        issues = [LabelIssue(emb.ids[r], list(labels[r]), [classes[c] for c in np.flatnonzero(predicted[r])],
+        issues = [LabelIssue(emb.ids[r], list(labels[r]), [names[c] for c in np.flatnonzero(predicted[r])],
                              scores[r]) for r in flagged]
     else:
         flagged, scores = rank_issues(targets, probs)
         oof = float((probs.argmax(axis=1) == targets).mean())
-        issues = [LabelIssue(emb.ids[r], labels[r][0], classes[int(probs[r].argmax())], scores[r]) for r in flagged]
+        issues = [LabelIssue(emb.ids[r], labels[r][0], names[int(probs[r].argmax())], scores[r]) for r in flagged]
     return LabelCheckResult(issues, len(emb.ids), k, emb.source, oof, classes, notes, emb.skipped)

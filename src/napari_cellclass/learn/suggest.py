@@ -171,16 +171,20 @@ def rank_typical(features: np.ndarray, labelled: np.ndarray, n: int, seed: int =
 
 
 def _typicality(x: np.ndarray, cap: int = 5000) -> np.ndarray:
-    """1 / mean distance to the nearest neighbours within the group (a density estimate)."""
+    """1 / mean distance to the nearest neighbours within the group (a density estimate).
+
+    Neighbours are looked for among at most ``cap`` members (a random subset of a bigger group).
+    """
     if len(x) == 1:
         return np.ones(1)
-    idx = np.arange(len(x))
     ref = x if len(x) <= cap else x[np.random.default_rng(0).choice(len(x), cap, replace=False)]
     k = min(_NEIGHBOURS, len(ref) - 1)
+    ref_sq = (ref.astype(np.float64) ** 2).sum(1)
     out = np.empty(len(x))
     for start in range(0, len(x), 1024):
-        part = x[idx[start:start + 1024]]
-        d = np.sqrt(np.maximum(((part[:, None, :] - ref[None, :, :]) ** 2).sum(-1), 0))
+        part = x[start:start + 1024].astype(np.float64)
+        d2 = (part ** 2).sum(1)[:, None] + ref_sq[None, :] - 2 * part @ ref.T.astype(np.float64)
+        d = np.sqrt(np.maximum(d2, 0))
         d.sort(axis=1)
         out[start:start + 1024] = 1 / (d[:, 1:k + 1].mean(axis=1) + 1e-12)
     return out
