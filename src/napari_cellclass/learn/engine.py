@@ -162,6 +162,7 @@ class Trainer:
                               BatchAugment(cfg, images.norm, hw.device))
         if cfg.lr_find and not resume:
             found = find_lr(self.parts, cfg)
+            found = ddp.broadcast_object(hw.dist, found)  # under torchrun every rank trains with rank 0's rate
             yield Log(found.note)
             self.lr_found = found
             self.cfg = cfg = cfg.replace(lr=found.lr)

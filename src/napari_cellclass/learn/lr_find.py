@@ -42,7 +42,7 @@ def find_lr(parts: RunParts, cfg: TrainConfig, max_steps: int = 100) -> LrFindRe
     saved_frozen = getattr(model, "backbone_frozen", False)
     steps.set_backbone_phase(cfg, parts, 1)
     rng = np.random.default_rng([cfg.seed, 7])
-    gen = torch.Generator().manual_seed(cfg.seed)
+    _, gen = steps.epoch_generators(cfg.seed, 0, parts.hardware.device, 0)  # augmentation draws on the device
     rows = parts.images.index["train"]
     batches: list[np.ndarray] = []
     while len(batches) < max_steps:  # small projects: several passes over the training images
