@@ -54,8 +54,9 @@ class TrainConfig:
                              enum=("auto", "full", "head", "head-then-all"),
                              value_aliases={"none": "full", "all": "full", "freeze": "head"}, basic=3)
     freeze_epochs: int = setting(2, "head-then-all: epochs with the backbone frozen", minimum=0, maximum=100_000)
-    backbone_lr_factor: float = setting(0.1, "head-then-all: backbone learning rate = lr x factor after "
-                                        "unfreezing", minimum=0, maximum=10, step=0.05)
+    backbone_lr_factor: float = setting(1.0, "head-then-all: backbone learning rate = lr x factor after "
+                                        "unfreezing (1: measured best, benchmarks/bench_imbalance.py)", minimum=0,
+                                        maximum=10, step=0.05)
     # loss
     loss: str = setting("ce", "ce: cross entropy; focal; kl: Kullback-Leibler divergence; bce: multi-label",
                         enum=("ce", "focal", "kl", "bce"), basic=4, cli=True)
