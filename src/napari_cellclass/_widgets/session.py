@@ -39,15 +39,11 @@ class PageView(Protocol):
 
 
 class Gallery(Protocol):
-    """What the gallery dock offers the labelling dock (F2 follows the gallery's order)."""
+    """What the gallery dock offers the other docks (F2 follows the gallery's order; a filter to show)."""
 
     def select_after(self, image_id: str) -> bool: ...
 
     def show_filter(self, name: str) -> None: ...
-
-    def select(self, ids: Sequence[str]) -> None: ...
-
-    def show_on_canvas(self, image_id: str) -> None: ...
 
 
 #: Where the selection was made.
