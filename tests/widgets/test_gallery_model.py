@@ -11,6 +11,7 @@ from napari_cellclass._widgets.gallery_model import (
     frame_specs,
     list_images,
     mark_text,
+    mark_tooltip,
 )
 from napari_cellclass.core.predictions import Prediction
 from napari_cellclass.core.project import Project
@@ -73,3 +74,7 @@ def test_marked_lists_keep_their_order_and_carry_badges(tmp_path):
     mistakes = {ids[2]: {"given": "a", "suggested": "b", "score": 0.9}}
     assert mark_text(ids[0], suggested, mistakes) == "★ 2"
     assert mark_text(ids[2], suggested, mistakes) == "→ b" and mark_text(ids[3], suggested, mistakes) == ""
+    tip = mark_tooltip(ids[2], suggested, mistakes)
+    assert tip == f"{ids[2]}\nlikely mistake: labelled a, looks like b (score 0.90)"
+    assert mark_tooltip(ids[0], suggested, mistakes) == f"{ids[0]}\nsuggested #2: typical"
+    assert mark_tooltip(ids[3], suggested, mistakes) == ids[3]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -58,6 +58,7 @@ from .gallery_model import (
     frame_specs,
     list_images,
     mark_text,
+    mark_tooltip,
 )
 from .guards import reports_errors
 from .labelling_model import class_color
@@ -170,6 +171,7 @@ class GalleryModel(QAbstractListModel):
         self._pixmaps: OrderedDict[str, QPixmap | None] = OrderedDict()
         self._bytes = 0
         self.size = DEFAULT_SIZE  # thumbnails are kept scaled to the size shown
+        self.describe: Callable[[str], str] = str  # the tooltip of an image id (the dock adds its marks)
         loader.ready.connect(self._on_ready)
 
     def set_ids(self, ids: Sequence[str]) -> None:
@@ -197,7 +199,7 @@ class GalleryModel(QAbstractListModel):
         if role in (Qt.ItemDataRole.DisplayRole, NAME_ROLE):
             return iid
         if role == Qt.ItemDataRole.ToolTipRole:
-            return iid
+            return self.describe(iid)
         return None
 
     def pixmap(self, image_id: str) -> QPixmap | None:
@@ -391,6 +393,7 @@ class GalleryDock(QWidget):
         self._syncing = False
         self.loader = ThumbnailLoader()
         self.model = GalleryModel(self.loader)
+        self.model.describe = lambda iid: mark_tooltip(iid, self.shared.suggested, self.shared.mistakes)
         self.view = GalleryView()
         self.view.setModel(self.model)
         self.delegate = ThumbnailDelegate(self)

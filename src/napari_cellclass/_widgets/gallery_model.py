@@ -130,6 +130,20 @@ def mark_text(image_id: str, suggested: Sequence[str] | Mapping[str, Any],
     return ""
 
 
+def mark_tooltip(image_id: str, suggested: Mapping[str, str], mistakes: Mapping[str, Mapping[str, Any]]) -> str:
+    """A thumbnail's tooltip: its id, and why it is suggested or looks mislabelled."""
+    issue = mistakes.get(image_id)
+    if issue is not None:
+        def names(v: Any) -> str:
+            return v if isinstance(v, str) else ";".join(v) or "(none)"
+
+        return (f"{image_id}\nlikely mistake: labelled {names(issue.get('given'))}, looks like "
+                f"{names(issue.get('suggested'))} (score {float(issue.get('score', 0)):.2f})")
+    if image_id in suggested:
+        return f"{image_id}\nsuggested #{list(suggested).index(image_id) + 1}: {suggested[image_id]}"
+    return image_id
+
+
 def frame_specs(project: Project, predictions: Mapping[str, Prediction], image_id: str,
                 color_of: Callable[[str], str]) -> list[BorderSpec]:
     """The frame of a thumbnail: like its layer's border (label thick, prediction thin)."""
