@@ -33,6 +33,12 @@ echo "demo: predicting the unlabelled images (stored in $DEMO_DIR/cellclass_pred
 $CLI predict "$DEMO_DIR" --model "$MODEL" --truth "$DEMO_DIR/ground_truth.csv"
 echo
 $CLI evaluate "$DEMO_DIR" --model "$MODEL"
+echo
+echo "demo: which unlabelled images to label next (the model's least certain, kept diverse)"
+$CLI suggest "$DEMO_DIR" --model "$MODEL" --n 5
+echo
+echo "demo: labelled images that look mislabelled (cross-validated, cleanlab)"
+$CLI check-labels "$DEMO_DIR"
 if [ "${DEMO_GUI:-1}" != 0 ] && [ -z "${CI:-}" ] && { [ -n "${DISPLAY:-}" ] || [ -n "${WAYLAND_DISPLAY:-}" ] || [ "$(uname)" = Darwin ]; }; then
   echo
   echo "demo: opening napari on $DEMO_DIR (close the window to finish)"
