@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from napari_cellclass.core.project import Project  # noqa: E402
+from napari_cellclass.core.strategies import STRATEGIES  # noqa: E402
 from napari_cellclass.learn.embeddings import Embedder, embed  # noqa: E402
 from napari_cellclass.learn.label_check import out_of_fold_probabilities, rank_issues  # noqa: E402
 from napari_cellclass.learn.suggest import (  # noqa: E402
@@ -43,7 +44,6 @@ from napari_cellclass.learn.suggest import (  # noqa: E402
     uncertainty,
 )
 
-STRATEGIES = ("auto", "typical", "margin", "entropy", "random")
 SEEDS = (0, 1, 2)
 
 

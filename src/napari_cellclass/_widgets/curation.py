@@ -14,6 +14,7 @@ from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_warning
 
+from ..core.strategies import AUTO_MIN_PER_CLASS, STRATEGIES
 from .labelling_model import FILTER_MISTAKES, FILTER_SUGGESTED
 from .training_model import Failed, import_learning_libraries, user_message
 from .workers import DockJob, with_progress
@@ -21,7 +22,6 @@ from .workers import DockJob, with_progress
 if TYPE_CHECKING:
     from .labelling import LabellingWidget
 
-STRATEGIES = ("auto", "typical", "margin", "entropy", "random")  # as learn.suggest (not imported: torch)
 
 
 class CurationPanel(Container):
@@ -34,7 +34,7 @@ class CurationPanel(Container):
         self.n = SpinBox(value=20, min=1, max=100_000, tooltip="how many images to suggest")
         self.strategy = ComboBox(choices=STRATEGIES, value="auto",
                                  tooltip="auto: typical images first, the model's least certain once every class "
-                                         "has 3 labels and a model exists")
+                                         f"has {AUTO_MIN_PER_CLASS} labels and a model exists")
         self.suggest_button = PushButton(text="Suggest 20")
         self.suggest_button.tooltip = "which unlabelled images would teach the model most"
         self.check_button = PushButton(text="Check labels")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-STRATEGIES = ("auto", "typical", "margin", "entropy", "random")  # as napari_cellclass.learn.suggest (no torch here)
+from ..core.strategies import AUTO_MIN_PER_CLASS, STRATEGIES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("suggest", help="suggest which unlabelled images to label next",
                        description="Rank a project's unlabelled images by how much labelling them would teach "
                                    "the model. auto: typical images of unlabelled groups (from an ImageNet backbone, "
-                                   "or the model's) until a model exists and every class has 3 labels, then the "
+                                   "or the model's) until a model exists and every class has "
+                                   f"{AUTO_MIN_PER_CLASS} labels, then the "
                                    "model's least certain images (smallest top-2 margin), kept diverse.")
     p.add_argument("folder", help="project folder")
     p.add_argument("--model", metavar="MODEL", help="model folder (default: the project's newest model)")

@@ -25,11 +25,9 @@ import numpy as np
 
 from ..core.errors import CellclassError, ConfigError
 from ..core.project import Project
+from ..core.strategies import AUTO_MIN_PER_CLASS, STRATEGIES
 from .events import CancelToken
 
-STRATEGIES = ("auto", "typical", "margin", "entropy", "random")
-#: ``auto`` switches from typical to margin once every class has this many labels (and a model exists).
-AUTO_MIN_PER_CLASS = 3
 #: Uncertainty picks are made diverse among this many times ``n`` least certain images.
 CANDIDATES_PER_PICK = 10
 #: Features are reduced to this many principal components before clustering.
