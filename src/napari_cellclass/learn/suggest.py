@@ -276,11 +276,13 @@ def suggest(project: Project | str | os.PathLike, *, model: Any = None, n: int =
         labelled = np.ones(len(emb.ids), bool)
         labelled[pool] = False
         rows, sizes, covered = rank_typical(emb.features, labelled, n, seed)
-        total = max(1, len(pool))
-        out = [Suggestion(emb.ids[r], float(s) / total,
-                          f"most typical of a group of {s} unlabelled image(s)"
-                          + (" with no label yet" if c == 0 else f" ({c} labelled)"))
-               for r, s, c in zip(rows, sizes, covered, strict=True)]
+        # score: the group's share of the unlabelled images / (1 + its labels); best first
+        scores = sizes / max(1, len(pool)) / (1.0 + covered)
+        order = np.argsort(-scores, kind="stable")
+        out = [Suggestion(emb.ids[rows[k]], float(scores[k]),
+                          f"most typical of a group of {sizes[k]} unlabelled image(s)"
+                          + (" with no label yet" if covered[k] == 0 else f" ({covered[k]} labelled)"))
+               for k in order]
     else:
         assert emb.probabilities is not None
         scores = uncertainty(emb.probabilities[pool], chosen, emb.multi_label)
