@@ -20,18 +20,19 @@ import numpy as np
 import torch
 
 from ..core.errors import CellclassError, ModelError
+from ..core.model_folder import weights_path
 from ..core.project import CONFIG_NAME, Project
 from .checkpoint import TrainedModel
 from .data import ImageStore, Normalisation, cache_dir_for
 from .device import autocast, resolve_device, resolve_precision
 from .events import CancelToken
 from .predict import check_batch_size, eval_model, input_batches
+from .steps import probabilities
 
 #: The frozen ImageNet backbone used before a model exists, and its input size.
 PRETRAINED_BACKBONE = "efficientnet_lite0"
 PRETRAINED_SIZE = 128
-_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: statistics of the frozen backbone read from timm
 Progress = Callable[[int, int], None]
 
 
@@ -80,8 +81,9 @@ class Embedder:
     @classmethod
     def of_model(cls, trained: TrainedModel) -> Embedder:
         """A trained model's backbone and head."""
-        weights = [p for p in trained.path.glob("*.safetensors")]
-        stamp = "|".join(f"{p.name}:{p.stat().st_mtime_ns}:{p.stat().st_size}" for p in sorted(weights))
+        weights = weights_path(trained.path, trained.config)  # the file load_model read
+        st = weights.stat()
+        stamp = f"{weights.name}:{st.st_mtime_ns}:{st.st_size}"
         key = "model-" + hashlib.sha1(f"{trained.path.resolve()}|{stamp}".encode()).hexdigest()[:16]
         return cls(trained.model, trained.input_size, trained.normalisation.scaling, trained.in_chans,
                    trained.normalisation, trained.classes, trained.multi_label, key, f"model {trained.name}",
@@ -103,10 +105,12 @@ class Embedder:
         """This embedder with its network built for ``in_chans`` channels."""
         if self.normalisation is not None:
             return self
-        from .models import build_model
+        from .models import build_model, data_config
 
         model, _ = build_model(PRETRAINED_BACKBONE, 1, in_chans=in_chans, pretrained=str(imagenet_weights()))
-        mean, std = _IMAGENET if in_chans == 3 else ((0.449,) * in_chans, (0.226,) * in_chans)
+        rgb = data_config(PRETRAINED_BACKBONE, True, 3)  # the weights' own statistics
+        mean, std = ((rgb["mean"], rgb["std"]) if in_chans == 3  # other channel counts: their RGB average
+                     else ((float(np.mean(rgb["mean"])),) * in_chans, (float(np.mean(rgb["std"])),) * in_chans))
         return Embedder(model, self.input_size, self.scaling, in_chans, Normalisation(self.scaling, mean, std,
                                                                                       "imagenet"),
                         (), False, self.key, self.source)
@@ -197,10 +201,8 @@ def _compute(project: Project, ids: list[str], embedder: Embedder, device: torch
                     feats = model.forward_features(x).float() if hasattr(model, "forward_features") else model(x)
                     logits = model.head(feats).float() if embedder.gives_probabilities else None
                 f = feats.float().cpu().numpy()
-                if logits is not None:
-                    p = (torch.sigmoid(logits) if embedder.multi_label else torch.softmax(logits, 1)).cpu().numpy()
-                else:
-                    p = np.zeros((len(f), 0), np.float32)
+                p = (probabilities(logits, embedder.multi_label).cpu().numpy() if logits is not None
+                     else np.zeros((len(f), 0), np.float32))
                 if not (np.isfinite(f).all() and np.isfinite(p).all()):
                     raise ModelError(f"{embedder.source}: the network gives non-finite outputs (NaN or infinity); "
                                      "retrain the model with a lower learning rate")

@@ -191,8 +191,7 @@ def _typicality(x: np.ndarray, cap: int = 5000) -> np.ndarray:
 # ---------------------------------------------------------------------------- on a project
 def resolve_strategy(strategy: str, project: Project, has_model: bool) -> str:
     """``auto`` made concrete (see the module doc); a bad name is a ConfigError."""
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"--strategy {strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
+    _check_strategy(strategy)
     if strategy != "auto":
         return strategy
     counts = project.counts()
@@ -200,9 +199,14 @@ def resolve_strategy(strategy: str, project: Project, has_model: bool) -> str:
     return "margin" if has_model and enough else "typical"
 
 
+def _check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"--strategy {strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
+
+
 def newest_model(project: Project) -> Any:
     """The project's newest model folder whose classes are the project's, or None."""
-    from ..core.model_folder import read_model_config
+    from ..core.model_folder import CONFIG_NAME, read_model_config
     from .rundata import MODELS_DIR
 
     folders = []
@@ -212,7 +216,7 @@ def newest_model(project: Project) -> Any:
     except OSError:
         return None
     for e in entries:
-        if e.is_dir(follow_symlinks=False) and os.path.exists(os.path.join(e.path, "config.json")):
+        if e.is_dir(follow_symlinks=False) and os.path.exists(os.path.join(e.path, CONFIG_NAME)):
             folders.append((e.stat().st_mtime_ns, e.path))
     for _, path in sorted(folders, reverse=True):
         try:
@@ -249,8 +253,7 @@ def suggest(project: Project | str | os.PathLike, *, model: Any = None, n: int =
         raise ConfigError(f"--n {n!r} is not allowed; use a whole number >= 1 (e.g. --n 20)")
     if not isinstance(project, Project):
         project = Project.open(project, create=False)
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"--strategy {strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
+    _check_strategy(strategy)  # before a model is loaded
     notes: list[str] = []
     folder = model if model is not None else (newest_model(project) if strategy != "random" else None)
     trained = as_trained_model(folder) if folder is not None else None
