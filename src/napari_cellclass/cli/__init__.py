@@ -70,6 +70,11 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
 
+def add_device(p: argparse.ArgumentParser) -> None:
+    """The ``--device`` flag of the commands that run a model."""
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+
+
 def _version() -> str:
     from .. import __version__
 

@@ -9,7 +9,7 @@ from ..core.strategies import AUTO_MIN_PER_CLASS, STRATEGIES
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the suggest and check-labels subcommands."""
-    from . import add_common
+    from . import add_common, add_device
 
     p = sub.add_parser("suggest", help="suggest which unlabelled images to label next",
                        description="Rank a project's unlabelled images by how much labelling them would teach "
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=20, help="how many images to suggest (default 20)")
     p.add_argument("--strategy", choices=STRATEGIES, default="auto", help="how to choose (default auto)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    add_device(p)
     add_common(p)
     p.set_defaults(handler=cmd_suggest)
 
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="MODEL", help="use this model's backbone features (default: a frozen "
                                                     "ImageNet backbone)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the folds (default 0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    add_device(p)
     add_common(p)
     p.set_defaults(handler=cmd_check_labels)
 

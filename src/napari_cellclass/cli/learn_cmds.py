@@ -21,7 +21,7 @@ FREEZE = {"none": "full", "head": "head", "head-then-all": "head-then-all"}
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the backbones, train, predict and evaluate subcommands."""
-    from . import add_common
+    from . import add_common, add_device
 
     p = sub.add_parser("backbones", help="list the backbones (MIA names mapped to timm, AlexNet, any timm model)",
                        description="List the supported backbones with parameter counts and default input size.")
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true", help="average over flipped copies (test-time augmentation)")
     p.add_argument("--truth", metavar="CSV", help="CSV of image_id,class: report the accuracy of the predictions")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    add_device(p)
     add_common(p)
     p.set_defaults(handler=cmd_predict)
 
@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, metavar="MODEL", help="model folder")
     p.add_argument("--split", choices=("auto", "test", "val", "train", "all"), default="auto")
     p.add_argument("--tta", action="store_true", help="average over flipped copies")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    add_device(p)
     p.add_argument("--out", metavar="DIR", help="also write the metrics, per-image predictions and confusion-matrix "
                                                 "CSV files into this folder (created when missing)")
     add_common(p)
