@@ -481,7 +481,7 @@ class GalleryDock(QWidget):
 
     def _refresh_filters(self) -> None:
         current = self.image_filter.currentText()
-        choices = filter_choices(self.project, self.shared.predictions, self.marks)
+        choices = filter_choices(self.project, self.shared.predictions, self.shared.marked_lists())
         self.image_filter.blockSignals(True)
         self.image_filter.clear()
         self.image_filter.addItems(choices)
@@ -499,7 +499,7 @@ class GalleryDock(QWidget):
             return
         keep = self.selected_ids()
         self._listed = self.project.image_ids
-        self.model.set_ids(list_images(self.project, self.shared.predictions, self.query, self.marks))
+        self.model.set_ids(list_images(self.project, self.shared.predictions, self.query, self.shared.marked_lists()))
         self._select_rows(keep, scroll=True)
         self._refresh_counts()
 
@@ -539,11 +539,6 @@ class GalleryDock(QWidget):
             self._requery()
         self.view.viewport().update()
         self._refresh_counts()
-
-    @property
-    def marks(self) -> dict[str, list[str]]:
-        """The marked images by filter name (suggested, likely mistakes), in their order."""
-        return {FILTER_SUGGESTED: list(self.shared.suggested), FILTER_MISTAKES: list(self.shared.mistakes)}
 
     def badge(self, image_id: str) -> str:
         """The mark drawn on a thumbnail (see :func:`~.gallery_model.mark_text`)."""

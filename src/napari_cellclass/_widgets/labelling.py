@@ -24,7 +24,7 @@ from .curation import CurationPanel
 from .dialogs import ask_color, ask_yes_no, raise_dock
 from .guards import quiet, reports_errors
 from .hotkeys import HOTKEY_HELP, Hotkeys
-from .labelling_model import FILTER_MISTAKES, FILTER_SUGGESTED, LabellingSession, Pager, class_color
+from .labelling_model import LabellingSession, Pager, class_color
 from .napari_private import real_viewer
 from .page_controls import PageControls
 from .page_view import CanvasClicks, PageView, Shown
@@ -311,7 +311,7 @@ class LabellingWidget(Container):
     def _show_marks(self) -> None:
         """Suggested images and likely mistakes carry their corner marks on the canvas and are "Show" choices."""
         if self.pager is not None:
-            marks = {FILTER_SUGGESTED: tuple(self.shared.suggested), FILTER_MISTAKES: tuple(self.shared.mistakes)}
+            marks = self.shared.marked_lists()
             if marks != self.pager.marks:
                 self.pager.marks = marks
                 self.controls.refresh_filters()

@@ -18,6 +18,7 @@ from psygnal import Signal
 
 from ..core.predictions import Prediction
 from ..core.project import Project
+from .labelling_model import FILTER_MISTAKES, FILTER_SUGGESTED
 
 
 class PageView(Protocol):
@@ -150,6 +151,10 @@ class CellclassSession:
         """The likely labelling mistakes (``{"image_id", "given", "suggested", "score"}``, worst first)."""
         self.mistakes = {str(i["image_id"]): dict(i) for i in items}
         self.marks_changed.emit()
+
+    def marked_lists(self) -> dict[str, tuple[str, ...]]:
+        """The marked images by filter name ("suggested", "likely mistakes"), each in its own order."""
+        return {FILTER_SUGGESTED: tuple(self.suggested), FILTER_MISTAKES: tuple(self.mistakes)}
 
     # ------------------------------------------------------------------ page view
     def register_page_view(self, view: PageView | None) -> None:
