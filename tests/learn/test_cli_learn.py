@@ -5,6 +5,7 @@ import csv
 import json
 
 import pytest
+from PIL import Image
 
 from napari_cellclass.cli import main
 
@@ -31,11 +32,19 @@ def test_train_predict_evaluate_json(tiny_sample, tmp_path, capsys):
     assert (model / "model.safetensors").exists()
 
     code, out, _ = _run(capsys, "predict", str(tiny_sample.root), "--model", str(model), "--json",
-                        "--csv", str(tmp_path / "p.csv"), "--truth", str(tiny_sample.root / "ground_truth.csv"))
+                        "--csv", str(tmp_path / "p.csv"), "--truth", str(tiny_sample.root / "ground_truth.csv"),
+                        "--min-confidence", "0.6")
     assert code == 0
     res = json.loads(out)
     assert res["n"] == len(tiny_sample.unlabelled_ids()) and (tmp_path / "p.csv").exists()
     assert 0 <= res["truth"]["accuracy"] <= 1 and res["truth"]["n"] == res["n"]
+    # the verdict: the class at or above the minimum confidence, else "uncertain" (JSON and the CSV file)
+    with open(tmp_path / "p.csv", newline="") as fh:
+        rows = {r["image_id"]: r for r in csv.DictReader(fh)}
+    for p in res["predictions"]:
+        expected = p["predicted"][0] if p["confidence"] >= 0.6 else "uncertain"
+        assert p["verdict"] == rows[p["image_id"]]["verdict"] == expected
+    assert res["uncertain"] == sum(p["confidence"] < 0.6 for p in res["predictions"])
 
     code, out, _ = _run(capsys, "evaluate", str(tiny_sample.root), "--model", str(model), "--split", "all", "--json")
     assert code == 0
@@ -52,8 +61,12 @@ def test_train_predict_evaluate_json(tiny_sample, tmp_path, capsys):
     assert code == 0
     res = json.loads(out)
     stem = f"model_{res['split']}"
-    assert res["files"] == [str(folder / f"{stem}_{kind}.csv") for kind in ("metrics", "predictions",
-                                                                           "confusion_matrix")]
+    assert res["files"] == [str(folder / f"{stem}_{kind}") for kind in (
+        "metrics.csv", "predictions.csv", "confusion_matrix.csv", "reliability.csv", "coverage.csv", "reliability.png")]
+    with open(folder / f"{stem}_reliability.csv", newline="") as fh:
+        bins = list(csv.DictReader(fh))
+    assert len(bins) == 15 and sum(int(b["count"]) for b in bins) == res["n"]
+    assert Image.open(folder / f"{stem}_reliability.png").size[0] > 400
     with open(folder / f"{stem}_metrics.csv", newline="") as fh:
         metrics = list(csv.reader(fh))
     assert metrics[0] == ["class", "precision", "recall", "f1", "support"]

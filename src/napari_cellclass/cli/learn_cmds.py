@@ -45,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--all", action="store_true", help="predict every image, labelled ones too")
     p.add_argument("--tta", action="store_true", help="average over flipped copies (test-time augmentation)")
     p.add_argument("--truth", metavar="CSV", help="CSV of image_id,class: report the accuracy of the predictions")
+    p.add_argument("--min-confidence", metavar="P", type=_or_auto(float),
+                   help="mark images whose prediction is less sure than P (0..1) as uncertain: a 'verdict' column "
+                        "with the class or 'uncertain'; auto: the confidence at which the model was 95%% accurate "
+                        "on its validation images")
     p.add_argument("--batch-size", type=int, default=128)
     add_device(p)
     add_common(p)
@@ -57,14 +61,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "<model>_<split>_metrics.csv (per-class precision, recall, F1, support and the "
                                    "averages), <model>_<split>_predictions.csv (each image's true and predicted "
                                    "class) and <model>_<split>_confusion_matrix.csv (rows: true class, columns: "
-                                   "predicted; multi-label: each class's true/false positives and negatives).")
+                                   "predicted; multi-label: each class's true/false positives and negatives), "
+                                   "<model>_<split>_reliability.csv/.png (accuracy per confidence bin, without "
+                                   "and with the model's calibration) and <model>_<split>_coverage.csv (accuracy "
+                                   "of the images accepted above each confidence).")
     p.add_argument("folder", help="project folder")
     p.add_argument("--model", required=True, metavar="MODEL", help="model folder")
     p.add_argument("--split", choices=("auto", "test", "val", "train", "all"), default="auto")
     p.add_argument("--tta", action="store_true", help="average over flipped copies")
     add_device(p)
-    p.add_argument("--out", metavar="DIR", help="also write the metrics, per-image predictions and confusion-matrix "
-                                                "CSV files into this folder (created when missing)")
+    p.add_argument("--out", metavar="DIR", help="also write the metrics, per-image predictions, confusion-matrix, "
+                                                "reliability and coverage CSV files and the reliability diagram "
+                                                "(PNG) into this folder (created when missing)")
+    p.add_argument("--target-accuracy", type=float, default=0.95, metavar="A",
+                   help="report the confidence at which the predictions reach this accuracy (default 0.95)")
     add_common(p)
     p.set_defaults(handler=cmd_evaluate)
 
@@ -269,7 +279,8 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
 
     truth = read_truth(args.truth) if args.truth else None  # a bad file is refused before predicting
     result = predict(args.model, args.folder, all_images=args.all, tta=args.tta, batch_size=args.batch_size,
-                     device=args.device, csv=args.csv, progress=stderr_progress("predicting"))
+                     device=args.device, csv=args.csv, progress=stderr_progress("predicting"),
+                     min_confidence=args.min_confidence)
     out = {"ok": True, **result.to_dict(), "csv": args.csv, "tta": args.tta}
     if result.stored_in:
         out["stored_in"] = result.stored_in
@@ -295,6 +306,8 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
             counts[key] = counts.get(key, 0) + 1
         lines = [f"predicted {r['n']} image(s) with {Path(r['model']).name}: "
                  + ", ".join(f"{k} {v}" for k, v in counts.items())]
+        if "uncertain" in r:
+            lines.append(f"uncertain (confidence below {r['min_confidence']:.3g}): {r['uncertain']} of {r['n']}")
         if r.get("stored_in"):
             lines.append(f"stored in {r['stored_in']} (labels unchanged)")
         if r.get("csv"):
@@ -321,7 +334,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from . import emit, stderr_progress
 
     result = evaluate(args.model, args.folder, split=args.split, tta=args.tta, device=args.device,
-                      progress=stderr_progress("evaluating"), out=args.out)
+                      progress=stderr_progress("evaluating"), out=args.out, target_accuracy=args.target_accuracy)
 
     def human(r: dict[str, Any]) -> str:
         m = r["metrics"]
@@ -335,6 +348,15 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
             lines.append("  confusion matrix (rows: true, columns: predicted, in class order):")
             for name, row in zip(r["classes"], m["confusion_matrix"], strict=False):
                 lines.append(f"  {name:<24}" + "".join(f"{v:>6}" for v in row))
+        cal, cov = r.get("calibration"), r["coverage"]
+        if cal:
+            lines.append(f"  calibration: temperature {cal['temperature']:.3g}; expected calibration error "
+                         f"{cal['ece_before']:.3f} without, {cal['ece_after']:.3f} with it ({cal['bins']} bins)")
+        if cov["threshold"] is not None:
+            lines.append(f"  {cov['accuracy']:.1%} accurate on {cov['coverage']:.0%} of the images at confidence "
+                         f">= {cov['threshold']:.3f} (target {cov['target']:.0%})")
+        else:
+            lines.append(f"  no confidence threshold reaches {cov['target']:.0%} accuracy on these images")
         for s in r["skipped"]:
             lines.append(f"  skipped {s['image_id']}: {s['reason']}")
         for f in r.get("files", []):

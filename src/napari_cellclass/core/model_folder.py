@@ -113,6 +113,10 @@ def _per_channel(v: Any, cfg: dict[str, Any]) -> bool:
     return isinstance(v, list) and len(v) == cfg["in_chans"] and all(_is_num(x) for x in v)
 
 
+def _class_thresholds(v: Any, _: dict[str, Any]) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and _num_in(0, 1, low_open=True)(x, _) for k, x in v.items())
+
+
 def _split_ids(v: Any, _: dict[str, Any]) -> bool:
     ids = v.get("ids", {}) if isinstance(v, dict) else None
     return isinstance(ids, dict) and all(isinstance(x, list) and all(isinstance(i, str) for i in x)
@@ -157,6 +161,11 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("split", _split_ids, "'split' must map train/val/test to lists of image ids", True),
     _Field("channel_names", _of_type(list), "'channel_names' must be a list", True),
     _Field(WEIGHTS_ID, _of_type(str), f"'{WEIGHTS_ID}' must be a string", True),
+    _Field("calibration", _of_type(dict), "'calibration' must be a mapping with the temperature", True),
+    _Field("calibration.temperature", _num_in(0, 1000, low_open=True),
+           "calibration 'temperature' must be a positive number, not {value!r}", True),
+    _Field("calibration.thresholds", _class_thresholds,
+           "calibration 'thresholds' must map class names to numbers in (0, 1), not {value!r}", True),
 )
 
 
@@ -165,6 +174,8 @@ def _lookup(cfg: dict[str, Any], path: str) -> tuple[bool, Any]:
     *sections, key = path.split(".")
     where = cfg
     for name in sections:
+        if name not in where:  # an optional section that is absent
+            return False, None
         where = where[name]
     return key in where, where.get(key)
 

@@ -1,8 +1,9 @@
 """Model predictions stored beside the project, apart from the human labels (numpy/csv only).
 
 ``<project>/cellclass_predictions.csv`` has one row per predicted image: ``image_id``,
-``predicted`` (class names joined by ``;`` for multi-label), ``confidence``, one ``p:<class>``
-column per class, ``model`` and ``timestamp``. Writing merges with the rows already there
+``predicted`` (class names joined by ``;`` for multi-label), ``confidence``, ``verdict`` (when
+predicted with a minimum confidence: the prediction, or ``uncertain``), one ``p:<class>`` column
+per class, ``model`` and ``timestamp``. Writing merges with the rows already there
 (new predictions of an image replace its old row) and is atomic. Label sidecars are never
 touched. The napari widgets read this module without importing torch.
 """
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import numpy as np
+
 from .atomic import atomic_write_text, resolve_target
 from .errors import ProjectError
 from .outputs import check_output_file
@@ -26,7 +29,10 @@ from .textfiles import MAX_CSV_BYTES, read_text_bounded
 
 PREDICTIONS_NAME = "cellclass_predictions.csv"
 PROB_PREFIX = "p:"
+#: The verdict of a prediction below the minimum confidence.
+UNCERTAIN = "uncertain"
 _FIXED = ("image_id", "predicted", "confidence")
+_VERDICT = "verdict"
 _TAIL = ("model", "timestamp")
 
 
@@ -48,6 +54,9 @@ class Prediction:
         Name of the model folder that made it.
     timestamp : str
         ISO-8601 UTC time of the prediction.
+    verdict : str
+        With a minimum confidence: the predicted class(es) joined by ``;``, or ``uncertain``;
+        empty when none was asked for.
     """
 
     image_id: str
@@ -56,6 +65,7 @@ class Prediction:
     probabilities: dict[str, float] = field(default_factory=dict)
     model: str = ""
     timestamp: str = ""
+    verdict: str = ""
 
     @property
     def top_class(self) -> str | None:
@@ -63,6 +73,30 @@ class Prediction:
         if not self.probabilities:
             return self.classes[0] if self.classes else None
         return max(self.probabilities, key=self.probabilities.__getitem__)
+
+
+def decision_confidence(probabilities: np.ndarray, multi_label: bool) -> np.ndarray:
+    """How sure each image's decision is, ``(N,)`` from ``(N, K)`` probabilities: the top class's
+    probability, or (multi-label) the least certain class decision ``min_k max(p_k, 1 - p_k)``."""
+    p = np.asarray(probabilities, np.float64)
+    if not len(p):
+        return np.zeros(0)
+    return np.maximum(p, 1 - p).min(axis=1) if multi_label else p.max(axis=1)
+
+
+def is_uncertain(prediction: Prediction, min_confidence: float, multi_label: bool = False) -> bool:
+    """True when the prediction's decision is less sure than ``min_confidence`` (see
+    :func:`decision_confidence`); NaN counts as uncertain."""
+    if multi_label and prediction.probabilities:
+        sure = float(decision_confidence(np.array([list(prediction.probabilities.values())]), True)[0])
+    else:
+        sure = prediction.confidence
+    return not (isinstance(sure, (int, float)) and math.isfinite(sure) and sure >= min_confidence)
+
+
+def verdict(prediction: Prediction, min_confidence: float, multi_label: bool = False) -> str:
+    """``uncertain`` below ``min_confidence``, else the predicted class(es) joined by ``;``."""
+    return UNCERTAIN if is_uncertain(prediction, min_confidence, multi_label) else ";".join(prediction.classes)
 
 
 def now_iso() -> str:
@@ -82,12 +116,14 @@ def to_csv_text(predictions: Iterable[Prediction]) -> str:
         for c in p.probabilities:
             if c not in classes:
                 classes.append(c)
+    verdicts = any(p.verdict for p in preds)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow([*_FIXED, *(PROB_PREFIX + c for c in classes), *_TAIL])
+    w.writerow([*_FIXED, *((_VERDICT,) if verdicts else ()), *(PROB_PREFIX + c for c in classes), *_TAIL])
     for p in preds:
         probs = [("" if c not in p.probabilities else f"{p.probabilities[c]:.6f}") for c in classes]
-        w.writerow([p.image_id, ";".join(p.classes), f"{p.confidence:.6f}", *probs, p.model, p.timestamp])
+        w.writerow([p.image_id, ";".join(p.classes), f"{p.confidence:.6f}", *((p.verdict,) if verdicts else ()),
+                    *probs, p.model, p.timestamp])
     return buf.getvalue()
 
 
@@ -125,7 +161,8 @@ def _parse_row(row: Mapping[str, str | None], classes: list[str]) -> Prediction:
              if row.get(PROB_PREFIX + c) not in (None, "")}
     pred = tuple(c for c in (row.get("predicted") or "").split(";") if c)
     conf = _finite(row.get("confidence") or "0", "confidence")
-    return Prediction(iid, pred, conf, probs, row.get("model") or "", row.get("timestamp") or "")
+    return Prediction(iid, pred, conf, probs, row.get("model") or "", row.get("timestamp") or "",
+                      (row.get(_VERDICT) or "").strip())
 
 
 def _read_rows(path: Path, fh: IO[str], problems: list[str] | None) -> dict[str, Prediction]:

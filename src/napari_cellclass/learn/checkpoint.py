@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -179,8 +180,25 @@ class TrainedModel:
 
     @property
     def threshold(self) -> float:
-        """Multi-label decision threshold."""
+        """Multi-label decision threshold of the settings (see :attr:`thresholds`)."""
         return float(self.config.get("train_config", {}).get("threshold", 0.5))
+
+    @property
+    def calibration(self) -> dict[str, Any]:
+        """The calibration fitted after training (``{}`` for a model trained before calibration existed)."""
+        cal = self.config.get("calibration")
+        return cal if isinstance(cal, dict) else {}
+
+    @property
+    def temperature(self) -> float:
+        """The logits are divided by this before softmax/sigmoid (1: not calibrated)."""
+        return float(self.calibration.get("temperature", 1.0))
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """Multi-label decision threshold per class: chosen on validation, else :attr:`threshold`."""
+        chosen = self.calibration.get("thresholds") or {}
+        return np.array([float(chosen.get(c, self.threshold)) for c in self.classes], np.float32)
 
     @property
     def split(self) -> dict[str, list[str]]:

@@ -51,6 +51,7 @@ from .events import (
     WarningEvent,
 )
 from .lr_find import LrFindResult, find_lr
+from .metrics import compute_metrics
 from .record import RunRecord
 from .rundata import MODELS_DIR, RunData, default_out_dir, make_split, open_project, run_data
 
@@ -101,6 +102,9 @@ class Trainer:
         self.net: nn.Module | None = None  # what the training step calls (DistributedDataParallel when distributed)
         self._net_frozen: bool | None = None
         self.lr_found: LrFindResult | None = None
+        self.probabilities: dict[str, np.ndarray] = {}  # of the last validation, by subset
+        self.best_probabilities: np.ndarray | None = None  # the best epoch's on the validation images
+        self.calibration: dict[str, Any] | None = None  # fitted after the last epoch
 
     @property
     def built(self) -> RunParts:
@@ -216,8 +220,26 @@ class Trainer:
         return (yield from steps.train_one_epoch(parts, net, self.cfg, epoch, batches, gen, self._cancelled))
 
     def validate_events(self, subset: str, epoch: int) -> Generator[Event, None, OrderedDict]:
-        """Validate on ``subset`` (``'train'``, ``'val'`` or ``'test'``), yielding progress; returns the metrics."""
-        return (yield from steps.validate(self.built, self.cfg, subset, epoch))
+        """Validate on ``subset`` (``'train'``, ``'val'`` or ``'test'``), yielding progress; returns the metrics.
+
+        The probabilities of the last validation stay in :attr:`probabilities` (by subset).
+        """
+        parts = self.built
+        probs, loss = yield from steps.subset_probabilities(parts, self.cfg, subset, epoch)
+        self.probabilities[subset] = probs
+        return compute_metrics(parts.images.targets[subset], probs, multi_label=parts.data.multi_label,
+                               class_names=parts.data.classes, loss=loss, threshold=self.cfg.threshold)
+
+    def best_val_probabilities(self) -> Generator[Event, None, np.ndarray]:
+        """The best model's probabilities on the validation images: kept from its epoch, or (the best
+        epoch was before a resume) predicted again with the saved weights, which then stay loaded."""
+        if self.best_probabilities is not None:
+            return self.best_probabilities
+        path = ckpt.weights_path(self.out_dir, ckpt.read_model_config(self.out_dir))
+        ckpt.load_state_checked(self.model, ckpt.read_safetensors(path), path)
+        probs, _loss = yield from steps.subset_probabilities(self.built, self.cfg, "val", self.record.best_epoch or 0)
+        self.best_probabilities = probs
+        return probs
 
     def recalibrate_batch_norm(self, epoch: int) -> None:
         """Precise batch norm after ``epoch`` (see :func:`.steps.recalibrate_batch_norm`)."""
@@ -263,6 +285,7 @@ class Trainer:
                                 "backend": torch.distributed.get_backend()}} if self.dist.enabled else {}),
             **({"lr_find": {"lr": self.lr_found.lr, "lrs": list(self.lr_found.lrs),
                             "losses": list(self.lr_found.losses)}} if self.lr_found else {}),
+            **({"calibration": self.calibration} if self.calibration else {}),
             "history": rec.history,
             "best_epoch": rec.best_epoch,
             "best_metrics": rec.best_metrics,

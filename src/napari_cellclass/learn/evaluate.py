@@ -15,6 +15,7 @@ from ..core.atomic import atomic_write_text
 from ..core.errors import CellclassError
 from ..core.outputs import check_output_file
 from ..core.project import Project
+from . import calibration as calibration_mod
 from .checkpoint import TrainedModel, load_model
 from .data import ImageStore, cache_dir_for
 from .device import resolve_device
@@ -137,15 +138,16 @@ def evaluate_arrays(trained: TrainedModel, project: Project, *, split: str = "au
         targets = np.array([index[project.labels(i)[0]] for i in ids_ok], dtype=np.int64)
         loss = float(-np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-7, 1)).mean())
     metrics = compute_metrics(targets, probs, multi_label=trained.multi_label, class_names=classes, loss=loss,
-                              threshold=trained.threshold)
+                              threshold=trained.thresholds)
     return EvaluationArrays(used, ids_ok, targets, probs, skipped, dict(metrics))
 
 
 def evaluate(model: TrainedModel | str | os.PathLike, data: Project | str | os.PathLike, *, split: str = "auto",
              tta: bool = False, batch_size: int = 128, device: str = "auto",
              progress: Callable[[int, int], None] | None = None,
-             out: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Metrics of ``model`` on labelled images of ``data``; with ``out``, also their CSV files there.
+             out: str | os.PathLike | None = None,
+             target_accuracy: float = calibration_mod.TARGET_ACCURACY) -> dict[str, Any]:
+    """Metrics of ``model`` on labelled images of ``data``; with ``out``, also their files there.
 
     Returns
     -------
@@ -153,9 +155,14 @@ def evaluate(model: TrainedModel | str | os.PathLike, data: Project | str | os.P
         ``split``, ``n``, ``model``, ``metrics`` (loss, accuracy, balanced accuracy,
         precision/recall/F1 per class, macro and weighted, confusion matrix; multi-label:
         per-class and micro/macro F1, exact match), ``skipped`` (unreadable images or labels
-        the model does not know); with ``out``, ``files``: the metrics, per-image predictions
-        and confusion-matrix CSV files written (see :meth:`Evaluation.export`).
+        the model does not know), ``calibration`` (calibrated models: ``temperature``,
+        ``ece_before`` / ``ece_after`` on these images), ``coverage`` (the confidence that reaches
+        ``target_accuracy``, the share of images at or above it, and the curve); with ``out``,
+        ``files``: the files written (see :meth:`Evaluation.export`).
     """
+    if not 0 < target_accuracy <= 1:
+        raise CellclassError(f"target accuracy {target_accuracy} is not allowed; use a number in (0, 1], "
+                             "e.g. 0.95")
     trained = as_trained_model(model)
     project = open_project(data)
     if out is not None:  # a folder that cannot take the files is refused before the images are predicted
@@ -165,15 +172,18 @@ def evaluate(model: TrainedModel | str | os.PathLike, data: Project | str | os.P
     result = {"ok": True, "model": str(trained.path), "project": str(project.root), "split": ev.split,
               "n": len(ev.ids), "classes": list(trained.classes), "multi_label": trained.multi_label, "tta": tta,
               "metrics": ev.metrics, "skipped": [{"image_id": k, "reason": v} for k, v in ev.skipped.items()]}
+    evaluation = evaluation_of(trained, ev, target_accuracy)
+    result.update(evaluation.trust())
     if out is not None:
-        result["files"] = [str(p) for p in evaluation_of(trained, ev).export(out)]
+        result["files"] = [str(p) for p in evaluation.export(out)]
     return result
 
 
 # ---------------------------------------------------------------------------- per-image results and their CSV files
 METRIC_COLUMNS = ["class", "precision", "recall", "f1", "support"]
-#: What :meth:`Evaluation.export` writes: ``<model>_<split>_<kind>.csv`` for each kind.
-EXPORT_KINDS = ("metrics", "predictions", "confusion_matrix")
+#: What :meth:`Evaluation.export` writes: ``<model>_<split>_<kind>`` for each kind.
+EXPORT_KINDS = ("metrics.csv", "predictions.csv", "confusion_matrix.csv", "reliability.csv", "coverage.csv",
+                "reliability.png")
 
 
 @dataclass
@@ -196,6 +206,41 @@ class Evaluation:
     skipped: dict[str, str] = field(default_factory=dict)
     multi_label: bool = False
     probabilities: np.ndarray | None = None
+    calibration: dict[str, Any] = field(default_factory=dict)  # the model's (``config.json``); {} when none
+    thresholds: np.ndarray | float = 0.5  # multi-label decision thresholds
+    target_accuracy: float = calibration_mod.TARGET_ACCURACY
+
+    @property
+    def temperature(self) -> float:
+        """The model's temperature (1: not calibrated)."""
+        return float(self.calibration.get("temperature", 1.0))
+
+    def trust(self) -> dict[str, Any]:
+        """``calibration`` (calibrated models) and ``coverage`` on these images (see
+        :func:`.calibration.evaluation_report`)."""
+        return calibration_mod.evaluation_report(self._probs(), self._targets(), self.multi_label,
+                                                 temperature=self.temperature, fitted=self.calibration,
+                                                 thresholds=self.thresholds, target=self.target_accuracy)
+
+    def reliability(self) -> dict[str, list[dict[str, float]]]:
+        """Reliability-diagram bins with the model's calibration (``after``) and without it (``before``)."""
+        probs, targets = self._probs(), self._targets()
+        raw = calibration_mod.rescale(probs, 1.0 / self.temperature, self.multi_label)
+        return {"before": calibration_mod.reliability_bins(raw, targets, self.multi_label),
+                "after": calibration_mod.reliability_bins(probs, targets, self.multi_label)}
+
+    def coverage(self) -> dict[str, np.ndarray]:
+        """Accuracy against the share of images accepted, most confident first (see
+        :func:`.calibration.coverage_curve`)."""
+        return calibration_mod.coverage_curve(self._probs(), self._targets(), self.multi_label, self.thresholds)
+
+    def _probs(self) -> np.ndarray:
+        if self.probabilities is None:
+            raise CellclassError("this evaluation kept no probabilities")
+        return self.probabilities
+
+    def _targets(self) -> np.ndarray:
+        return self.true
 
     @property
     def confusion(self) -> np.ndarray:
@@ -225,7 +270,9 @@ class Evaluation:
         return rows
 
     def export(self, folder: str | os.PathLike) -> list[Path]:
-        """Write ``<model>_<split>_metrics.csv``, ``..._predictions.csv`` and ``..._confusion_matrix.csv``.
+        """Write ``<model>_<split>_metrics.csv``, ``..._predictions.csv``, ``..._confusion_matrix.csv``,
+        ``..._reliability.csv`` (bins without and with calibration), ``..._coverage.csv`` and
+        ``..._reliability.png`` (the reliability diagram beside the coverage curve).
 
         The folder is created when missing; nothing is created or written when one of the files
         would replace a project's file (see :func:`export_paths`).
@@ -236,13 +283,38 @@ class Evaluation:
         except OSError as exc:
             raise CellclassError(f"{paths[0].parent}: cannot create the folder ({exc.strerror or exc}); "
                                  "choose another folder") from None
-        write = {"metrics": self.export_metrics, "predictions": self.export_predictions,
-                 "confusion_matrix": self.export_confusion}
+        write = {"metrics.csv": self.export_metrics, "predictions.csv": self.export_predictions,
+                 "confusion_matrix.csv": self.export_confusion, "reliability.csv": self.export_reliability,
+                 "coverage.csv": self.export_coverage, "reliability.png": self.export_figure}
         return [write[kind](path) for kind, path in zip(EXPORT_KINDS, paths, strict=True)]
 
     def export_metrics(self, path: str | os.PathLike) -> Path:
         """Write the metrics table as CSV."""
         return write_csv(path, METRIC_COLUMNS, self.metrics_rows())
+
+    def export_reliability(self, path: str | os.PathLike) -> Path:
+        """Write the reliability-diagram bins as CSV: confidence range, then count, mean confidence and
+        accuracy without (``raw``) and with the model's calibration."""
+        rel = self.reliability()
+        rows = [[b["lower"], b["upper"], b["count"], _blank(r["confidence"]), _blank(r["accuracy"]),
+                 _blank(b["confidence"]), _blank(b["accuracy"])]
+                for r, b in zip(rel["before"], rel["after"], strict=True)]
+        return write_csv(path, ["lower", "upper", "count", "raw_confidence", "raw_accuracy", "confidence", "accuracy"],
+                         rows)
+
+    def export_coverage(self, path: str | os.PathLike) -> Path:
+        """Write the coverage curve as CSV: per confidence threshold, the share of images accepted and
+        their accuracy."""
+        points = calibration_mod.curve_points(self.coverage(), most=1001)
+        return write_csv(path, ["threshold", "coverage", "accuracy"],
+                         [[p["threshold"], p["coverage"], p["accuracy"]] for p in points])
+
+    def export_figure(self, path: str | os.PathLike) -> Path:
+        """Write the reliability diagram and the coverage curve as one PNG."""
+        from .figures import save_png, trust_figure
+
+        return save_png(trust_figure(self.reliability(), self.coverage(), self.trust(),
+                                     f"{self.model} on the '{self.split}' split ({len(self.ids)} images)"), path)
 
     def export_confusion(self, path: str | os.PathLike) -> Path:
         """Write the confusion matrix as CSV (rows: true class, columns: predicted class); multi-label:
@@ -287,7 +359,12 @@ def export_paths(folder: str | os.PathLike, model: str, split: str) -> list[Path
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
         raise CellclassError(f"{folder}: is a file, not a folder; give a folder for the evaluation files")
-    return [check_output_file(folder / f"{model}_{split}_{kind}.csv") for kind in EXPORT_KINDS]
+    return [check_output_file(folder / f"{model}_{split}_{kind}") for kind in EXPORT_KINDS]
+
+
+def _blank(value: float) -> float | str:
+    """An empty CSV cell for NaN (an empty bin)."""
+    return "" if value != value else value
 
 
 def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
@@ -306,18 +383,20 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Seq
     return path
 
 
-def evaluation_of(trained: TrainedModel, ev: EvaluationArrays) -> Evaluation:
-    """The :class:`Evaluation` of per-image results (multi-label predictions at the model's threshold)."""
+def evaluation_of(trained: TrainedModel, ev: EvaluationArrays,
+                  target_accuracy: float = calibration_mod.TARGET_ACCURACY) -> Evaluation:
+    """The :class:`Evaluation` of per-image results (multi-label predictions at the model's thresholds)."""
     probs = ev.probabilities
     n = len(ev.ids)
     confidence = probs.max(axis=1) if n else np.zeros(0)
     if trained.multi_label:
-        pred = (probs >= trained.threshold).astype(np.int64) if n else np.zeros((0, len(trained.classes)), np.int64)
+        pred = (probs >= trained.thresholds).astype(np.int64) if n else np.zeros((0, len(trained.classes)), np.int64)
         return Evaluation(trained.name, ev.split, trained.classes, ev.ids, ev.targets.astype(np.int64), pred,
-                          confidence, ev.metrics, ev.skipped, True, probs)
+                          confidence, ev.metrics, ev.skipped, True, probs, trained.calibration, trained.thresholds,
+                          target_accuracy)
     top = probs.argmax(axis=1) if n else np.zeros(0, np.int64)
     return Evaluation(trained.name, ev.split, trained.classes, ev.ids, ev.targets, top, confidence, ev.metrics,
-                      ev.skipped, False, probs)
+                      ev.skipped, False, probs, trained.calibration, target_accuracy=target_accuracy)
 
 
 def evaluate_split(model_dir: str | os.PathLike, project: Project, split: str = "auto",

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import TrainingError
+from . import calibration, steps
 from . import checkpoint as ckpt
-from . import steps
 from .events import CheckpointSaved, EpochEnd, Event, Finished, Log, Started, WarningEvent
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ def _epoch(tr: Trainer, epoch: int, out: _Outcome) -> Iterator[Event]:
     if out.diverged is not None:  # never saved: neither as the best model nor as the resume state
         return
     if best:
+        tr.best_probabilities = tr.probabilities.get("val")
         yield CheckpointSaved(str(tr._save_best()), epoch, "best", rec.monitor, value)
     yield CheckpointSaved(str(tr._save_state(epoch)), epoch, "last")
     if tr.cfg.early_stopping and rec.bad_epochs >= tr.cfg.early_stopping:
@@ -101,6 +102,8 @@ def _finish(tr: Trainer, out: _Outcome, seconds: float) -> Iterator[Event]:
                            f"of epoch {rec.best_epoch}; to go further, train with a lower learning rate ({lower})")
     model_dir = None
     if rec.best_epoch is not None:
+        if not out.cancelled:
+            yield from _calibrate(tr)
         if tr.dist.is_main:
             ckpt.write_model_config(tr.out_dir, {**tr._meta(), "cancelled": out.cancelled,
                                                    "stopped_early": out.stopped,
@@ -108,6 +111,22 @@ def _finish(tr: Trainer, out: _Outcome, seconds: float) -> Iterator[Event]:
         model_dir = str(tr.out_dir)
     yield Finished(model_dir, rec.best_epoch, dict(rec.best_metrics), out.cancelled, out.stopped,
                    max(0, out.epoch - rec.start_epoch + 1), seconds, list(rec.history))
+
+
+def _calibrate(tr: Trainer) -> Iterator[Event]:
+    """Fit temperature scaling (multi-label: also per-class thresholds) to the best model's validation
+    probabilities; :attr:`Trainer.calibration` goes into ``config.json``."""
+    probs = yield from tr.best_val_probabilities()
+    data = tr.data
+    cal = calibration.calibrate(probs, tr.built.images.targets["val"], data.multi_label,
+                                class_names=data.classes)
+    tr.calibration = cal
+    reach = cal["at_target"]
+    yield Log(f"calibration on {cal['n']} validation image(s): temperature {cal['temperature']:.3g}, expected "
+              f"calibration error {cal['ece_before']:.3f} -> {cal['ece_after']:.3f} ({cal['bins']} bins)"
+              + (f"; {reach['accuracy']:.0%} accurate on {reach['coverage']:.0%} of them at confidence >= "
+                 f"{reach['threshold']:.2f}" if reach else f"; no confidence reaches {calibration.TARGET_ACCURACY:.0%}"
+                 " accuracy on them"))
 
 
 #: a loss this many times that of guessing uniformly means the run has blown up

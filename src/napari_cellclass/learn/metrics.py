@@ -67,7 +67,8 @@ def single_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: in
 
 
 def multi_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str] | None = None,
-                        loss: float | None = None, threshold: float | None = None) -> OrderedDict[str, Any]:
+                        loss: float | None = None, threshold: float | np.ndarray | None = None
+                        ) -> OrderedDict[str, Any]:
     """Per-class and micro/macro precision, recall and F1, exact match and Hamming accuracy.
 
     ``y_true`` and ``y_pred`` are ``(N, K)`` 0/1 arrays (predictions already thresholded).
@@ -87,7 +88,8 @@ def multi_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: Seq
         out["loss"] = float(loss)
     out["n"] = int(n)
     if threshold is not None:
-        out["threshold"] = float(threshold)
+        t = np.asarray(threshold, np.float64)
+        out["threshold"] = float(t) if t.ndim == 0 else [float(v) for v in t]
     out["exact_match"] = float((t == p).all(axis=1).mean()) if n else 0.0
     out["accuracy"] = out["exact_match"]
     out["hamming_accuracy"] = float((t == p).mean()) if n else 0.0
@@ -107,8 +109,9 @@ def multi_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: Seq
 
 def compute_metrics(targets: np.ndarray, probabilities: np.ndarray, *, multi_label: bool,
                     class_names: Sequence[str], loss: float | None = None,
-                    threshold: float = 0.5) -> OrderedDict[str, Any]:
-    """Metrics from targets (indices, or multi-hot when ``multi_label``) and class probabilities."""
+                    threshold: float | np.ndarray = 0.5) -> OrderedDict[str, Any]:
+    """Metrics from targets (indices, or multi-hot when ``multi_label``) and class probabilities
+    (multi-label: decided at ``threshold``, one value or one per class)."""
     probabilities = np.asarray(probabilities)
     if multi_label:
         return multi_label_metrics(targets, probabilities >= threshold, class_names, loss, threshold)

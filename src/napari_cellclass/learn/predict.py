@@ -18,7 +18,9 @@ import torch
 from ..core.errors import CellclassError, ConfigError, ModelError
 from ..core.outputs import check_output_file
 from ..core.predictions import (
+    UNCERTAIN,
     Prediction,
+    decision_confidence,
     export_predictions_csv,
     now_iso,
     predictions_path,
@@ -46,6 +48,8 @@ class PredictionResult:
         The model's classes (columns of ``probabilities``).
     probabilities : ndarray, shape (N, K)
         Softmax (single-label) or sigmoid (multi-label) outputs.
+    min_confidence : float or None
+        Images whose decision is less sure get the verdict ``uncertain`` (see :meth:`verdicts`).
     skipped : dict
         ``{id: reason}`` for images that could not be read.
     stored_in : str or None
@@ -59,12 +63,13 @@ class PredictionResult:
     classes: tuple[str, ...]
     probabilities: np.ndarray
     multi_label: bool = False
-    threshold: float = 0.5
+    threshold: float | np.ndarray = 0.5  # multi-label: one for all classes or one per class
     model_name: str = ""
     timestamp: str = ""
     skipped: dict[str, str] = field(default_factory=dict)
     stored_in: str | None = None
     warnings: list[str] = field(default_factory=list)
+    min_confidence: float | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -88,7 +93,18 @@ class PredictionResult:
         """Predicted classes per image: the top class, or (multi-label) all above the threshold."""
         if not self.multi_label:
             return [(c,) for c in self.top_class]
-        return [tuple(c for c, p in self._by_class(row).items() if p >= self.threshold) for row in self.probabilities]
+        above = self.probabilities >= np.asarray(self.threshold)
+        return [tuple(c for c, keep in zip(self.classes, row, strict=True) if keep) for row in above]
+
+    def verdicts(self) -> list[str]:
+        """Per image: the predicted class(es) joined by ``;``, or ``uncertain`` when the decision is less
+        sure than :attr:`min_confidence` (single-label: the top probability; multi-label: every class's
+        ``max(p, 1 - p)``); empty strings when no minimum was asked for."""
+        if self.min_confidence is None:
+            return [""] * len(self.ids)
+        sure = decision_confidence(self.probabilities, self.multi_label)
+        return [UNCERTAIN if not s >= self.min_confidence else ";".join(p)
+                for s, p in zip(sure, self.predicted(), strict=True)]
 
     def _by_class(self, row: np.ndarray) -> dict[str, float]:
         """One image's probabilities by class name."""
@@ -96,10 +112,10 @@ class PredictionResult:
 
     def records(self) -> list[Prediction]:
         """One :class:`Prediction` per image (for the project file or a CSV)."""
-        preds = self.predicted()
+        preds, verdicts = self.predicted(), self.verdicts()
         return [Prediction(iid, preds[i], float(self.confidence[i]),
                            self._by_class(self.probabilities[i]),
-                           self.model_name, self.timestamp) for i, iid in enumerate(self.ids)]
+                           self.model_name, self.timestamp, verdicts[i]) for i, iid in enumerate(self.ids)]
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Write the predictions to a CSV file."""
@@ -107,10 +123,13 @@ class PredictionResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (one entry per image)."""
-        preds = self.predicted()
-        return {"model": self.model_name, "classes": list(self.classes), "n": len(self.ids),
+        preds, verdicts = self.predicted(), self.verdicts()
+        extra = ({"min_confidence": self.min_confidence, "uncertain": verdicts.count(UNCERTAIN)}
+                 if self.min_confidence is not None else {})
+        return {"model": self.model_name, "classes": list(self.classes), "n": len(self.ids), **extra,
                 "predictions": [{"image_id": iid, "predicted": list(preds[i]),
                                  "confidence": float(self.confidence[i]),
+                                 **({"verdict": verdicts[i]} if self.min_confidence is not None else {}),
                                  "probabilities": self._by_class(self.probabilities[i])}
                                 for i, iid in enumerate(self.ids)],
                 "skipped": [{"image_id": k, "reason": v} for k, v in self.skipped.items()],
@@ -145,6 +164,17 @@ def _inputs(images: Any, ids: Sequence[str] | None, include_labelled: bool
     items = list(images)
     keys = [f"array:{i}" if isinstance(x, np.ndarray) else str(x) for i, x in enumerate(items)]
     return items, keys, None
+
+
+def auto_min_confidence(trained: TrainedModel) -> float:
+    """The calibrated confidence at which ``trained`` reached its target accuracy (95 %) on validation."""
+    reach = trained.calibration.get("at_target")
+    if not isinstance(reach, dict) or reach.get("threshold") is None:
+        why = ("it was trained before calibration existed" if not trained.calibration
+               else "no confidence reached the target accuracy on its validation images")
+        raise ConfigError(f"{trained.path}: --min-confidence auto needs the model's calibrated threshold, but {why}; "
+                          "give a number, e.g. --min-confidence 0.9")
+    return float(reach["threshold"])
 
 
 def check_batch_size(batch_size: Any) -> int:
@@ -193,6 +223,7 @@ def infer(trained: TrainedModel, store: ImageStore, index: np.ndarray, *, device
     model = eval_model(trained.model, device)
     precision = resolve_precision(trained.config.get("train_config", {}).get("precision", "auto"), device)
     multi = trained.multi_label
+    temperature = trained.temperature
     out = []
     n = len(index)
     with torch.inference_mode():
@@ -201,7 +232,7 @@ def infer(trained: TrainedModel, store: ImageStore, index: np.ndarray, *, device
             acc = None
             for v in views:
                 with autocast(device, precision):
-                    logits = model(v).float()
+                    logits = model(v).float() / temperature
                 p = torch.sigmoid(logits) if multi else torch.softmax(logits, dim=1)
                 acc = p if acc is None else acc + p
             probs = (acc / len(views)).cpu().numpy()
@@ -220,7 +251,7 @@ def infer(trained: TrainedModel, store: ImageStore, index: np.ndarray, *, device
 def predict(model: TrainedModel | str | os.PathLike, images: Any, *, ids: Sequence[str] | None = None,
             all_images: bool = False, tta: bool = False, batch_size: int = 128, device: str = "auto",
             write: bool = True, csv: str | os.PathLike | None = None, progress: Progress | None = None,
-            cancel: CancelToken | None = None) -> PredictionResult:
+            cancel: CancelToken | None = None, min_confidence: float | str | None = None) -> PredictionResult:
     """Predict classes of images.
 
     Parameters
@@ -242,6 +273,11 @@ def predict(model: TrainedModel | str | os.PathLike, images: Any, *, ids: Sequen
         project's own file, an image or a label sidecar is refused before anything is predicted.
     progress
         ``progress(done, total)`` during decoding and prediction.
+    min_confidence
+        Give images whose decision is less sure than this (a probability in [0, 1]) the verdict
+        ``uncertain`` (a ``verdict`` column in the CSV files; see :meth:`PredictionResult.verdicts`).
+        ``'auto'``: the calibrated confidence at which the model reached 95 % accuracy on its
+        validation images.
 
     Raises
     ------
@@ -256,7 +292,13 @@ def predict(model: TrainedModel | str | os.PathLike, images: Any, *, ids: Sequen
     """
     if csv is not None:
         csv = check_output_file(csv)
+    if min_confidence is not None and min_confidence != "auto" and not (
+            isinstance(min_confidence, (int, float)) and 0 <= min_confidence <= 1):
+        raise ConfigError(f"minimum confidence {min_confidence!r} is not allowed; use a probability in [0, 1], "
+                          "e.g. --min-confidence 0.9, or auto")
     trained = as_trained_model(model)
+    if min_confidence == "auto":
+        min_confidence = auto_min_confidence(trained)
     batch_size = check_batch_size(batch_size)
     items, keys, project = _inputs(images, ids, all_images)
     dev = resolve_device(device)
@@ -275,7 +317,8 @@ def predict(model: TrainedModel | str | os.PathLike, images: Any, *, ids: Sequen
         store.close()
     good = good[:len(probs)]
     result = PredictionResult([keys[i] for i in good], trained.classes, probs, trained.multi_label,
-                              trained.threshold, trained.name, now_iso(), dict(store.problems))
+                              trained.thresholds, trained.name, now_iso(), dict(store.problems),
+                              min_confidence=min_confidence)
     if csv is not None:  # first: a project that cannot be written never costs the results
         result.to_csv(csv)
     if project is not None and write and len(result):

@@ -19,7 +19,7 @@ from .events import BatchProgress, Event
 from .metrics import compute_metrics
 
 __all__ = ["Cancelled", "Diverged", "epoch_generators", "recalibrate_batch_norm", "set_backbone_phase",
-           "train_one_epoch", "validate"]
+           "subset_probabilities", "train_one_epoch"]
 
 
 class Cancelled(Exception):
@@ -169,8 +169,9 @@ def oom_error(parts: RunParts, cfg: TrainConfig) -> DeviceMemoryError:
                              f"rerun with --batch-size {fit}")
 
 
-def validate(parts: RunParts, cfg: TrainConfig, subset: str, epoch: int) -> Generator[Event, None, OrderedDict]:
-    """Metrics of the model on ``'train'``, ``'val'`` or ``'test'`` (no augmentation); yields progress.
+def subset_probabilities(parts: RunParts, cfg: TrainConfig, subset: str, epoch: int
+                         ) -> Generator[Event, None, tuple[np.ndarray, float]]:
+    """The model's probabilities ``(N, K)`` on a subset (no augmentation) and its mean loss; yields progress.
 
     Under torchrun each rank predicts its share and the probabilities are gathered in order.
     """
@@ -193,8 +194,7 @@ def validate(parts: RunParts, cfg: TrainConfig, subset: str, epoch: int) -> Gene
     p = torch.cat(probs) if probs else torch.zeros((0, len(data.classes)), device=hw.device)
     p = ddp.gather_rows(hw.dist, p).cpu().numpy()
     total = ddp.sum_scalar(hw.dist, total)
-    return compute_metrics(images.targets[subset], p, multi_label=data.multi_label, class_names=data.classes,
-                           loss=float(total / max(len(rows), 1)), threshold=cfg.threshold)
+    return p, float(total / max(len(rows), 1))
 
 
 def _forward(parts: RunParts, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,95 @@
+"""Figures of an evaluation drawn with matplotlib's Agg canvas: the reliability diagram and the coverage curve."""
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..core.atomic import atomic_write_bytes
+from ..core.outputs import check_output_file
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["figure_rgba", "save_png", "trust_figure"]
+
+BEFORE_COLOR = "#999999"
+AFTER_COLOR = "#1f77b4"
+TARGET_COLOR = "#d62728"
+
+
+def trust_figure(reliability: Mapping[str, Sequence[Mapping[str, float]]], coverage: Mapping[str, np.ndarray],
+                 trust: Mapping[str, Any], title: str = "", dpi: int = 100) -> Figure:
+    """Two panels: accuracy against confidence per bin (without and with calibration), and accuracy
+    against the share of images accepted, with the threshold that reaches the target accuracy."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.4, 3.8), dpi=dpi, layout="constrained")
+    rel, cov = fig.subplots(1, 2)
+    _reliability_panel(rel, reliability, trust.get("calibration"))
+    _coverage_panel(cov, coverage, trust.get("coverage") or {})
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _reliability_panel(ax: Any, reliability: Mapping[str, Sequence[Mapping[str, float]]],
+                       cal: Mapping[str, Any] | None) -> None:
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="#444444", label="perfectly calibrated")
+    shown = (("before", BEFORE_COLOR, "without calibration"), ("after", AFTER_COLOR, "calibrated")) if cal else (
+        ("after", AFTER_COLOR, "model"),)
+    for key, color, label in shown:
+        bins = [b for b in reliability.get(key, ()) if b["count"]]
+        if not bins:
+            continue
+        width = bins[0]["upper"] - bins[0]["lower"]
+        offset = -width / 4 if key == "before" else (width / 4 if cal else 0.0)
+        ax.bar([(b["lower"] + b["upper"]) / 2 + offset for b in bins], [b["accuracy"] for b in bins],
+               width=width / 2 if cal else width * 0.9, color=color, alpha=0.75, label=label)
+    text = (f"temperature {cal['temperature']:.2f}\nECE {cal['ece_before']:.3f} → {cal['ece_after']:.3f}"
+            if cal else "not calibrated")
+    ax.text(0.04, 0.96, text, transform=ax.transAxes, va="top", fontsize=8)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence", ylabel="accuracy", title="reliability")
+    ax.legend(loc="upper left", bbox_to_anchor=(0.0, 0.86), fontsize=7)
+
+
+def _coverage_panel(ax: Any, coverage: Mapping[str, np.ndarray], reach: Mapping[str, Any]) -> None:
+    cov, acc = np.asarray(coverage.get("coverage", ())), np.asarray(coverage.get("accuracy", ()))
+    ax.plot(cov, acc, color=AFTER_COLOR, lw=1.5)
+    target = reach.get("target")
+    if target is not None:
+        ax.axhline(target, ls=":", lw=1, color=TARGET_COLOR)
+    if reach.get("threshold") is not None:
+        ax.plot([reach["coverage"]], [reach["accuracy"]], "o", color=TARGET_COLOR)
+        ax.text(0.04, 0.06, f"{reach['accuracy']:.0%} accurate on {reach['coverage']:.0%}\nat confidence ≥ "
+                            f"{reach['threshold']:.2f}", transform=ax.transAxes, fontsize=8)
+    elif target is not None:
+        ax.text(0.04, 0.06, f"no confidence reaches {target:.0%}", transform=ax.transAxes, fontsize=8)
+    low = float(np.nanmin(acc)) if len(acc) else 0.0
+    ax.set(xlim=(0, 1), ylim=(max(0.0, math.floor(low * 10) / 10 - 0.05), 1.01), xlabel="share of images accepted",
+           ylabel="accuracy", title="coverage vs accuracy")
+
+
+def figure_rgba(fig: Figure) -> np.ndarray:
+    """The figure's pixels, ``(height, width, 4)`` uint8."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba()).copy()
+
+
+def save_png(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write the figure as a PNG file atomically (a project's own files are refused)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    path = check_output_file(path)
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buf)
+    atomic_write_bytes(path, buf.getvalue(), fsync=False)
+    return path
