@@ -45,6 +45,16 @@ def test_metrics_fill_and_confusion_cell_opens_images(qtbot, make_napari_viewer,
     cm = dock.confusion.to_dict("split")["data"]
     assert sum(map(sum, cm)) == len(ev.ids)
 
+    # calibration: the model's temperature, the coverage at the target accuracy and the reliability diagram
+    trust = dock.trust.report
+    assert trust["calibration"]["temperature"] == pytest.approx(ev.calibration["temperature"])
+    assert trust["coverage"]["target"] == pytest.approx(0.95) and "temperature" in dock.trust.text.value
+    height, width, _ = dock.trust.pixels.shape
+    assert width > 300 and height > 150 and dock.trust.picture.pixmap().width() == width
+    dock.trust.target.value = 0.6  # a lower target keeps at least as many images
+    assert dock.trust.report["coverage"]["target"] == pytest.approx(0.6)
+    assert dock.trust.report["coverage"]["coverage"] >= trust["coverage"]["coverage"]
+
     # the whole project: every cell's images, misclassified and most confident first
     dock.evaluate("all")
     qtbot.waitUntil(lambda: dock.evaluation is not ev and not dock.running, timeout=60_000)

@@ -1,6 +1,8 @@
 """The predictions dock in a real viewer (Xvfb): predictions on layers and borders, accepting them."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytest.importorskip("torch")
@@ -12,7 +14,11 @@ import_learning_libraries()  # before any OpenGL context (see the function)
 
 from napari_cellclass._widgets.borders import border_colors  # noqa: E402
 from napari_cellclass._widgets.labelling import LabellingWidget  # noqa: E402
-from napari_cellclass._widgets.labelling_model import PREDICTION_OPACITY  # noqa: E402
+from napari_cellclass._widgets.labelling_model import (  # noqa: E402
+    FILTER_UNCERTAIN,
+    PREDICTION_OPACITY,
+    UNCERTAIN_COLOR,
+)
 from napari_cellclass._widgets.predict_panel import PredictionsWidget  # noqa: E402
 from napari_cellclass._widgets.session import session_for  # noqa: E402
 from napari_cellclass._widgets.viewer_link import image_layers  # noqa: E402
@@ -37,6 +43,7 @@ def test_predict_accept_and_filter(qtbot, make_napari_viewer, trained):
     panel = PredictionsWidget(viewer, confirm=lambda q: True)
     viewer.window.add_dock_widget(panel, name="Predictions")
     session_for(viewer).set_model(model)
+    panel.uncertain.slider.value = 0.0  # every prediction in its class colour (test_uncertain_* covers the rest)
     unlabelled = project.unlabelled_ids()
     labelled_before = {i: project.labels(i) for i in project.labelled_ids()}
 
@@ -86,3 +93,44 @@ def test_predict_accept_and_filter(qtbot, make_napari_viewer, trained):
 
     # a page turn keeps the predictions on the layers
     panel.close()
+
+
+def test_uncertain_predictions_are_grey_and_a_filter(qtbot, make_napari_viewer, trained):
+    project, model = trained
+    viewer = make_napari_viewer(show=True)
+    labelling = LabellingWidget(viewer, project)
+    labelling.page_size.value = 24
+    viewer.window.add_dock_widget(labelling, name="Labelling")
+    panel = PredictionsWidget(viewer, confirm=lambda q: True)
+    viewer.window.add_dock_widget(panel, name="Predictions")
+    session = session_for(viewer)
+    session.set_model(model)
+    reach = json.loads((model / "config.json").read_text())["calibration"]["at_target"]
+    expected = round(reach["threshold"], 2) if reach else 0.0
+    assert panel.uncertain.slider.value == pytest.approx(expected)  # the model's calibrated threshold
+    panel.predict("unlabelled")
+    qtbot.waitUntil(lambda: not panel.running, timeout=60_000)
+    preds = panel.predictions
+    unlabelled = [i for i in project.unlabelled_ids() if i in preds]
+    cut = sorted(preds[i].confidence for i in unlabelled)[len(unlabelled) // 2]  # about half below it
+
+    panel.uncertain.slider.value = round(cut + 0.005, 2)
+    below = [i for i in unlabelled if preds[i].confidence < panel.uncertain.slider.value]
+    assert below and len(below) < len(unlabelled)
+    assert set(session.uncertain) == set(below)  # least sure first
+    assert [preds[i].confidence for i in session.uncertain] == sorted(preds[i].confidence for i in below)
+    layers = image_layers(viewer, project)
+    grey = tuple(int(UNCERTAIN_COLOR[k:k + 2], 16) / 255 for k in (1, 3, 5))
+    for iid in unlabelled:
+        (r, g, b, _a), = border_colors(layers[iid][0])
+        assert ((r, g, b) == pytest.approx(grey, abs=0.01)) == (iid in below), iid
+    assert FILTER_UNCERTAIN in labelling.controls.image_filter.choices
+    labelling.show_filter(FILTER_UNCERTAIN)
+    assert list(labelling.pager.page_ids) == list(session.uncertain)[:24]
+
+    panel.uncertain.slider.value = 0.0  # none uncertain: class colours again, the filter goes
+    assert session.uncertain == ()
+    iid = below[0]
+    (r, g, b, _a), = border_colors(layers[iid][0])
+    assert (r, g, b) != pytest.approx(grey, abs=0.01)
+

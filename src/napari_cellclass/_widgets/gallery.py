@@ -49,8 +49,6 @@ from qtpy.QtWidgets import (
 
 from ..core.project import Project
 from .gallery_model import (
-    FILTER_MISTAKES,
-    FILTER_SUGGESTED,
     SORTS,
     GalleryQuery,
     counts_text,
@@ -61,7 +59,7 @@ from .gallery_model import (
     mark_tooltip,
 )
 from .guards import reports_errors
-from .labelling_model import class_color
+from .labelling_model import MARK_FILTERS, class_color
 from .layers import PAGE_SIZE
 from .session import GALLERY, session_for
 from .thumbnails import THUMB_PX, ThumbnailStore
@@ -535,14 +533,14 @@ class GalleryDock(QWidget):
     def _on_predictions(self) -> None:
         """New predictions or marks: the filters offered, the frames and badges, a marked list made again."""
         self._refresh_filters()
-        if self.query.image_filter in (FILTER_SUGGESTED, FILTER_MISTAKES):
+        if self.query.image_filter in MARK_FILTERS:
             self._requery()
         self.view.viewport().update()
         self._refresh_counts()
 
     def badge(self, image_id: str) -> str:
         """The mark drawn on a thumbnail (see :func:`~.gallery_model.mark_text`)."""
-        return mark_text(image_id, self.shared.suggested, self.shared.mistakes)
+        return mark_text(image_id, self.shared.suggested, self.shared.mistakes, self.shared.uncertain_ids)
 
     def show_filter(self, name: str) -> None:
         """List the images of filter ``name`` (e.g. the suggested ones) when it is offered."""

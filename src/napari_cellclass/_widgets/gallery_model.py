@@ -8,7 +8,7 @@ a filter or sort changes.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +17,8 @@ from ..core.project import Project
 from .labelling_model import (
     FILTER_ALL,
     FILTER_LABELLED,
-    FILTER_MISTAKES,
-    FILTER_SUGGESTED,
     FILTER_UNLABELLED,
+    MARK_FILTERS,
     BorderSpec,
     image_border_specs,
 )
@@ -50,7 +49,7 @@ def filter_choices(project: Project | None, predictions: Mapping[str, Prediction
     ``marks`` maps :data:`FILTER_SUGGESTED` / :data:`FILTER_MISTAKES` to their image ids.
     """
     out = [FILTER_ALL, FILTER_UNLABELLED, FILTER_LABELLED]
-    out += [name for name in (FILTER_SUGGESTED, FILTER_MISTAKES) if (marks or {}).get(name)]
+    out += [name for name in MARK_FILTERS if (marks or {}).get(name)]
     if project is not None:
         out += list(project.class_names)
         predicted = {c for p in predictions.values() for c in p.classes}
@@ -67,7 +66,7 @@ def list_images(project: Project, predictions: Mapping[str, Prediction], query: 
                 marks: Mapping[str, Sequence[str]] | None = None) -> list[str]:
     """The image ids the gallery shows for ``query``, in its order (marked images: in their own order)."""
     f = query.image_filter
-    if f in (FILTER_SUGGESTED, FILTER_MISTAKES):
+    if f in MARK_FILTERS:
         known = set(project.image_ids)
         ids = [i for i in (marks or {}).get(f, ()) if i in known]
     elif f == FILTER_ALL:
@@ -119,15 +118,16 @@ def counts_text(project: Project, predictions: Mapping[str, Prediction], shown: 
 
 
 def mark_text(image_id: str, suggested: Sequence[str] | Mapping[str, Any],
-              mistakes: Mapping[str, Mapping[str, Any]]) -> str:
-    """The badge of a thumbnail: ``→ class`` for a likely mistake, ``★ rank`` for a suggestion, else ''."""
+              mistakes: Mapping[str, Mapping[str, Any]], uncertain: Collection[str] = ()) -> str:
+    """The badge of a thumbnail: ``→ class`` for a likely mistake, ``★ rank`` for a suggestion, ``?`` for an
+    uncertain prediction, else ''."""
     issue = mistakes.get(image_id)
     if issue is not None:
         got = issue.get("suggested")
         return "→ " + (got if isinstance(got, str) else ";".join(got) or "(none)")
     if image_id in suggested:
         return f"★ {list(suggested).index(image_id) + 1}"
-    return ""
+    return "?" if image_id in uncertain else ""
 
 
 def mark_tooltip(image_id: str, suggested: Mapping[str, str], mistakes: Mapping[str, Mapping[str, Any]]) -> str:

@@ -29,6 +29,10 @@ SPECIAL_FILTERS: tuple[str, ...] = (FILTER_ALL, FILTER_UNLABELLED, FILTER_LABELL
 #: Filters of marked images, listed in their own order (suggestion order, most suspicious first).
 FILTER_SUGGESTED = "suggested"
 FILTER_MISTAKES = "likely mistakes"
+FILTER_UNCERTAIN = "uncertain"
+MARK_FILTERS: tuple[str, ...] = (FILTER_SUGGESTED, FILTER_MISTAKES, FILTER_UNCERTAIN)
+#: The border of a prediction less sure than the minimum confidence: grey, whatever the class.
+UNCERTAIN_COLOR = "#a0a0a0"
 
 LABEL_THICKNESS = 10.0
 PREDICTION_THICKNESS = 4.0
@@ -79,10 +83,12 @@ def border_specs(classes: Sequence[str], color_of: Callable[[str], str],
 
 
 def image_border_specs(labels: Sequence[str], prediction: Sequence[str],
-                       color_of: Callable[[str], str]) -> list[BorderSpec]:
-    """The border of an image: its human labels, or else its predicted classes."""
+                       color_of: Callable[[str], str], uncertain: bool = False) -> list[BorderSpec]:
+    """The border of an image: its human labels, or else its predicted classes (grey when uncertain)."""
     if labels:
         return border_specs(labels, color_of, "label")
+    if uncertain:
+        return [BorderSpec(UNCERTAIN_COLOR, PREDICTION_THICKNESS, 1.0, "prediction")]
     return border_specs(prediction, color_of, "prediction")
 
 

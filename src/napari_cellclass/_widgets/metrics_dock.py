@@ -1,10 +1,11 @@
-"""The metrics dock: per-class precision / recall / F1, a clickable confusion matrix, CSV export.
+"""The metrics dock: per-class precision / recall / F1, a clickable confusion matrix, calibration, CSV export.
 
 Evaluation runs in a worker (:func:`~napari_cellclass.learn.evaluate.evaluate_split`); the widget shows
 :class:`~napari_cellclass.learn.evaluate.Evaluation` in two magicgui tables. Clicking a confusion-matrix cell
 shows its images as layers (misclassified, most confident first) so they can be relabelled
-with the labelling widget's hotkeys. When a model becomes active (training finished or a
-model folder loaded) its validation split is evaluated automatically.
+with the labelling widget's hotkeys. Below, the calibration (:class:`~.trust_panel.TrustPanel`):
+the confidence that reaches a target accuracy and the reliability diagram. When a model becomes
+active (training finished or a model folder loaded) its validation split is evaluated automatically.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from .compact import compact_dock, show_rows
 from .napari_private import real_viewer
 from .session import session_for
 from .training_model import Failed, import_learning_libraries, user_message
+from .trust_panel import TrustPanel
 from .viewer_link import current_project, show_images
 from .workers import DockJob
 
@@ -58,12 +60,13 @@ class MetricsDock(Container):
         self.confusion = Table(value={"data": [], "index": [], "columns": []})
         self.confusion.read_only = True
         self.confusion.native.cellClicked.connect(self._on_cell_clicked)
+        self.trust = TrustPanel()
         self.export_folder = FileEdit(label="export to folder", mode="d")
-        self.export_button = PushButton(text="Export metrics, predictions, confusion (CSV)")
+        self.export_button = PushButton(text="Export metrics, predictions, confusion, reliability")
         self.extend([
             self.model_label,
             Container(widgets=[self.split, self.evaluate_button], layout="horizontal", labels=True),
-            self.summary, self.table, self.confusion_title, self.confusion,
+            self.summary, self.table, self.confusion_title, self.confusion, self.trust,
             Container(widgets=[self.export_folder], labels=True), self.export_button,
         ])
         show_rows(self.table, 5)
@@ -127,6 +130,7 @@ class MetricsDock(Container):
         self.confusion.value = {"data": cm.tolist(), "index": list(ev.classes),
                                 "columns": list(ev.classes)}
         self._colour_confusion(cm)
+        self.trust.show(ev)
         skipped = f", {len(ev.skipped)} skipped" if ev.skipped else ""
         self.summary.value = (f"{ev.model} on the {ev.split} split: {len(ev.ids)} images{skipped}; "
                               f"accuracy {ev.metrics['accuracy']:.3f}, balanced accuracy "

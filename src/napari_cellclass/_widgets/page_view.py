@@ -466,6 +466,7 @@ class PageView:
         shown = self.shown[image_id]
         labels = list(self.project.labels(image_id))
         prediction: list[str] = []
+        uncertain = False
         for layer in shown.layers:
             meta = layer.metadata.get("cellclass")
             if isinstance(meta, dict):
@@ -473,7 +474,8 @@ class PageView:
                 pred = meta.get("prediction")
                 if pred and not prediction:
                     prediction = [pred] if isinstance(pred, str) else list(pred)
-        specs = image_border_specs(labels, prediction, self._color_of)
+                    uncertain = bool(meta.get("uncertain"))
+        specs = image_border_specs(labels, prediction, self._color_of, uncertain)
         for k, layer in enumerate(shown.layers):
             apply_border(layer, specs if k == 0 else [])
 

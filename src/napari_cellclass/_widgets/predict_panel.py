@@ -7,6 +7,8 @@
   unlabelled predictions above a confidence.
 - A table lists predictions, filtered by predicted class and confidence and sorted; clicking a
   row shows that image.
+- Predictions less sure than "uncertain below" (the model's calibrated threshold by default)
+  get grey borders, a ``?`` in the gallery and the "uncertain" filter.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from .dialogs import ask_yes_no
 from .napari_private import real_viewer
 from .session import session_for
 from .training_model import Failed, import_learning_libraries, run_prediction
+from .uncertain_control import UncertainControl
 from .viewer_link import (
     PredictionLayers,
     current_project,
@@ -75,6 +78,7 @@ class PredictionsWidget(Container):
         self.shared.model_changed.connect(self._on_active_model)
         self.shared.project_changed.connect(self._on_project_changed)
         self.shared.labels_changed.connect(self._on_labels_changed)
+        self.shared.marks_changed.connect(self._on_marks)
         self._previous_key = self.viewer.bind_key(ACCEPT_KEY, self._accept_key, overwrite=True)
         self.load_stored()
 
@@ -90,6 +94,7 @@ class PredictionsWidget(Container):
         self.class_filter = ComboBox(label="class", choices=self._class_choices)
         self.min_conf = FloatSlider(label="min confidence", value=0.0, min=0.0, max=1.0, step=0.01)
         self.max_conf = FloatSlider(label="max confidence", value=1.0, min=0.0, max=1.0, step=0.01)
+        self.uncertain = UncertainControl(self.shared)
         self.order = ComboBox(label="sort by", choices=list(SORT_CHOICES), value=SORT_CHOICES[0])
         self.unlabelled_only = CheckBox(text="unlabelled only", value=False)
         self.show_button = PushButton(text="Show these images")
@@ -107,6 +112,7 @@ class PredictionsWidget(Container):
 
         self.extend([
             self.model_label, row(self.scope, self.predict_button, self.stop_button, labels=True), self.status,
+            self.uncertain,
             self.accept_button, row(self.threshold, self.accept_all_button, labels=True),
             Container(widgets=[self.class_filter, self.min_conf, self.max_conf, self.order], labels=True),
             row(self.unlabelled_only, self.show_button), self.table,
@@ -141,6 +147,9 @@ class PredictionsWidget(Container):
 
     def _on_project_changed(self, _project: Project | None) -> None:
         self.load_stored()
+
+    def _on_marks(self) -> None:
+        self.layers.refresh()  # the uncertain predictions' borders follow the minimum confidence
 
     def _on_labels_changed(self, ids: tuple[str, ...]) -> None:
         if not ids:  # the classes changed: the class filter lists them
@@ -336,6 +345,8 @@ class PredictionsWidget(Container):
         else:
             self.viewer.bind_key(ACCEPT_KEY, None, overwrite=True)
         self.layers.disconnect()
+        self.uncertain.disconnect()
+        self.shared.marks_changed.disconnect(self._on_marks)
         self.shared.model_changed.disconnect(self._on_active_model)
         self.shared.project_changed.disconnect(self._on_project_changed)
         self.shared.labels_changed.disconnect(self._on_labels_changed)

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 from psygnal import Signal
 
-from ..core.predictions import Prediction
+from ..core.predictions import Prediction, is_uncertain
 from ..core.project import Project
-from .labelling_model import FILTER_MISTAKES, FILTER_SUGGESTED
+from .labelling_model import FILTER_MISTAKES, FILTER_SUGGESTED, FILTER_UNCERTAIN
 
 
 class PageView(Protocol):
@@ -68,7 +68,8 @@ class CellclassSession:
     predictions_changed()
         The predictions shown changed (:attr:`predictions`).
     marks_changed()
-        The suggested images (:attr:`suggested`) or the likely mistakes (:attr:`mistakes`) changed.
+        The suggested images (:attr:`suggested`), the likely mistakes (:attr:`mistakes`) or the
+        uncertain predictions (:attr:`uncertain`, below :attr:`min_confidence`) changed.
     """
 
     project_changed = Signal(object)
@@ -88,6 +89,9 @@ class CellclassSession:
         self.predictions: dict[str, Prediction] = {}
         self.suggested: dict[str, str] = {}  # image id -> reason, in suggestion order
         self.mistakes: dict[str, dict[str, Any]] = {}  # image id -> {"given", "suggested", "score"}, worst first
+        self.min_confidence = 0.0  # predictions less sure than this are "uncertain" (0: none)
+        self.uncertain: tuple[str, ...] = ()  # their image ids, least sure first
+        self.uncertain_ids: frozenset[str] = frozenset()  # the same, for lookups
 
     # ------------------------------------------------------------------ project
     def set_project(self, project: Project | None) -> None:
@@ -100,7 +104,7 @@ class CellclassSession:
         self.model = None
         self.selection, self.selection_source = (), CANVAS
         self.predictions = {}
-        self.suggested, self.mistakes = {}, {}
+        self.suggested, self.mistakes, self.uncertain, self.uncertain_ids = {}, {}, (), frozenset()
         if project is not None:
             project.add_listener(self._relay)
         self.project_changed.emit(project)
@@ -140,7 +144,28 @@ class CellclassSession:
     def set_predictions(self, predictions: Mapping[str, Prediction]) -> None:
         """The predictions every dock shows (the predictions dock sets them)."""
         self.predictions = dict(predictions)
+        self._find_uncertain()
         self.predictions_changed.emit()
+
+    def set_min_confidence(self, value: float) -> None:
+        """Predictions less sure than ``value`` become uncertain (grey borders, the "uncertain" filter)."""
+        if float(value) == self.min_confidence:
+            return
+        self.min_confidence = float(value)
+        self._find_uncertain()
+
+    def is_uncertain(self, prediction: Prediction) -> bool:
+        """True when the prediction is less sure than :attr:`min_confidence`."""
+        multi = self.project is not None and self.project.multi_label
+        return self.min_confidence > 0 and is_uncertain(prediction, self.min_confidence, multi)
+
+    def _find_uncertain(self) -> None:
+        found = [p for p in self.predictions.values() if self.is_uncertain(p)]
+        found.sort(key=lambda p: p.confidence)
+        ids = tuple(p.image_id for p in found)
+        if ids != self.uncertain:
+            self.uncertain, self.uncertain_ids = ids, frozenset(ids)
+            self.marks_changed.emit()
 
     def set_suggestions(self, items: Sequence[Mapping[str, Any]]) -> None:
         """The images suggested for labelling (``{"image_id", "score", "reason"}``, best first)."""
@@ -153,8 +178,9 @@ class CellclassSession:
         self.marks_changed.emit()
 
     def marked_lists(self) -> dict[str, tuple[str, ...]]:
-        """The marked images by filter name ("suggested", "likely mistakes"), each in its own order."""
-        return {FILTER_SUGGESTED: tuple(self.suggested), FILTER_MISTAKES: tuple(self.mistakes)}
+        """The marked images by filter name ("suggested", "likely mistakes", "uncertain"), each in its own order."""
+        return {FILTER_SUGGESTED: tuple(self.suggested), FILTER_MISTAKES: tuple(self.mistakes),
+                FILTER_UNCERTAIN: self.uncertain}
 
     # ------------------------------------------------------------------ page view
     def register_page_view(self, view: PageView | None) -> None:

@@ -30,19 +30,20 @@ if TYPE_CHECKING:
 REVIEW_KEY = "review"
 
 
-PREDICTION_KEYS = ("prediction", "confidence", "probabilities", "model")
+PREDICTION_KEYS = ("prediction", "confidence", "probabilities", "model", "uncertain")
 
 
-def prediction_metadata(pred: Prediction, multi_label: bool = False) -> dict[str, Any]:
+def prediction_metadata(pred: Prediction, multi_label: bool = False, uncertain: bool = False) -> dict[str, Any]:
     """What goes into ``layer.metadata['cellclass']`` for a prediction.
 
     ``prediction`` is the predicted class (a list for multi-label), ``probabilities`` every
-    class's probability, ``confidence`` the top probability and ``model`` the model folder name.
+    class's probability, ``confidence`` the top probability, ``model`` the model folder name and
+    ``uncertain`` whether it is less sure than the minimum confidence.
     """
     predicted: str | list[str] | None
     predicted = list(pred.classes) if multi_label else (pred.top_class or "")
     return {"prediction": predicted, "confidence": float(pred.confidence),
-            "probabilities": dict(pred.probabilities), "model": pred.model}
+            "probabilities": dict(pred.probabilities), "model": pred.model, "uncertain": bool(uncertain)}
 
 
 def current_project(viewer: napari.viewer.Viewer) -> Project | None:
@@ -106,17 +107,17 @@ def draw_image_border(project: Project, layers: Sequence[Layer]) -> None:
     labels = list(project.labels(iid)) if iid in project.image_ids else list(meta.get("labels", ()))
     pred = meta.get("prediction") or []
     pred_list = [pred] if isinstance(pred, str) else list(pred)
-    specs = image_border_specs(labels, pred_list, lambda n: color_of(project, n))
+    specs = image_border_specs(labels, pred_list, lambda n: color_of(project, n), bool(meta.get("uncertain")))
     for k, layer in enumerate(layers):
         apply_border(layer, specs if k == 0 else [])
 
 
-def set_layer_prediction(layer: Layer, pred: Prediction | None, multi_label: bool) -> bool:
+def set_layer_prediction(layer: Layer, pred: Prediction | None, multi_label: bool, uncertain: bool = False) -> bool:
     """Write (or remove, for ``None``) a prediction in a layer's metadata; True when it changed."""
     meta = cellclass_meta(layer)
     if meta is None:
         return False
-    new = prediction_metadata(pred, multi_label) if pred is not None else {}
+    new = prediction_metadata(pred, multi_label, uncertain) if pred is not None else {}
     old = {k: meta.get(k) for k in PREDICTION_KEYS if k in meta}
     if old == new:
         return False
@@ -174,7 +175,7 @@ class PredictionLayers:
             if wanted is not None and iid not in wanted:
                 continue
             for layer in layers:
-                set_layer_prediction(layer, self.predictions.get(iid), self.project.multi_label)
+                self._set(layer, iid)
             draw_image_border(self.project, layers)
             n += 1
         return n
@@ -188,7 +189,13 @@ class PredictionLayers:
         meta = cellclass_meta(layer)
         if meta is None or self.project is None or str(meta.get("project", "")) != str(self.project.root):
             return
-        set_layer_prediction(layer, self.predictions.get(meta["image_id"]), self.project.multi_label)
+        self._set(layer, meta["image_id"])
+
+    def _set(self, layer: Layer, image_id: str) -> None:
+        assert self.project is not None
+        pred = self.predictions.get(image_id)
+        uncertain = pred is not None and session_for(self.viewer).is_uncertain(pred)
+        set_layer_prediction(layer, pred, self.project.multi_label, uncertain)
 
     def _on_inserted(self, event: Any) -> None:
         self._watch(event.value)

@@ -330,6 +330,7 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Metrics of a model on a split (and with --out, their CSV files)."""
+    from ..learn.calibration import describe
     from ..learn.evaluate import evaluate
     from . import emit, stderr_progress
 
@@ -348,15 +349,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
             lines.append("  confusion matrix (rows: true, columns: predicted, in class order):")
             for name, row in zip(r["classes"], m["confusion_matrix"], strict=False):
                 lines.append(f"  {name:<24}" + "".join(f"{v:>6}" for v in row))
-        cal, cov = r.get("calibration"), r["coverage"]
-        if cal:
-            lines.append(f"  calibration: temperature {cal['temperature']:.3g}; expected calibration error "
-                         f"{cal['ece_before']:.3f} without, {cal['ece_after']:.3f} with it ({cal['bins']} bins)")
-        if cov["threshold"] is not None:
-            lines.append(f"  {cov['accuracy']:.1%} accurate on {cov['coverage']:.0%} of the images at confidence "
-                         f">= {cov['threshold']:.3f} (target {cov['target']:.0%})")
-        else:
-            lines.append(f"  no confidence threshold reaches {cov['target']:.0%} accuracy on these images")
+        lines += ["  " + line for line in describe(r)]
         for s in r["skipped"]:
             lines.append(f"  skipped {s['image_id']}: {s['reason']}")
         for f in r.get("files", []):

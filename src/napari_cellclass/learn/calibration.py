@@ -207,3 +207,18 @@ def evaluation_report(probs: np.ndarray, targets: np.ndarray, multi_label: bool,
     out["coverage"] = {**reach, "curve": curve_points(curve)}
     return out
 
+
+def describe(trust: dict[str, Any]) -> list[str]:
+    """Human lines of :func:`evaluation_report`: the calibration, and the coverage at the target accuracy."""
+    lines = []
+    cal, cov = trust.get("calibration"), trust["coverage"]
+    if cal:
+        lines.append(f"calibration: temperature {cal['temperature']:.3g}; expected calibration error "
+                     f"{cal['ece_before']:.3f} without, {cal['ece_after']:.3f} with it ({cal['bins']} bins)")
+    if cov["threshold"] is not None:
+        lines.append(f"{cov['accuracy']:.1%} accurate on {cov['coverage']:.0%} of the images at confidence "
+                     f">= {cov['threshold']:.3f} (target {cov['target']:.0%})")
+    else:
+        lines.append(f"no confidence threshold reaches {cov['target']:.0%} accuracy on these images")
+    return lines
+

@@ -24,12 +24,13 @@ TARGET_COLOR = "#d62728"
 
 
 def trust_figure(reliability: Mapping[str, Sequence[Mapping[str, float]]], coverage: Mapping[str, np.ndarray],
-                 trust: Mapping[str, Any], title: str = "", dpi: int = 100) -> Figure:
+                 trust: Mapping[str, Any], title: str = "", size: tuple[float, float] = (8.4, 3.8),
+                 dpi: int = 100) -> Figure:
     """Two panels: accuracy against confidence per bin (without and with calibration), and accuracy
     against the share of images accepted, with the threshold that reaches the target accuracy."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8.4, 3.8), dpi=dpi, layout="constrained")
+    fig = Figure(figsize=size, dpi=dpi, layout="constrained")
     rel, cov = fig.subplots(1, 2)
     _reliability_panel(rel, reliability, trust.get("calibration"))
     _coverage_panel(cov, coverage, trust.get("coverage") or {})
