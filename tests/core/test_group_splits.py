@@ -131,6 +131,13 @@ def test_spec_that_fits_no_image_is_one_line(well_project, spec, pattern):
     assert "\n" not in str(err.value)
 
 
+def test_column_that_names_no_labelled_image_is_one_line(well_project):
+    project, ids, *_ = well_project
+    (project.root / GROUPS_NAME).write_text("image_id,donor\nother/x.tif,d1\nplate1/B02_f1.tif,\n")
+    with pytest.raises(ProjectError, match=r"group_by='donor' gives a group for none of the \d+ labelled image ids"):
+        assign_groups(parse_group_spec("donor"), ids, project)
+
+
 def test_missing_groups_file_names_it(well_project):
     project, ids, *_ = well_project
     (project.root / GROUPS_NAME).unlink()

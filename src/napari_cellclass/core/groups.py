@@ -129,10 +129,10 @@ def assign_groups(spec: GroupSpec, ids: Sequence[str], project: Project | None) 
         fix = "pick a level the image paths have (folder = the folder holding the image)"
     elif project is not None:
         found = _column_groups(spec, ids, project)
-    else:
-        raise ProjectError(f"group_by={spec.text!r} reads {GROUPS_NAME}, which needs a project folder")
         what = "gives a group for none of the"
         fix = f"fill the column '{spec.column}' of {GROUPS_NAME} for the labelled images"
+    else:
+        raise ProjectError(f"group_by={spec.text!r} reads {GROUPS_NAME}, which needs a project folder")
     uncovered = tuple(i for i in ids if not found.get(i))
     if ids and len(uncovered) == len(ids):
         raise ProjectError(f"group_by={spec.text!r} {what} {len(ids)} labelled image ids (e.g. {ids[0]!r}); {fix}")
@@ -144,7 +144,7 @@ def _regex_group(pattern: re.Pattern[str] | None, iid: str) -> str | None:
     m = pattern.search(iid) if pattern is not None else None
     if m is None:
         return None
-    parts = [v for v in (m.group(name) for name in pattern.groupindex) if v]
+    parts = [v for v in (m.group(n) for n in sorted(pattern.groupindex, key=pattern.groupindex.get)) if v]
     return "/".join(parts) or None
 
 
