@@ -19,7 +19,7 @@ SETTINGS = TrainConfig.settings()
 NUMBERS = [s for s in SETTINGS if s.kind in (int, float)]
 #: the flags `train` had before they were generated: they stay
 TRAIN_FLAGS = {"--backbone", "--pretrained", "--epochs", "--batch-size", "--lr", "--optimizer", "--loss",
-               "--train-percent", "--test-percent", "--input-size", "--device", "--seed"}
+               "--train-percent", "--test-percent", "--input-size", "--device", "--seed", "--group-by"}
 
 
 def _train_parser() -> argparse.ArgumentParser:

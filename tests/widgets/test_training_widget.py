@@ -11,6 +11,7 @@ pytest.importorskip("timm")
 
 from napari_cellclass._widgets.session import session_for  # noqa: E402
 from napari_cellclass._widgets.training import TrainingWidget  # noqa: E402
+from napari_cellclass.core.errors import ConfigError  # noqa: E402
 from napari_cellclass.core.sample import make_sample_project  # noqa: E402
 from napari_cellclass.learn import TrainConfig  # noqa: E402
 
@@ -133,6 +134,14 @@ def test_settings_round_trip_and_model_folder(qtbot, trainer, sample, tmp_path):
     # every engine setting has a widget
     names = set(TrainConfig().to_dict()) - {"extra"}
     assert names <= set(w.settings)
+    # group_by: a text field whose value reaches the config; a bad regex is refused in one line
+    assert w.settings["group_by"].value == "" and "named group" in w.settings["group_by"].tooltip
+    w.settings["group_by"].value = "(?P<well>[A-P][0-9]{2})"
+    assert w.config().group_by == "(?P<well>[A-P][0-9]{2})"
+    w.settings["group_by"].value = "[A-P][0-9]{2}"
+    with pytest.raises(ConfigError, match="has no named group"):
+        w.config()
+    w.settings["group_by"].value = ""
     # the backbone list starts with MIA's names
     first = w.settings["backbone"].choices[0]
     assert first == "densenet121"

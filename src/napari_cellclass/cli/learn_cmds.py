@@ -110,7 +110,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 def setting_flag(s: Setting) -> dict[str, Any]:
     """``add_argument`` options of a declared setting: its type, choices and help (default None: not given)."""
     default = s.none_value if s.default is None else s.default
-    help_text = f"{s.description} (default {default})".replace("%", "%%")
+    help_text = (f"{s.description} (default {default})" if default != "" else s.description).replace("%", "%%")
     if s.kind is bool:
         return {"action": argparse.BooleanOptionalAction, "help": help_text}
     kind = {int: int, float: float}.get(s.kind, str)

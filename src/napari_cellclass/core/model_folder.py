@@ -123,6 +123,15 @@ def _split_ids(v: Any, _: dict[str, Any]) -> bool:
                                          for x in ids.values())
 
 
+def _split_groups(v: Any, _: dict[str, Any]) -> bool:
+    """The optional group record of a split: ``group_by`` text and ``groups`` counts per subset."""
+    if not isinstance(v, dict):
+        return True  # reported by _split_ids
+    counts = v.get("groups", {})
+    return (isinstance(v.get("group_by", ""), str) and isinstance(counts, dict)
+            and all(_is_int(n) and n >= 0 for n in counts.values()))
+
+
 @dataclass(frozen=True)
 class _Field:
     """One field of a model ``config.json``: where it is (``section.key``), what it must be, what to say.
@@ -159,6 +168,8 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("train_config.precision", _of_type(str), "train_config 'precision' must be a name, not {value!r}", True),
     _Field("multi_label", _of_type(bool), "'multi_label' must be true or false, not {value!r}", True),
     _Field("split", _split_ids, "'split' must map train/val/test to lists of image ids", True),
+    _Field("split", _split_groups, "'split' must hold 'group_by' as text and 'groups' as image-group counts "
+           "per subset", True),
     _Field("channel_names", _of_type(list), "'channel_names' must be a list", True),
     _Field(WEIGHTS_ID, _of_type(str), f"'{WEIGHTS_ID}' must be a string", True),
     _Field("calibration", _of_type(dict), "'calibration' must be a mapping with the temperature", True),

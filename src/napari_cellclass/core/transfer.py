@@ -43,7 +43,7 @@ class ImportReport:
                 "split_counts": self.split_counts, "copied_images": self.copied}
 
 
-def _matcher(project: Project) -> Callable[[str], str | None]:
+def image_matcher(project: Project) -> Callable[[str], str | None]:
     """Map a CSV image reference (id, file name, stem or bare number) to an image id.
 
     The exact id is tried first (a backslash may be part of a file name); only then are
@@ -103,7 +103,7 @@ def _layout(first: list[str]) -> tuple[int, int, int | None, int]:
     return (0 if i is None else i), (1 if c is None else c), s, 1
 
 
-def _read_rows(path: Path) -> list[list[str]]:
+def read_csv_rows(path: Path) -> list[list[str]]:
     """The non-blank rows of a CSV file (UTF-8, byte-order mark allowed; the delimiter is sniffed)."""
     text = read_text_bounded(path, MAX_CSV_BYTES, "CSV file")
     try:  # only the delimiter is guessed: quotes are always the standard doubled ones
@@ -163,9 +163,9 @@ def import_csv(project: Project, csv_path: str | os.PathLike, *, create_classes:
     changes nothing; an accepted one is one undo step.
     """
     path = Path(csv_path)
-    rows = _read_rows(path)
+    rows = read_csv_rows(path)
     id_col, class_col, split_col, header = _layout(rows[0])
-    match = _matcher(project)
+    match = image_matcher(project)
     report = ImportReport()
     found = _CsvLabels()
     for k, row in enumerate(rows[header:], start=1 + header):

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.duplicates import GRID, duplicate_leak_note, fingerprints
 from ..core.errors import ImageReadError, ModelFolderError, TrainingError
 from ..core.project import Project
 from . import checkpoint as ckpt
@@ -175,6 +176,7 @@ class ImageSet:
     input_size: int
     channel_names: list[str]
     norm: Normalisation
+    near_duplicates: int = 0              # validation/test images with a near-copy in training
 
 
 def build_images(project: Project, data: RunData, cfg: TrainConfig, hw: Hardware, resume: Resume | None,
@@ -217,7 +219,23 @@ def build_images(project: Project, data: RunData, cfg: TrainConfig, hw: Hardware
         dc = models.data_config(cfg.backbone, pretrained, in_chans)
         norm = choose_normalisation(store, index["train"], cfg.scaling, dc.get("mean"), dc.get("std"))
     targets_dev = {k: torch.from_numpy(v).to(hw.device) for k, v in targets.items()}
-    return ImageSet(store, readable, index, targets, targets_dev, in_chans, input_size, channel_names, norm)
+    leaks, note = duplicate_leaks(store, readable, index)
+    if note:
+        yield WarningEvent(note)
+    return ImageSet(store, readable, index, targets, targets_dev, in_chans, input_size, channel_names, norm, leaks)
+
+
+def duplicate_leaks(store: ImageStore, ids: dict[str, list[str]], index: dict[str, np.ndarray],
+                    chunk: int = 512) -> tuple[int, str | None]:
+    """Validation/test images with a near-copy in training (see :mod:`...core.duplicates`): count and warning."""
+    def prints(pos: np.ndarray) -> np.ndarray:
+        parts = [fingerprints(store.gather(pos[k:k + chunk])) for k in range(0, len(pos), chunk)]
+        return np.concatenate(parts) if parts else np.zeros((0, GRID * GRID), np.float32)
+
+    others = [(name, ids[name], prints(index[name])) for name in ("val", "test") if ids[name]]
+    if not others or not ids["train"]:
+        return 0, None
+    return duplicate_leak_note(ids["train"], prints(index["train"]), others)
 
 
 def first_channels(project: Project, ids: Sequence[str]) -> tuple[int, list[str]]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError
+from ..core.groups import parse_group_spec
 from .settings import Setting, setting, settings_of
 
 __all__ = ["TrainConfig", "ConfigError", "MONITORS", "SEED_MAX"]
@@ -100,6 +101,10 @@ class TrainConfig:
                          enum=("auto", "random", "predefined"))
     split_seed: int | None = setting(None, "seed of the random split (null, -1 in the widget: seed)", minimum=0,
                                      maximum=SEED_MAX, none_value=-1)
+    group_by: str = setting("", "keep each group of images (specimen, video, well) inside one split: a regex with a "
+                            "named group searched in the image id, e.g. (?P<well>[A-P][0-9]{2}); folder, folder:N; "
+                            "or column:NAME of cellclass_groups.csv (empty: no groups)", cli=True,
+                            metavar="REGEX|folder[:N]|column:NAME")
     scaling: str = setting("auto", "intensity scaling to [0, 1]: the dtype's range or per-image percentiles "
                            "(auto: dtype for 8-bit, else percentile)", enum=("auto", "dtype", "percentile"))
     # augmentation (batched tensor ops on the training device)
@@ -165,6 +170,7 @@ class TrainConfig:
                 setattr(self, s.auto, True)
                 setattr(self, s.name, s.default)
             setattr(self, s.name, s.check(getattr(self, s.name)))
+        parse_group_spec(self.group_by)  # a bad regex or folder level: one line now, not at training time
         total = self.train_percent + self.test_percent
         if self.val_fraction < -1e-9 or total > 100 + 1e-9:
             raise ConfigError(f"train_percent={self.train_percent} + test_percent={self.test_percent} "

@@ -150,7 +150,9 @@ class Trainer:
         for note in data.notes:
             yield WarningEvent(note)
         sp = data.split
-        yield Log(f"{len(sp.train)} training, {len(sp.val)} validation, {len(sp.test)} test images "
+        groups = data.group_meta(sp.as_dict()).get("groups")
+        in_groups = f" in {groups['train']}/{groups['val']}/{groups['test']} groups" if groups else ""
+        yield Log(f"{len(sp.train)} training, {len(sp.val)} validation, {len(sp.test)} test images{in_groups} "
                   f"({sp.source} split); classes: {', '.join(data.classes)}")
         images = yield from build_images(self.project, data, cfg, hw, resume, self.cancel,
                                          lambda: self._cancelled(0, 1))
@@ -276,7 +278,8 @@ class Trainer:
             "train_config": self.cfg.to_dict(),
             "seed": self.cfg.seed,
             "monitor": {"metric": rec.monitor, "mode": rec.mode},
-            "split": {"source": parts.data.split.source, "ids": images.ids, "skipped": sorted(images.store.problems)},
+            "split": {"source": parts.data.split.source, "ids": images.ids, "skipped": sorted(images.store.problems),
+                      "near_duplicates": images.near_duplicates, **parts.data.group_meta(images.ids)},
             "project": str(self.project.root),
             "pretrained": {"source": self.cfg.pretrained, "report": parts.network.load_report},
             "device": str(hw.device),

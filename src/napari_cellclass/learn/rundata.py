@@ -6,15 +6,17 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..core.errors import TrainingError
+from ..core.groups import Groups, assign_groups, crossing_note, parse_group_spec
 from ..core.project import Project
-from ..core.splits import Split, predefined, stratified_split
+from ..core.splits import Split, predefined, stratified_group_split, stratified_split
 from .config import TrainConfig
 
-__all__ = ["MODELS_DIR", "RunData", "default_out_dir", "make_split", "open_project", "run_data"]
+__all__ = ["MODELS_DIR", "RunData", "default_out_dir", "make_split", "open_project", "project_groups", "run_data"]
 
 MODELS_DIR = "cellclass_models"
 
@@ -29,6 +31,20 @@ class RunData:
     split: Split
     labels: Mapping[str, tuple[str, ...]]
     notes: tuple[str, ...] = ()  # warnings about the data (e.g. a class left out)
+    groups: Groups | None = None  # the group of each image when ``group_by`` is set
+
+    def group_meta(self, ids: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+        """What ``config.json``'s ``split`` records of the groups of ``ids`` (``{'train': [...], ...}``); {} without."""
+        g = self.groups
+        if g is None:
+            return {}
+        where: dict[str, set[str]] = {}
+        for name, part in ids.items():
+            for i in part:
+                where.setdefault(g.of[i], set()).add(name)
+        return {"group_by": g.spec, "groups": {name: g.count(part) for name, part in ids.items()},
+                "groups_spanning_splits": sum(len(v) > 1 for v in where.values()),
+                "ungrouped_images": len(g.uncovered)}
 
     def targets(self, ids: Sequence[str]) -> np.ndarray:
         """Class indices ``(N,)`` or, multi-label, a multi-hot ``(N, K)`` float32 array."""
@@ -49,8 +65,17 @@ def open_project(data: Project | str | os.PathLike) -> Project:
     return Project.open(data, create=False)
 
 
-def make_split(project: Project, cfg: TrainConfig) -> Split:
-    """The train/val/test split the settings ask for (see ``TrainConfig.split``)."""
+def project_groups(project: Project, cfg: TrainConfig) -> Groups | None:
+    """The group of each labelled image under ``cfg.group_by`` (None when it is empty)."""
+    spec = parse_group_spec(cfg.group_by)
+    return None if spec is None else assign_groups(spec, project.labelled_ids(), project)
+
+
+def make_split(project: Project, cfg: TrainConfig, groups: Groups | None = None) -> Split:
+    """The train/val/test split the settings ask for (see ``TrainConfig.split``).
+
+    With ``groups`` (see :func:`project_groups`) a random split keeps each group in one subset.
+    """
     ids = project.labelled_ids()
     if not ids:
         raise TrainingError(f"{project.root}: no labelled images; label some images first")
@@ -64,8 +89,11 @@ def make_split(project: Project, cfg: TrainConfig) -> Split:
     if cfg.split == "auto" and pre is not None and pre.train and pre.val:
         return pre
     seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
-    return stratified_split(ids, [project.labels(i) for i in ids], val_fraction=cfg.val_fraction,
-                            test_fraction=cfg.test_fraction, seed=seed)
+    labels = [project.labels(i) for i in ids]
+    if groups is not None:
+        return stratified_group_split(ids, labels, groups.of, val_fraction=cfg.val_fraction,
+                                      test_fraction=cfg.test_fraction, seed=seed)
+    return stratified_split(ids, labels, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=seed)
 
 
 def run_data(project: Project, cfg: TrainConfig, saved_split: Mapping[str, list[str]] | None = None) -> RunData:
@@ -77,7 +105,8 @@ def run_data(project: Project, cfg: TrainConfig, saved_split: Mapping[str, list[
     """
     if len(project.class_names) < (1 if project.multi_label else 2):
         raise TrainingError(f"{project.root}: training needs at least two classes (has {len(project.class_names)})")
-    split = make_split(project, cfg) if saved_split is None else _resumed_split(project, saved_split)
+    groups = project_groups(project, cfg)
+    split = make_split(project, cfg, groups) if saved_split is None else _resumed_split(project, saved_split)
     if not split.train:
         raise TrainingError(f"{project.root}: no training images after the split; label more images or raise "
                             "train_percent")
@@ -92,7 +121,8 @@ def run_data(project: Project, cfg: TrainConfig, saved_split: Mapping[str, list[
             raise TrainingError(f"{project.root}: the training images cover only {sorted(present)}; "
                                 "label images of at least two classes")
     classes = tuple(c for c in project.class_names if c in used)
-    return RunData(project, classes, project.multi_label, split, labels, _class_notes(project, split, labels))
+    notes = _class_notes(project, split, labels) + _group_notes(groups, split, labels, cfg)
+    return RunData(project, classes, project.multi_label, split, labels, notes, groups)
 
 
 def _resumed_split(project: Project, saved: Mapping[str, list[str]]) -> Split:
@@ -114,6 +144,28 @@ def _class_notes(project: Project, split: Split, labels: Mapping[str, tuple[str,
         elif c not in in_train:
             notes.append(f"class '{c}' has no images in the training split (only in validation/test); the model "
                          f"cannot learn it: label more images of '{c}'")
+    return tuple(notes)
+
+
+def _group_notes(groups: Groups | None, split: Split, labels: Mapping[str, tuple[str, ...]],
+                 cfg: TrainConfig) -> tuple[str, ...]:
+    """Warnings of a run with groups: images no group covers, groups that span a predefined split,
+    classes left without validation images because all their images sit in one group."""
+    if groups is None:
+        return ()
+    notes = [n for n in (groups.note(),) if n]
+    parts = {n: split.subset(n) for n in ("train", "val", "test") if split.subset(n)}
+    if split.source != "group":
+        cross = crossing_note(groups, parts, split.source)
+        if cross:
+            notes.append(cross)
+        return tuple(notes)
+    in_val = {c for i in split.val for c in labels[i]}
+    for c in sorted({c for i in split.train for c in labels[i]} - in_val):
+        of_c = {groups.of[i] for i, cs in labels.items() if c in cs}
+        if cfg.val_fraction > 0 and len(of_c) == 1:
+            notes.append(f"class '{c}' has images in only one group ('{groups.name(next(iter(of_c)))}'), so none "
+                         f"are in validation: label images of '{c}' from another group to validate it")
     return tuple(notes)
 
 
