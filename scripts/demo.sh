@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set everything up (see setup.sh) and run the main job on the built-in sample data:
 # write the synthetic U2OS project, show its summary, train a small CNN on the labelled images
-# (CPU, about a minute), predict the unlabelled ones (checked against ground_truth.csv) and print
-# the evaluation; then, when a display is present (and not in CI), open napari on the project
+# (CPU, about a minute), predict the unlabelled ones (checked against ground_truth.csv, uncertain
+# ones marked) and print the evaluation with its calibration (files in DIR/evaluation); then, when a display is present (and not in CI), open napari on the project
 # with the labelling, training and metrics widgets. The project lands in ./demo_project
 # (override: DEMO_DIR=...; DEMO_GUI=0 skips napari).
 set -euo pipefail
@@ -29,10 +29,12 @@ echo
 echo "demo: training on the labelled images (default settings: mobilenetv3_small_100 at 96 px)"
 $CLI train "$DEMO_DIR" --out "$MODEL"
 echo
-echo "demo: predicting the unlabelled images (stored in $DEMO_DIR/cellclass_predictions.csv; labels untouched)"
-$CLI predict "$DEMO_DIR" --model "$MODEL" --truth "$DEMO_DIR/ground_truth.csv"
+echo "demo: predicting the unlabelled images (stored in $DEMO_DIR/cellclass_predictions.csv; labels untouched;"
+echo "      below confidence 0.9 the verdict is 'uncertain')"
+$CLI predict "$DEMO_DIR" --model "$MODEL" --truth "$DEMO_DIR/ground_truth.csv" --min-confidence 0.9
 echo
-$CLI evaluate "$DEMO_DIR" --model "$MODEL"
+echo "demo: evaluating (calibration, coverage; files and the reliability diagram in $DEMO_DIR/evaluation)"
+$CLI evaluate "$DEMO_DIR" --model "$MODEL" --out "$DEMO_DIR/evaluation"
 echo
 echo "demo: which unlabelled images to label next (the model's least certain, kept diverse)"
 $CLI suggest "$DEMO_DIR" --model "$MODEL" --n 5

@@ -115,3 +115,9 @@ def test_training_calibrates_and_predict_applies_the_temperature(tiny_sample, fa
     assert set(ev["calibration"]) >= {"temperature", "ece_before", "ece_after"}
     assert ev["calibration"]["temperature"] == pytest.approx(block["temperature"] * 4)
     assert ev["coverage"]["target"] == 0.95 and len(ev["coverage"]["curve"]) == ev["n"]
+
+
+def test_no_sharpening_when_every_validation_image_is_right():
+    p = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])
+    assert cal.fit_temperature(p, np.array([0, 1, 0]), False) == 1.0
+    assert cal.calibrate(p, np.array([0, 1, 0]), False)["temperature"] == 1.0

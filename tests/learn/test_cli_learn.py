@@ -67,6 +67,12 @@ def test_train_predict_evaluate_json(tiny_sample, tmp_path, capsys):
         bins = list(csv.DictReader(fh))
     assert len(bins) == 15 and sum(int(b["count"]) for b in bins) == res["n"]
     assert Image.open(folder / f"{stem}_reliability.png").size[0] > 400
+    # the same export again replaces its own figure; a picture of the user's under that name is kept
+    again = ["evaluate", str(tiny_sample.root), "--model", str(model), "--split", "all", "--out", str(folder)]
+    assert _run(capsys, *again)[0] == 0
+    Image.new("RGB", (8, 8)).save(folder / f"{stem}_reliability.png")
+    code, _, err = _run(capsys, *again)
+    assert code == 2 and "reliability.png: this is an existing image" in err
     with open(folder / f"{stem}_metrics.csv", newline="") as fh:
         metrics = list(csv.reader(fh))
     assert metrics[0] == ["class", "precision", "recall", "f1", "support"]

@@ -16,6 +16,7 @@ from napari_cellclass.learn import (
     Log,
     Started,
     load_model,
+    predict,
     run_training,
     train,
 )
@@ -173,7 +174,15 @@ def test_multi_label_training(tmp_path, fast_config):
     result = train(p, fast_config(epochs=2, loss="bce"), tmp_path / "m")
     m = result.best_metrics
     assert {"f1_micro", "f1_macro", "exact_match"} <= set(m) and "crowded" in m["per_class"]
-    assert load_model(result.model_dir).multi_label
+    trained = load_model(result.model_dir)
+    assert trained.multi_label
+    # per-class decision thresholds chosen on validation, used by predict
+    chosen = trained.calibration["thresholds"]
+    assert set(chosen) == set(trained.classes) and all(0 < t < 1 for t in chosen.values())
+    res = predict(trained, p, all_images=True, write=False, device="cpu")
+    t = np.array([chosen[c] for c in res.classes])
+    assert res.predicted() == [tuple(c for c, keep in zip(res.classes, row >= t, strict=True) if keep)
+                               for row in res.probabilities]
 
 
 def test_unreadable_image_is_skipped_with_a_warning(tmp_path, fast_config):

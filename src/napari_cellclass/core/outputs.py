@@ -4,7 +4,8 @@ Every writer of a user-chosen file (label and prediction exports, ``predict --cs
 training settings, evaluation exports) calls :func:`check_output_file` first. It refuses, with
 one line naming the file, a path (or a link to one) that is a project's settings, lock, split or
 predictions file, anything inside a label, model or cache folder, an existing image, label
-sidecar or weights file, or anything that is not a regular file.
+sidecar or weights file, or anything that is not a regular file. Images this program wrote
+(figures, saliency maps: their ``Software`` tag is :data:`SOFTWARE`) may be written again.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ PROJECT_FILES = {"cellclass.json": "the settings file", ".cellclass.lock": "the 
 PROJECT_FOLDERS = ("cellclass_labels", "cellclass_models", "cellclass_cache")
 #: Suffixes of files an overwrite would destroy: images, label sidecars, weights.
 PRECIOUS_SUFFIXES = IMAGE_SUFFIXES | {".npz", ".safetensors", ".pth", ".pt", ".ckpt"}
+#: The ``Software`` tag (PNG text, TIFF tag) of the images this program writes.
+SOFTWARE = "napari-cellclass"
 
 
 def check_output_file(path: str | os.PathLike) -> Path:
@@ -50,8 +53,29 @@ def _what_it_is(real: Path) -> str | None:
             return f"inside a project's {folder} folder"
     if real.name in PROJECT_FILES and (real.parent / "cellclass.json").is_file():
         return f"{PROJECT_FILES[real.name]} of the project {real.parent}"
-    if st is not None and real.suffix.lower() in PRECIOUS_SUFFIXES:
+    if st is not None and real.suffix.lower() in PRECIOUS_SUFFIXES and not written_here(real):
         return "an existing image, label or weights file"
     if real.name == "config.json" and (real.parent / "model.safetensors").exists():
         return f"the settings of the model {real.parent}"
     return None
+
+
+def written_here(path: Path) -> bool:
+    """True for a PNG or TIFF image whose ``Software`` tag says this program wrote it."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return getattr(im, "text", {}).get("Software") == SOFTWARE
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tf:
+                tag = tf.pages[0].tags.get("Software")
+                return tag is not None and tag.value == SOFTWARE
+    except Exception:  # noqa: BLE001 - an unreadable file is not ours
+        return False
+    return False
+

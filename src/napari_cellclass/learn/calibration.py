@@ -82,10 +82,14 @@ def _nll(probs: np.ndarray, targets: np.ndarray, multi_label: bool) -> float:
 
 
 def fit_temperature(probs: np.ndarray, targets: np.ndarray, multi_label: bool) -> float:
-    """The temperature with the lowest negative log-likelihood of ``targets`` (bounded to [0.05, 20])."""
+    """The temperature with the lowest negative log-likelihood of ``targets`` (bounded to [0.05, 20]).
+
+    1 when every decision is right: the likelihood then only grows as the temperature goes to 0,
+    and sharpening a model on images it never gets wrong would make it overconfident elsewhere.
+    """
     from scipy.optimize import minimize_scalar
 
-    if not len(probs):
+    if not len(probs) or _confidence_correct(probs, targets, multi_label)[1].all():
         return 1.0
     lo, hi = np.log(_T_RANGE)
     res = minimize_scalar(lambda s: _nll(rescale(probs, float(np.exp(s)), multi_label), targets, multi_label),
@@ -176,6 +180,8 @@ def calibrate(probs: np.ndarray, targets: np.ndarray, multi_label: bool, *, spli
         "method": "temperature", "temperature": round(t, 6), "bins": ECE_BINS, "split": split, "n": int(len(probs)),
         "ece_before": round(expected_calibration_error(probs, targets, multi_label), 6),
         "ece_after": round(expected_calibration_error(after, targets, multi_label), 6)}
+    if _confidence_correct(probs, targets, multi_label)[1].all():
+        out["note"] = "every decision on these images is right: the temperature stays 1"
     thresholds: np.ndarray | float = 0.5
     if multi_label:
         thresholds = class_thresholds(after, targets)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.atomic import atomic_write_bytes
-from ..core.outputs import check_output_file
+from ..core.outputs import SOFTWARE, check_output_file
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -44,18 +44,25 @@ def _reliability_panel(ax: Any, reliability: Mapping[str, Sequence[Mapping[str, 
     ax.plot([0, 1], [0, 1], ls="--", lw=1, color="#444444", label="perfectly calibrated")
     shown = (("before", BEFORE_COLOR, "without calibration"), ("after", AFTER_COLOR, "calibrated")) if cal else (
         ("after", AFTER_COLOR, "model"),)
+    lowest = 1.0
     for key, color, label in shown:
         bins = [b for b in reliability.get(key, ()) if b["count"]]
         if not bins:
             continue
+        lowest = min(lowest, bins[0]["lower"])
         width = bins[0]["upper"] - bins[0]["lower"]
         offset = -width / 4 if key == "before" else (width / 4 if cal else 0.0)
-        ax.bar([(b["lower"] + b["upper"]) / 2 + offset for b in bins], [b["accuracy"] for b in bins],
-               width=width / 2 if cal else width * 0.9, color=color, alpha=0.75, label=label)
+        xs = [(b["lower"] + b["upper"]) / 2 + offset for b in bins]
+        ax.bar(xs, [b["accuracy"] for b in bins], width=width / 2 if cal else width * 0.9, color=color, alpha=0.75,
+               label=label)
+        if key == "after":  # how many images each bar stands for
+            for x, b in zip(xs, bins, strict=True):
+                ax.text(x, min(b["accuracy"], 0.97) + 0.01, str(b["count"]), ha="center", fontsize=6)
     text = (f"temperature {cal['temperature']:.2f}\nECE {cal['ece_before']:.3f} → {cal['ece_after']:.3f}"
             if cal else "not calibrated")
     ax.text(0.04, 0.96, text, transform=ax.transAxes, va="top", fontsize=8)
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence", ylabel="accuracy", title="reliability")
+    ax.set(xlim=(min(0.5, math.floor(lowest * 10) / 10), 1), ylim=(0, 1.05), xlabel="confidence",
+           ylabel="accuracy", title="reliability (numbers: images per bin)")
     ax.legend(loc="upper left", bbox_to_anchor=(0.0, 0.86), fontsize=7)
 
 
@@ -91,6 +98,6 @@ def save_png(fig: Figure, path: str | os.PathLike) -> Path:
 
     path = check_output_file(path)
     buf = io.BytesIO()
-    FigureCanvasAgg(fig).print_png(buf)
+    FigureCanvasAgg(fig).print_png(buf, metadata={"Software": SOFTWARE})
     atomic_write_bytes(path, buf.getvalue(), fsync=False)
     return path

@@ -126,7 +126,7 @@ def _calibrate(tr: Trainer) -> Iterator[Event]:
               f"calibration error {cal['ece_before']:.3f} -> {cal['ece_after']:.3f} ({cal['bins']} bins)"
               + (f"; {reach['accuracy']:.0%} accurate on {reach['coverage']:.0%} of them at confidence >= "
                  f"{reach['threshold']:.2f}" if reach else f"; no confidence reaches {calibration.TARGET_ACCURACY:.0%}"
-                 " accuracy on them"))
+                 " accuracy on them") + (f" ({cal['note']})" if cal.get("note") else ""))
 
 
 #: a loss this many times that of guessing uniformly means the run has blown up
