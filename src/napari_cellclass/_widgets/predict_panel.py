@@ -33,6 +33,7 @@ from ..core.predictions import Prediction
 from ..core.project import Project
 from .compact import compact_dock, show_rows
 from .dialogs import ask_yes_no
+from .explain_panel import ExplainPanel
 from .napari_private import real_viewer
 from .session import session_for
 from .training_model import Failed, import_learning_libraries, run_prediction
@@ -105,9 +106,11 @@ class PredictionsWidget(Container):
         def row(*widgets: Any, labels: bool = False) -> Container:
             return Container(widgets=list(widgets), layout="horizontal", labels=labels)
 
+        self.explain_part = ExplainPanel(self.viewer)  # saliency maps of the selected images
         self.extend([
             self.model_label, row(self.scope, self.predict_button, self.stop_button, labels=True), self.status,
             self.accept_button, row(self.threshold, self.accept_all_button, labels=True),
+            self.explain_part,
             Container(widgets=[self.class_filter, self.min_conf, self.max_conf, self.order], labels=True),
             row(self.unlabelled_only, self.show_button), self.table,
             Container(widgets=[self.export_file], labels=True), self.export_button,
@@ -336,6 +339,7 @@ class PredictionsWidget(Container):
         else:
             self.viewer.bind_key(ACCEPT_KEY, None, overwrite=True)
         self.layers.disconnect()
+        self.explain_part.close()
         self.shared.model_changed.disconnect(self._on_active_model)
         self.shared.project_changed.disconnect(self._on_project_changed)
         self.shared.labels_changed.disconnect(self._on_labels_changed)
