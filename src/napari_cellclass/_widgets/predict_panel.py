@@ -35,6 +35,7 @@ from ..core.predictions import Prediction
 from ..core.project import Project
 from .compact import compact_dock, show_rows
 from .dialogs import ask_yes_no
+from .explain_panel import ExplainPanel
 from .napari_private import real_viewer
 from .session import session_for
 from .training_model import Failed, import_learning_libraries, run_prediction
@@ -110,10 +111,12 @@ class PredictionsWidget(Container):
         def row(*widgets: Any, labels: bool = False) -> Container:
             return Container(widgets=list(widgets), layout="horizontal", labels=labels)
 
+        self.explain_part = ExplainPanel(self.viewer)  # saliency maps of the selected images
         self.extend([
             self.model_label, row(self.scope, self.predict_button, self.stop_button, labels=True), self.status,
             self.uncertain,
             self.accept_button, row(self.threshold, self.accept_all_button, labels=True),
+            self.explain_part,
             Container(widgets=[self.class_filter, self.min_conf, self.max_conf, self.order], labels=True),
             row(self.unlabelled_only, self.show_button), self.table,
             Container(widgets=[self.export_file], labels=True), self.export_button,
@@ -347,6 +350,7 @@ class PredictionsWidget(Container):
         self.layers.disconnect()
         self.uncertain.disconnect()
         self.shared.marks_changed.disconnect(self._on_marks)
+        self.explain_part.close()
         self.shared.model_changed.disconnect(self._on_active_model)
         self.shared.project_changed.disconnect(self._on_project_changed)
         self.shared.labels_changed.disconnect(self._on_labels_changed)

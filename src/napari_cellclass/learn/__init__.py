@@ -35,6 +35,7 @@ from .models import (
 )
 from .predict import PredictionResult, predict
 from .pretrained import LoadReport
+from .saliency import ExplainResult, Saliency, explain
 from .suggest import Suggestion, SuggestResult, suggest
 
 __all__ = [
@@ -45,4 +46,5 @@ __all__ = [
     "predict", "PredictionResult", "evaluate", "load_model", "TrainedModel",
     "Event", "Log", "WarningEvent", "Started", "BatchProgress", "EpochEnd", "CheckpointSaved", "Finished",
     "CancelToken", "suggest", "Suggestion", "SuggestResult", "check_labels", "LabelCheckResult", "LabelIssue",
+    "explain", "Saliency", "ExplainResult",
 ]
