@@ -178,6 +178,9 @@ def test_explain_command_writes_tiffs_and_overlays(quadrant, tmp_path, capsys):
             assert png.mode == "RGB" and png.size == (W, H)
     assert main(args) == 0  # a rerun replaces its own files
     capsys.readouterr()
+    tifffile.imwrite(result["images"][0]["tiff"], np.zeros((H, W), np.float32))  # a user's image by that name
+    assert main(args) == 2 and "existing image" in capsys.readouterr().err
+    assert not tifffile.imread(result["images"][0]["tiff"]).any()  # kept
 
     assert main([*args[:-1], "--class", "mitotic"]) == 2
     err = capsys.readouterr().err.strip()

@@ -4,7 +4,7 @@
 ``.png`` in the output folder (sub-folders flattened; other characters than letters, digits, ``.-_``
 become ``_``; a clash gets ``-2``, ``-3``). Nothing is written outside that folder, the folder may not
 lie inside the project (the maps would become project images), and an existing file is replaced only
-when an earlier explain wrote it (its TIFF description or PNG text says so).
+when this program wrote it (its TIFF or PNG Software tag says so; see ``core.outputs``).
 """
 from __future__ import annotations
 
@@ -22,11 +22,9 @@ import numpy as np
 from ..core.atomic import atomic_write_bytes
 from ..core.errors import ProjectError
 from ..core.images import ImageData
-from ..core.outputs import check_output_file
+from ..core.outputs import SOFTWARE, check_output_file
 from .saliency import Saliency
 
-#: Written into every TIFF description and PNG text chunk: such files may be replaced by a rerun.
-SIGNATURE = "napari-cellclass saliency"
 #: The overlay's colormap (matplotlib) and the largest opacity of the map over the image.
 COLORMAP = "inferno"
 OVERLAY_ALPHA = 0.7
@@ -79,7 +77,7 @@ def plan_files(out: str | os.PathLike, maps: Sequence[Saliency], project_root: s
         taken.add(name.casefold())
         files = SaliencyFiles(folder / f"{name}.tif", folder / f"{name}.png")
         for path in (files.tiff, files.png):
-            check_replaceable(path)
+            check_output_file(path)  # nothing there yet, or an image this program wrote
         plan.append(files)
     return plan
 
@@ -97,32 +95,6 @@ def check_out_folder(out: str | os.PathLike, project_root: str | os.PathLike | N
                                f"the project; choose a folder outside it (e.g. {root.name}_saliency beside it)")
     check_output_file(folder / "saliency.tif")  # refuses a project's label, model and cache folders
     return folder
-
-
-def check_replaceable(path: Path) -> None:
-    """Nothing at ``path`` yet, or an earlier explain's file; :class:`ProjectError` otherwise."""
-    if not os.path.lexists(path):
-        check_output_file(path)
-        return
-    if path.is_symlink() or not path.is_file() or not is_saliency_file(path):
-        raise ProjectError(f"{path}: exists and was not written by napari-cellclass explain; "
-                           "choose another --out folder or move the file")
-
-
-def is_saliency_file(path: Path) -> bool:
-    """True for a TIFF or PNG this module wrote (its description / text names :data:`SIGNATURE`)."""
-    try:
-        if path.suffix.lower() == ".png":
-            from PIL import Image
-
-            with Image.open(path) as im:
-                return SIGNATURE in str(getattr(im, "text", {}).get("Software", ""))
-        import tifffile
-
-        with tifffile.TiffFile(path) as tf:
-            return SIGNATURE in (tf.pages[0].description or "")
-    except Exception:  # noqa: BLE001 - unreadable: not ours
-        return False
 
 
 def display_rgb(img: ImageData | np.ndarray) -> np.ndarray:
@@ -162,16 +134,17 @@ def write_maps(maps: Sequence[Saliency], images: Sequence[ImageData | np.ndarray
     from PIL.PngImagePlugin import PngInfo
 
     for m, img, files in zip(maps, images, plan, strict=True):
-        info: dict[str, Any] = {"software": SIGNATURE, **m.to_dict(), "model": model}
+        info: dict[str, Any] = {"software": SOFTWARE, **m.to_dict(), "model": model}
         description = json.dumps(info, ensure_ascii=False)
         buf = io.BytesIO()
-        tifffile.imwrite(buf, np.ascontiguousarray(m.map, dtype=np.float32), description=description, metadata=None)
-        check_replaceable(files.tiff)
+        tifffile.imwrite(buf, np.ascontiguousarray(m.map, dtype=np.float32), description=description, metadata=None,
+                         software=SOFTWARE)
+        check_output_file(files.tiff)  # nothing there yet, or an image this program wrote
         atomic_write_bytes(files.tiff, buf.getvalue(), fsync=False)
         png = PngInfo()
-        png.add_text("Software", SIGNATURE)
+        png.add_text("Software", SOFTWARE)
         png.add_text("Description", description)
         buf = io.BytesIO()
         Image.fromarray(overlay(display_rgb(img), m.map)).save(buf, format="PNG", pnginfo=png)
-        check_replaceable(files.png)
+        check_output_file(files.png)
         atomic_write_bytes(files.png, buf.getvalue(), fsync=False)
