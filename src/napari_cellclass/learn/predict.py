@@ -141,7 +141,7 @@ def as_trained_model(model: TrainedModel | str | os.PathLike) -> TrainedModel:
     return model if isinstance(model, TrainedModel) else load_model(model)
 
 
-def _inputs(images: Any, ids: Sequence[str] | None, include_labelled: bool
+def prediction_inputs(images: Any, ids: Sequence[str] | None, include_labelled: bool
             ) -> tuple[list[Any], list[str], Project | None]:
     """(items for the store, their ids, the project or None)."""
     if isinstance(images, (str, os.PathLike)) and Path(images).is_dir() and (Path(images) / CONFIG_NAME).exists():
@@ -300,7 +300,7 @@ def predict(model: TrainedModel | str | os.PathLike, images: Any, *, ids: Sequen
     if min_confidence == "auto":
         min_confidence = auto_min_confidence(trained)
     batch_size = check_batch_size(batch_size)
-    items, keys, project = _inputs(images, ids, all_images)
+    items, keys, project = prediction_inputs(images, ids, all_images)
     dev = resolve_device(device)
     store = ImageStore(items, trained.input_size, trained.normalisation.scaling, trained.in_chans, keys=keys,
                        cache_dir=cache_dir_for(project.root) if project is not None else None)

@@ -30,7 +30,7 @@ from .checkpoint import TrainedModel
 from .data.pixels import prepare_pixels
 from .device import resolve_device
 from .events import CancelToken
-from .predict import _inputs, as_trained_model
+from .predict import as_trained_model, prediction_inputs
 
 #: Grad-CAM steps back to an earlier stage when the last one is smaller than this a side.
 MIN_GRID = 4
@@ -271,7 +271,7 @@ def explain(model: TrainedModel | str | os.PathLike, images: Any, *, ids: Sequen
     check_method(method)
     trained = as_trained_model(model)
     wanted = check_class(trained, class_name)
-    items, keys, _project = _inputs(images, ids, True)
+    items, keys, _project = prediction_inputs(images, ids, True)
     dev = resolve_device(device)
     net = trained.model.to(dev).eval()
     layer_name, layer = find_target_layer(net, trained.input_size, trained.in_chans) if method == "gradcam" \
@@ -287,7 +287,7 @@ def explain(model: TrainedModel | str | os.PathLike, images: Any, *, ids: Sequen
         x = (torch.from_numpy(np.stack([b[2] for b in batch])).to(dev).float() - mean) / std
         with torch.autocast(dev.type, enabled=False):
             with torch.no_grad():
-                logits = net(x).float()
+                logits = net(x).float() / trained.temperature  # calibrated, as predict gives them
             probs = torch.sigmoid(logits) if trained.multi_label else torch.softmax(logits, 1)
             top = probs.argmax(1)
             targets = top if wanted is None else torch.full_like(top, wanted)
