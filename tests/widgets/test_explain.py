@@ -12,9 +12,10 @@ from napari_cellclass._widgets.training_model import import_learning_libraries  
 import_learning_libraries()  # before any OpenGL context (see the function)
 import captum.attr  # noqa: E402, F401  (in the main thread, before a worker uses it)
 
-from napari_cellclass._widgets.explain_panel import SALIENCY_KEY  # noqa: E402
 from napari_cellclass._widgets.labelling import LabellingWidget  # noqa: E402
+from napari_cellclass._widgets.layers import SALIENCY_KEY  # noqa: E402
 from napari_cellclass._widgets.predict_panel import PredictionsWidget  # noqa: E402
+from napari_cellclass._widgets.scripted import is_scripted  # noqa: E402
 from napari_cellclass._widgets.session import session_for  # noqa: E402
 from napari_cellclass._widgets.viewer_link import image_layers  # noqa: E402
 
@@ -52,6 +53,7 @@ def test_explain_adds_a_saliency_layer_beside_the_image_until_the_page_turns(qtb
     assert layer.data.shape == shape and layer.data.dtype == np.float32
     assert list(viewer.layers).index(layer) == list(viewer.layers).index(image) + 1  # the next grid cell
     assert iid in part.status.value
+    assert not is_scripted(layer)  # a map is no image to label: F1 on it labels nothing
 
     # a chosen class and the second method: another layer for the same image
     other = next(c for c in project.class_names if c != meta["class"])

@@ -19,7 +19,7 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_warning
 
 from ..core.saliency_names import METHODS
-from .layers import short_names
+from .layers import SALIENCY_KEY, short_names
 from .napari_private import no_select_on_insert
 from .session import session_for
 from .training_model import Failed, import_learning_libraries, user_message
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from ..learn.saliency import ExplainResult, Saliency
 
 PREDICTED = "predicted class"
-#: ``layer.metadata`` key of a saliency layer: ``{"image_id", "class", "method", "project"}``.
-SALIENCY_KEY = "cellclass_saliency"
 COLORMAP = "inferno"
 OPACITY = 0.5
 

@@ -12,6 +12,8 @@ from ..core.project import Project
 
 PAGE_SIZE = 16
 METADATA_KEY = "cellclass"
+#: ``layer.metadata`` key of a saliency layer: ``{"image_id", "class", "method", "project"}`` (not an image to label).
+SALIENCY_KEY = "cellclass_saliency"
 COMPOSITE = "composite"
 BLEND = "RGB blend"
 

@@ -19,7 +19,7 @@ from ..core.project import Project
 from ..core.transfer import save_array_image
 from .borders import apply_border
 from .labelling_model import image_border_specs
-from .layers import METADATA_KEY
+from .layers import METADATA_KEY, SALIENCY_KEY
 
 #: ``layer.metadata["cellclass"]`` key: the project image a scripted layer was saved as.
 SAVED_AS_KEY = "saved_as"
@@ -99,8 +99,9 @@ def _project_id_of_source(layer: Layer, project: Project | None) -> str | None:
 
 
 def is_scripted(layer: Layer) -> bool:
-    """True for an image layer that is not a page layer of a project."""
-    return isinstance(layer, Image) and project_meta(layer) is None
+    """True for an image layer that is neither a page layer of a project nor a saliency map."""
+    return (isinstance(layer, Image) and project_meta(layer) is None
+            and not (isinstance(layer.metadata, dict) and SALIENCY_KEY in layer.metadata))
 
 
 def saved_id(layer: Layer, project: Project | None) -> str | None:
