@@ -5,8 +5,8 @@
 Writes the sample project (200 images, 60 % labelled) to a temporary folder, trains a small model
 (MobileNetV3 at 32 px, 3 epochs: it is unsure of some images), predicts the unlabelled images in
 the Predictions dock with "uncertain below" at 0.8, shows the "uncertain" images in the Labelling
-dock (grey borders) and the Metrics dock (reliability diagram), and saves the window to
-``docs/images/trust.png``.
+dock (grey borders) and the Metrics dock, and saves the window to ``docs/images/trust.png`` and the
+Metrics dock's calibration part (the reliability diagram) to ``docs/images/trust_metrics.png``.
 """
 from __future__ import annotations
 
@@ -71,7 +71,10 @@ def main() -> None:
               metrics.trust.text.value.replace("\n", "; "))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         viewer.screenshot(str(args.out), canvas_only=False)
+        part = args.out.with_name(args.out.stem + "_metrics.png")
+        metrics.trust.native.grab().save(str(part))
         viewer.close()
+        print(part)
     print(args.out)
 
 

@@ -16,8 +16,8 @@ from napari.utils.notifications import show_error, show_warning
 
 from ..core.strategies import AUTO_MIN_PER_CLASS, STRATEGIES
 from .labelling_model import FILTER_MISTAKES, FILTER_SUGGESTED
-from .training_model import Failed, import_learning_libraries, user_message
-from .workers import DockJob, with_progress
+from .training_model import Failed, import_learning_libraries
+from .workers import DockJob, guarded_steps
 
 if TYPE_CHECKING:
     from .labelling import LabellingWidget
@@ -86,7 +86,7 @@ class CurationPanel(Container):
     def _start(self, call: Any, *args: Any, **kwargs: Any) -> Any:
         self._pbar = progress(total=0, desc="reading images")
         self._done = 0
-        return self.job.start(_steps, call, args, kwargs, on_item=self._on_item, on_done=self._finish)
+        return self.job.start(guarded_steps, call, args, kwargs, on_item=self._on_item, on_done=self._finish)
 
     def _on_item(self, item: Any) -> None:
         from ..learn.label_check import LabelCheckResult
@@ -140,9 +140,3 @@ def _import_libraries() -> None:
     import sklearn.model_selection  # noqa: F401
 
 
-def _steps(call: Any, args: tuple, kwargs: dict) -> Any:
-    """The job: progress pairs, then the result, or a :class:`Failed` line instead of an exception."""
-    try:
-        yield from with_progress(call, *args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - shown to the user as one line
-        yield Failed(user_message(exc))

@@ -22,9 +22,9 @@ from ..core.saliency_names import METHODS
 from .layers import SALIENCY_KEY, short_names
 from .napari_private import no_select_on_insert
 from .session import session_for
-from .training_model import Failed, import_learning_libraries, user_message
+from .training_model import Failed, import_learning_libraries
 from .viewer_link import cellclass_meta, current_project, image_layers, selected_image_ids
-from .workers import DockJob, with_progress
+from .workers import DockJob, guarded_steps
 
 if TYPE_CHECKING:
     import napari
@@ -173,7 +173,7 @@ class ExplainPanel(Container):
         self._pbar = progress(total=len(ids), desc=f"Explaining {len(ids)} image(s)")
         self._done = 0
         self.status.value = f"explaining {len(ids)} image(s) with {self.method.value}…"
-        return self.job.start(_steps, explain, (str(model), project),
+        return self.job.start(guarded_steps, explain, (str(model), project),
                               {"ids": ids, "class_name": None if cls in (None, PREDICTED) else str(cls),
                                "method": str(self.method.value)}, on_item=self._on_item, on_done=self._finish)
 
@@ -229,12 +229,6 @@ def _import_libraries() -> None:
     import captum.attr  # noqa: F401
 
 
-def _steps(call: Any, args: tuple, kwargs: dict) -> Any:
-    """The job: progress pairs, then the result, or a :class:`Failed` line instead of an exception."""
-    try:
-        yield from with_progress(call, *args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - shown to the user as one line
-        yield Failed(user_message(exc))
 
 
 __all__ = ["ExplainPanel", "SaliencyLayers", "saliency_layer_name"]

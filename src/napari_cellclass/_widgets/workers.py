@@ -112,3 +112,15 @@ def with_progress(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterat
     if "error" in box:
         raise box["error"]
     yield box["result"]
+
+
+def guarded_steps(call: Callable[..., Any], args: tuple, kwargs: dict) -> Iterator[Any]:
+    """A job for :meth:`DockJob.start`: :func:`with_progress` of ``call``, an exception becoming one
+    :class:`~.training_model.Failed` line (the dock shows it) instead of a traceback."""
+    from .training_model import Failed, user_message
+
+    try:
+        yield from with_progress(call, *args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - shown to the user as one line
+        yield Failed(user_message(exc))
+
