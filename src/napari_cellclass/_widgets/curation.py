@@ -11,13 +11,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_warning
 
 from ..core.strategies import AUTO_MIN_PER_CLASS, STRATEGIES
 from .labelling_model import FILTER_MISTAKES, FILTER_SUGGESTED
 from .training_model import Failed, import_learning_libraries
-from .workers import DockJob, guarded_steps
+from .workers import DockJob, JobProgress, guarded_steps
 
 if TYPE_CHECKING:
     from .labelling import LabellingWidget
@@ -42,8 +41,7 @@ class CurationPanel(Container):
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         self.job = DockJob("a suggestion or label check", start_buttons=[self.suggest_button, self.check_button])
-        self._pbar: progress | None = None
-        self._done = 0
+        self.bar = JobProgress()
         self.extend([Container(widgets=[self.suggest_button, self.n, self.strategy], layout="horizontal",
                                labels=False),
                       Container(widgets=[self.check_button], layout="horizontal", labels=False), self.status])
@@ -84,20 +82,15 @@ class CurationPanel(Container):
         return self.shared.project
 
     def _start(self, call: Any, *args: Any, **kwargs: Any) -> Any:
-        self._pbar = progress(total=0, desc="reading images")
-        self._done = 0
-        return self.job.start(guarded_steps, call, args, kwargs, on_item=self._on_item, on_done=self._finish)
+        self.bar.start("reading images")
+        return self.job.start(guarded_steps, call, args, kwargs, on_item=self._on_item, on_done=self.bar.close)
 
     def _on_item(self, item: Any) -> None:
         from ..learn.label_check import LabelCheckResult
         from ..learn.suggest import SuggestResult
 
         if isinstance(item, tuple):
-            done, total = item
-            if self._pbar is not None:
-                self._pbar.total = total
-                self._pbar.update(max(0, done - self._done))
-                self._done = done
+            self.bar.update(*item)
         elif isinstance(item, Failed):
             self.status.value = f"failed: {item.message}"
             show_error(item.message)
@@ -122,11 +115,6 @@ class CurationPanel(Container):
         self.dock.show_filter(filter_name)
         if title and not self.dock.shows_image(ids[0]):  # the filter is not offered (e.g. no page yet)
             self.shared.show_images(ids, title, select=ids[0])
-
-    def _finish(self) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
 
 
 def _import_libraries() -> None:

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, PushButton
 from napari.layers import Image, Layer
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_warning
 
 from ..core.saliency_names import METHODS
@@ -24,7 +23,7 @@ from .napari_private import no_select_on_insert
 from .session import session_for
 from .training_model import Failed, import_learning_libraries
 from .viewer_link import cellclass_meta, current_project, image_layers, selected_image_ids
-from .workers import DockJob, guarded_steps
+from .workers import DockJob, JobProgress, guarded_steps
 
 if TYPE_CHECKING:
     import napari
@@ -134,8 +133,7 @@ class ExplainPanel(Container):
         self.status.native.setWordWrap(True)
         self.maps = SaliencyLayers(viewer)
         self.job = DockJob("an explanation", start_buttons=[self.button])
-        self._pbar: progress | None = None
-        self._done = 0
+        self.bar = JobProgress()
         self._root = ""
         self.extend([Container(widgets=[self.button, self.class_choice, self.method], layout="horizontal",
                                labels=False), self.status])
@@ -170,12 +168,11 @@ class ExplainPanel(Container):
 
         cls = self.class_choice.value
         self._root = str(project.root)
-        self._pbar = progress(total=len(ids), desc=f"Explaining {len(ids)} image(s)")
-        self._done = 0
+        self.bar.start(f"Explaining {len(ids)} image(s)", len(ids))
         self.status.value = f"explaining {len(ids)} image(s) with {self.method.value}…"
         return self.job.start(guarded_steps, explain, (str(model), project),
                               {"ids": ids, "class_name": None if cls in (None, PREDICTED) else str(cls),
-                               "method": str(self.method.value)}, on_item=self._on_item, on_done=self._finish)
+                               "method": str(self.method.value)}, on_item=self._on_item, on_done=self.bar.close)
 
     def _selected(self, project: Any) -> list[str]:
         """The selected page images; a selected map stands for its image."""
@@ -190,10 +187,7 @@ class ExplainPanel(Container):
         from ..learn.saliency import ExplainResult
 
         if isinstance(item, tuple):
-            done, _total = item
-            if self._pbar is not None and done > self._done:
-                self._pbar.update(done - self._done)
-                self._done = done
+            self.bar.update(item[0])
         elif isinstance(item, Failed):
             self.status.value = f"explain failed: {item.message}"
             show_error(f"Explain failed: {item.message}")
@@ -209,11 +203,6 @@ class ExplainPanel(Container):
         lines = [f"{s.image_id}: {s.explained} (p={s.probability:.2f}, predicted {s.predicted})" for s in added]
         lines += [f"skipped {k}: {v}" for k, v in result.skipped.items()]
         self.status.value = "\n".join(lines) if lines else "the explained images left the page"
-
-    def _finish(self) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
 
     def close(self) -> None:
         """Stop following the session and the viewer; the maps go."""

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSlider, Label, PushButton, Table
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..core.errors import CellclassError
@@ -47,7 +46,7 @@ from .viewer_link import (
     selected_image_ids,
     show_images,
 )
-from .workers import DockJob
+from .workers import DockJob, JobProgress
 
 if TYPE_CHECKING:
     import napari
@@ -73,7 +72,7 @@ class PredictionsWidget(Container):
             self.shared.use_project(project)
         self.layers = PredictionLayers(self.viewer)
         self.predictions: dict[str, Prediction] = {}
-        self._pbar: progress | None = None
+        self.bar = JobProgress()
         self._rows: list[str] = []
         self._build()
         self.shared.model_changed.connect(self._on_active_model)
@@ -198,11 +197,10 @@ class PredictionsWidget(Container):
         from ..learn import CancelToken
 
         self._cancel = CancelToken()
-        self._pbar = progress(total=len(ids), desc=f"Predicting {len(ids)} images")
-        self._done = 0
+        self.bar.start(f"Predicting {len(ids)} images", len(ids))
         self.status.value = f"predicting {len(ids)} images with {model.name}…"
         return self.job.start(run_prediction, model, project, ids, 64, self._cancel, on_item=self._on_item,
-                              on_done=self._on_finished)
+                              on_done=self.bar.close)
 
     def stop(self) -> None:
         if self.running:
@@ -211,10 +209,7 @@ class PredictionsWidget(Container):
     def _on_item(self, item: Any) -> None:
         project = self.project
         if isinstance(item, tuple):
-            done, _total = item
-            if self._pbar is not None and done > self._done:
-                self._pbar.update(done - self._done)
-                self._done = done
+            self.bar.update(item[0])
         elif isinstance(item, Failed):
             self.status.value = f"prediction failed: {item.message}"
             show_error(f"Prediction failed: {item.message}")
@@ -229,11 +224,6 @@ class PredictionsWidget(Container):
                 counts[p.top_class or "?"] = counts.get(p.top_class or "?", 0) + 1
             self.status.value = (f"{len(item)} images predicted: " + ", ".join(f"{k} {v}" for k, v in counts.items())
                                  + " (stored in cellclass_predictions.csv; labels untouched)")
-
-    def _on_finished(self) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
 
     # ================================================================== accepting
     def accept(self, ids: list[str]) -> list[str]:

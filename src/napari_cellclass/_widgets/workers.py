@@ -124,3 +124,34 @@ def guarded_steps(call: Callable[..., Any], args: tuple, kwargs: dict) -> Iterat
     except Exception as exc:  # noqa: BLE001 - shown to the user as one line
         yield Failed(user_message(exc))
 
+
+class JobProgress:
+    """A napari progress bar fed with a job's ``(done, total)`` pairs (in the GUI thread)."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.done = 0
+
+    def start(self, desc: str, total: int = 0) -> None:
+        """A new bar (the previous one closed)."""
+        from napari.utils import progress
+
+        self.close()
+        self.bar, self.done = progress(total=total, desc=desc), 0
+
+    def update(self, done: int, total: int | None = None) -> None:
+        """Advance to ``done`` (and, when given, a new ``total``)."""
+        if self.bar is None:
+            return
+        if total is not None and total != self.bar.total:
+            self.bar.total = total
+        if done > self.done:
+            self.bar.update(done - self.done)
+            self.done = done
+
+    def close(self) -> None:
+        """Close the bar (the job ended)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
