@@ -34,8 +34,8 @@ def trained(tmp_path_factory):
     return trained_sample(tmp_path_factory.mktemp("predict"))
 
 
-def test_predict_accept_and_filter(qtbot, make_napari_viewer, trained):
-    project, model = trained
+def _docks(make_napari_viewer, project, model):
+    """A shown viewer with the labelling (24 a page) and predictions docks, ``model`` active."""
     viewer = make_napari_viewer(show=True)
     labelling = LabellingWidget(viewer, project)
     labelling.page_size.value = 24
@@ -43,6 +43,12 @@ def test_predict_accept_and_filter(qtbot, make_napari_viewer, trained):
     panel = PredictionsWidget(viewer, confirm=lambda q: True)
     viewer.window.add_dock_widget(panel, name="Predictions")
     session_for(viewer).set_model(model)
+    return viewer, labelling, panel
+
+
+def test_predict_accept_and_filter(qtbot, make_napari_viewer, trained):
+    project, model = trained
+    viewer, labelling, panel = _docks(make_napari_viewer, project, model)
     panel.uncertain.slider.value = 0.0  # every prediction in its class colour (test_uncertain_* covers the rest)
     unlabelled = project.unlabelled_ids()
     labelled_before = {i: project.labels(i) for i in project.labelled_ids()}
@@ -97,14 +103,8 @@ def test_predict_accept_and_filter(qtbot, make_napari_viewer, trained):
 
 def test_uncertain_predictions_are_grey_and_a_filter(qtbot, make_napari_viewer, trained):
     project, model = trained
-    viewer = make_napari_viewer(show=True)
-    labelling = LabellingWidget(viewer, project)
-    labelling.page_size.value = 24
-    viewer.window.add_dock_widget(labelling, name="Labelling")
-    panel = PredictionsWidget(viewer, confirm=lambda q: True)
-    viewer.window.add_dock_widget(panel, name="Predictions")
+    viewer, labelling, panel = _docks(make_napari_viewer, project, model)
     session = session_for(viewer)
-    session.set_model(model)
     reach = json.loads((model / "config.json").read_text())["calibration"]["at_target"]
     expected = round(reach["threshold"], 2) if reach else 0.0
     assert panel.uncertain.slider.value == pytest.approx(expected)  # the model's calibrated threshold
