@@ -27,23 +27,28 @@ def trust_figure(reliability: Mapping[str, Sequence[Mapping[str, float]]], cover
                  trust: Mapping[str, Any], title: str = "", size: tuple[float, float] = (8.4, 3.8),
                  dpi: int = 100) -> Figure:
     """Two panels: accuracy against confidence per bin (without and with calibration), and accuracy
-    against the share of images accepted, with the threshold that reaches the target accuracy."""
+    against the share of images accepted, with the threshold that reaches the target accuracy.
+
+    Text is sized for the figure: a small figure (a dock) gets small type."""
+    import matplotlib
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=size, dpi=dpi, layout="constrained")
-    rel, cov = fig.subplots(1, 2)
-    _reliability_panel(rel, reliability, trust.get("calibration"))
-    _coverage_panel(cov, coverage, trust.get("coverage") or {})
-    if title:
-        fig.suptitle(title, fontsize=10)
+    with matplotlib.rc_context({"font.size": 10 if size[0] >= 7 else 7}):
+        fig = Figure(figsize=size, dpi=dpi, layout="constrained")
+        rel, cov = fig.subplots(1, 2)
+        _reliability_panel(rel, reliability, trust.get("calibration"))
+        _coverage_panel(cov, coverage, trust.get("coverage") or {})
+        if title:
+            fig.suptitle(title)
     return fig
 
 
 def _reliability_panel(ax: Any, reliability: Mapping[str, Sequence[Mapping[str, float]]],
                        cal: Mapping[str, Any] | None) -> None:
     ax.plot([0, 1], [0, 1], ls="--", lw=1, color="#444444", label="perfectly calibrated")
-    shown = (("before", BEFORE_COLOR, "without calibration"), ("after", AFTER_COLOR, "calibrated")) if cal else (
-        ("after", AFTER_COLOR, "model"),)
+    shown = ((("before", BEFORE_COLOR, f"raw (ECE {cal['ece_before']:.3f})"),
+              ("after", AFTER_COLOR, f"T = {cal['temperature']:.2f} (ECE {cal['ece_after']:.3f})")) if cal
+             else (("after", AFTER_COLOR, "model"),))
     lowest = 1.0
     for key, color, label in shown:
         bins = [b for b in reliability.get(key, ()) if b["count"]]
@@ -57,13 +62,10 @@ def _reliability_panel(ax: Any, reliability: Mapping[str, Sequence[Mapping[str, 
                label=label)
         if key == "after":  # how many images each bar stands for
             for x, b in zip(xs, bins, strict=True):
-                ax.text(x, min(b["accuracy"], 0.97) + 0.01, str(b["count"]), ha="center", fontsize=6)
-    text = (f"temperature {cal['temperature']:.2f}\nECE {cal['ece_before']:.3f} → {cal['ece_after']:.3f}"
-            if cal else "not calibrated")
-    ax.text(0.04, 0.96, text, transform=ax.transAxes, va="top", fontsize=8)
+                ax.text(x, min(b["accuracy"], 0.97) + 0.01, str(b["count"]), ha="center", fontsize="x-small")
     ax.set(xlim=(min(0.5, math.floor(lowest * 10) / 10), 1), ylim=(0, 1.05), xlabel="confidence",
-           ylabel="accuracy", title="reliability (numbers: images per bin)")
-    ax.legend(loc="upper left", bbox_to_anchor=(0.0, 0.86), fontsize=7)
+           ylabel="accuracy", title="reliability (images per bin)")
+    ax.legend(loc="upper left", fontsize="x-small")
 
 
 def _coverage_panel(ax: Any, coverage: Mapping[str, np.ndarray], reach: Mapping[str, Any]) -> None:
@@ -75,12 +77,12 @@ def _coverage_panel(ax: Any, coverage: Mapping[str, np.ndarray], reach: Mapping[
     if reach.get("threshold") is not None:
         ax.plot([reach["coverage"]], [reach["accuracy"]], "o", color=TARGET_COLOR)
         ax.text(0.04, 0.06, f"{reach['accuracy']:.0%} accurate on {reach['coverage']:.0%}\nat confidence ≥ "
-                            f"{reach['threshold']:.2f}", transform=ax.transAxes, fontsize=8)
+                            f"{reach['threshold']:.2f}", transform=ax.transAxes, fontsize="small")
     elif target is not None:
-        ax.text(0.04, 0.06, f"no confidence reaches {target:.0%}", transform=ax.transAxes, fontsize=8)
+        ax.text(0.04, 0.06, f"no confidence reaches {target:.0%}", transform=ax.transAxes, fontsize="small")
     low = float(np.nanmin(acc)) if len(acc) else 0.0
     ax.set(xlim=(0, 1), ylim=(max(0.0, math.floor(low * 10) / 10 - 0.05), 1.01), xlabel="share of images accepted",
-           ylabel="accuracy", title="coverage vs accuracy")
+           ylabel="accuracy", title="accuracy of the accepted")
 
 
 def figure_rgba(fig: Figure) -> np.ndarray:
