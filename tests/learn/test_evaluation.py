@@ -39,7 +39,11 @@ def test_multi_label_files(tmp_path):
     pred = (probs >= 0.5).astype(np.int64)
     ev = Evaluation("m", "test", CLASSES, ["x", "y"], true, pred, probs.max(axis=1),
                     dict(multi_label_metrics(true, pred, CLASSES)), multi_label=True, probabilities=probs)
-    metrics, preds, cm = (_read(p) for p in ev.export(tmp_path))
+    paths = ev.export(tmp_path)
+    metrics, preds, cm, reliability, coverage = (_read(p) for p in paths[:5])
+    assert paths[5].name == "m_test_reliability.png"
+    assert sum(int(r[2]) for r in reliability[1:]) == probs.size  # one decision per image and class
+    assert len(coverage) == 1 + len(probs)
     assert metrics[0][0] == "class" and {"accuracy", "macro avg"} <= {r[0] for r in metrics}
     assert preds[0] == ["image_id", "true", "predicted", "correct", "p:a", "p:b", "p:c"]
     assert preds[1][:4] == ["x", "a;c", "a;c", "True"] and preds[2][:4] == ["y", "b;c", "b", "False"]

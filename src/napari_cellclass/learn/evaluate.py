@@ -272,7 +272,8 @@ class Evaluation:
     def export(self, folder: str | os.PathLike) -> list[Path]:
         """Write ``<model>_<split>_metrics.csv``, ``..._predictions.csv``, ``..._confusion_matrix.csv``,
         ``..._reliability.csv`` (bins without and with calibration), ``..._coverage.csv`` and
-        ``..._reliability.png`` (the reliability diagram beside the coverage curve).
+        ``..._reliability.png`` (the reliability diagram beside the coverage curve); the last three
+        only when the evaluation kept its probabilities.
 
         The folder is created when missing; nothing is created or written when one of the files
         would replace a project's file (see :func:`export_paths`).
@@ -286,7 +287,8 @@ class Evaluation:
         write = {"metrics.csv": self.export_metrics, "predictions.csv": self.export_predictions,
                  "confusion_matrix.csv": self.export_confusion, "reliability.csv": self.export_reliability,
                  "coverage.csv": self.export_coverage, "reliability.png": self.export_figure}
-        return [write[kind](path) for kind, path in zip(EXPORT_KINDS, paths, strict=True)]
+        kinds = EXPORT_KINDS if self.probabilities is not None else EXPORT_KINDS[:3]
+        return [write[kind](path) for kind, path in zip(kinds, paths, strict=False)]
 
     def export_metrics(self, path: str | os.PathLike) -> Path:
         """Write the metrics table as CSV."""

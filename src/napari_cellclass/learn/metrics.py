@@ -88,8 +88,8 @@ def multi_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: Seq
         out["loss"] = float(loss)
     out["n"] = int(n)
     if threshold is not None:
-        t = np.asarray(threshold, np.float64)
-        out["threshold"] = float(t) if t.ndim == 0 else [float(v) for v in t]
+        thr = np.asarray(threshold, np.float64)
+        out["threshold"] = float(thr) if thr.ndim == 0 else [float(v) for v in thr]
     out["exact_match"] = float((t == p).all(axis=1).mean()) if n else 0.0
     out["accuracy"] = out["exact_match"]
     out["hamming_accuracy"] = float((t == p).mean()) if n else 0.0
