@@ -73,14 +73,12 @@ def measure(folder: Path, model: Path) -> dict:
     before = cal.rescale(after, 1.0 / t, False)
     y = ev.targets
 
-    def nll(p: np.ndarray) -> float:
-        return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1)).mean())
-
     reach = trained.calibration.get("at_target") or {}
     out = {"temperature": t, "accuracy": float((after.argmax(1) == y).mean()),
            "ece_before": cal.expected_calibration_error(before, y, False),
-           "ece_after": cal.expected_calibration_error(after, y, False), "nll_before": nll(before),
-           "nll_after": nll(after), "val_threshold": reach.get("threshold")}
+           "ece_after": cal.expected_calibration_error(after, y, False),
+           "nll_before": cal.negative_log_likelihood(before, y, False),
+           "nll_after": cal.negative_log_likelihood(after, y, False), "val_threshold": reach.get("threshold")}
     if reach.get("threshold") is not None:
         kept = after.max(1) >= reach["threshold"]
         out["test_coverage_at_val_threshold"] = float(kept.mean())

@@ -94,11 +94,6 @@ def is_uncertain(prediction: Prediction, min_confidence: float, multi_label: boo
     return not (isinstance(sure, (int, float)) and math.isfinite(sure) and sure >= min_confidence)
 
 
-def verdict(prediction: Prediction, min_confidence: float, multi_label: bool = False) -> str:
-    """``uncertain`` below ``min_confidence``, else the predicted class(es) joined by ``;``."""
-    return UNCERTAIN if is_uncertain(prediction, min_confidence, multi_label) else ";".join(prediction.classes)
-
-
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 

@@ -16,7 +16,8 @@ import numpy as np
 from ..core.predictions import decision_confidence
 
 __all__ = ["ECE_BINS", "TARGET_ACCURACY", "calibrate", "class_thresholds", "coverage_curve", "curve_points",
-           "expected_calibration_error", "fit_temperature", "reliability_bins", "rescale", "threshold_for_accuracy"]
+           "describe", "evaluation_report", "expected_calibration_error", "fit_temperature",
+           "negative_log_likelihood", "reliability_bins", "rescale", "threshold_for_accuracy"]
 
 #: Equal-width confidence bins of the expected calibration error and the reliability diagram.
 ECE_BINS = 15
@@ -73,12 +74,14 @@ def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, multi_lab
     return float(sum(r["count"] * abs(r["accuracy"] - r["confidence"]) for r in rows if r["count"]) / total)
 
 
-def _nll(probs: np.ndarray, targets: np.ndarray, multi_label: bool) -> float:
-    p = np.clip(np.asarray(probs, np.float64), _EPS, 1 - _EPS)
+def negative_log_likelihood(probs: np.ndarray, targets: np.ndarray, multi_label: bool) -> float:
+    """Mean cross-entropy of ``targets`` (class indices; multi-label: 0/1 rows) under ``probs``."""
+    probs = np.asarray(probs, np.float64)
     if multi_label:
+        p = np.clip(probs, _EPS, 1 - _EPS)
         t = np.asarray(targets, np.float64)
         return float(-(t * np.log(p) + (1 - t) * np.log1p(-p)).mean())
-    return float(-np.log(p[np.arange(len(p)), np.asarray(targets)]).mean())
+    return float(-np.log(np.clip(probs[np.arange(len(probs)), np.asarray(targets)], _EPS, 1)).mean())
 
 
 def fit_temperature(probs: np.ndarray, targets: np.ndarray, multi_label: bool) -> float:
@@ -91,12 +94,15 @@ def fit_temperature(probs: np.ndarray, targets: np.ndarray, multi_label: bool) -
 
     if not len(probs) or _confidence_correct(probs, targets, multi_label)[1].all():
         return 1.0
+    def nll(t: float) -> float:
+        return negative_log_likelihood(rescale(probs, t, multi_label), targets, multi_label)
+
     lo, hi = np.log(_T_RANGE)
-    res = minimize_scalar(lambda s: _nll(rescale(probs, float(np.exp(s)), multi_label), targets, multi_label),
-                          bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})
+    res = minimize_scalar(lambda s: nll(float(np.exp(s))), bounds=(lo, hi), method="bounded",
+                          options={"xatol": 1e-4})
     t = float(np.exp(res.x))
     # never worse than no scaling (a flat likelihood, e.g. every image right with p ~ 1)
-    if _nll(rescale(probs, t, multi_label), targets, multi_label) > _nll(probs, targets, multi_label):
+    if nll(t) > negative_log_likelihood(probs, targets, multi_label):
         return 1.0
     return t
 

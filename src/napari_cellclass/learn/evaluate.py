@@ -132,11 +132,9 @@ def evaluate_arrays(trained: TrainedModel, project: Project, *, split: str = "au
         for i, iid in enumerate(ids_ok):
             for c in project.labels(iid):
                 targets[i, index[c]] = 1
-        p = np.clip(probs, 1e-7, 1 - 1e-7)
-        loss = float(-(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean())
     else:
         targets = np.array([index[project.labels(i)[0]] for i in ids_ok], dtype=np.int64)
-        loss = float(-np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-7, 1)).mean())
+    loss = calibration_mod.negative_log_likelihood(probs, targets, trained.multi_label)
     metrics = compute_metrics(targets, probs, multi_label=trained.multi_label, class_names=classes, loss=loss,
                               threshold=trained.thresholds)
     return EvaluationArrays(used, ids_ok, targets, probs, skipped, dict(metrics))

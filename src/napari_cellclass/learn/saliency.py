@@ -15,7 +15,7 @@ input size back to the image's ``Y x X`` and scaled to [0, 1].
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ from .checkpoint import TrainedModel
 from .data.pixels import prepare_pixels
 from .device import resolve_device
 from .events import CancelToken
-from .predict import as_trained_model, prediction_inputs
+from .predict import Progress, as_trained_model, prediction_inputs
 
 #: Grad-CAM steps back to an earlier stage when the last one is smaller than this a side.
 MIN_GRID = 4
@@ -39,8 +39,6 @@ IG_STEPS = 32
 #: Integrated gradients: the map is divided by this percentile of its values (then clipped to 1).
 IG_PERCENTILE = 99.5
 _BATCH = 16
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
