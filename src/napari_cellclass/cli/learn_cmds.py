@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Predict with a model folder; results go to <project>/cellclass_predictions.csv "
                                    "(labels are never changed) and optionally to --csv.")
     p.add_argument("folder", help="project folder, folder of images or one image file")
-    p.add_argument("--model", required=True, metavar="MODEL", help="model folder")
+    p.add_argument("--model", required=True, metavar="MODEL",
+                   help="model folder, or a BioImage Model Zoo classifier package (.zip or folder)")
     p.add_argument("--csv", metavar="OUT", help="also write the predictions to this CSV file")
     p.add_argument("--all", action="store_true", help="predict every image, labelled ones too")
     p.add_argument("--tta", action="store_true", help="average over flipped copies (test-time augmentation)")

@@ -400,7 +400,7 @@ def write_package(trained: TrainedModel, refs: ReferenceImages, expected: np.nda
         config=v.Config(bioimageio=v.BioimageioConfig(), **{"napari-cellclass": {
             "classes": classes, "multi_label": trained.multi_label, "temperature": trained.temperature,
             "thresholds": np.atleast_1d(trained.thresholds).tolist(), "input_size": size,
-            "scaling": mode}}))
+            "normalisation": trained.normalisation.to_json()}}))
     scratch = folder / "package.zip"
     save_bioimageio_package(descr, output_path=scratch)
     step(2, 4)

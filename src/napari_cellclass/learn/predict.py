@@ -32,6 +32,7 @@ from .checkpoint import TrainedModel, load_model
 from .data import ImageStore, cache_dir_for
 from .device import autocast, resolve_device, resolve_precision
 from .events import CancelToken
+from .zoo_model import ZooModel, is_zoo_package, load_zoo_model, zoo_probabilities
 
 Progress = Callable[[int, int], None]
 
@@ -296,10 +297,13 @@ def predict(model: TrainedModel | str | os.PathLike, images: Any, *, ids: Sequen
             isinstance(min_confidence, (int, float)) and 0 <= min_confidence <= 1):
         raise ConfigError(f"minimum confidence {min_confidence!r} is not allowed; use a probability in [0, 1], "
                           "e.g. --min-confidence 0.9, or auto")
+    batch_size = check_batch_size(batch_size)
+    if not isinstance(model, TrainedModel) and is_zoo_package(model):
+        return _predict_zoo(load_zoo_model(model), images, ids, all_images, batch_size, write, csv, progress,
+                            cancel, min_confidence)
     trained = as_trained_model(model)
     if min_confidence == "auto":
         min_confidence = auto_min_confidence(trained)
-    batch_size = check_batch_size(batch_size)
     items, keys, project = prediction_inputs(images, ids, all_images)
     dev = resolve_device(device)
     store = ImageStore(items, trained.input_size, trained.normalisation.scaling, trained.in_chans, keys=keys,
@@ -319,6 +323,28 @@ def predict(model: TrainedModel | str | os.PathLike, images: Any, *, ids: Sequen
     result = PredictionResult([keys[i] for i in good], trained.classes, probs, trained.multi_label,
                               trained.thresholds, trained.name, now_iso(), dict(store.problems),
                               min_confidence=min_confidence)
+    return _keep(result, project, write, csv, progress, total)
+
+
+def _predict_zoo(zoo: ZooModel, images: Any, ids: Sequence[str] | None, all_images: bool, batch_size: int,
+                 write: bool, csv: Path | None, progress: Progress | None, cancel: CancelToken | None,
+                 min_confidence: float | str | None) -> PredictionResult:
+    """:func:`predict` with a BioImage Model Zoo package (its own pre- and post-processing)."""
+    if min_confidence == "auto":
+        raise ConfigError(f"{zoo.path}: --min-confidence auto needs a model calibrated here; a zoo package has no "
+                          "calibration, give a number, e.g. --min-confidence 0.9")
+    items, keys, project = prediction_inputs(images, ids, all_images)
+    done, probs, problems = zoo_probabilities(zoo, items, keys, batch_size=min(batch_size, 64), progress=progress,
+                                              cancel=cancel)
+    result = PredictionResult(done, zoo.classes, probs, zoo.multi_label, zoo.thresholds, zoo.path.name, now_iso(),
+                              problems, min_confidence=min_confidence)
+    result.warnings.extend(zoo.notes)
+    return _keep(result, project, write, csv, progress, len(items))
+
+
+def _keep(result: PredictionResult, project: Project | None, write: bool, csv: Path | None,
+          progress: Progress | None, total: int) -> PredictionResult:
+    """Write the results to ``csv`` (first) and the project's predictions file."""
     if csv is not None:  # first: a project that cannot be written never costs the results
         result.to_csv(csv)
     if project is not None and write and len(result):
