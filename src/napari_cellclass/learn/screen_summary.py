@@ -38,7 +38,7 @@ def check_heatmap_class(name: str | None, classes: Sequence[str]) -> str:
             raise ConfigError("no class to draw: the predictions name no class")
         return classes[0]
     if name not in classes:
-        raise ConfigError(f"--heatmap-class {name!r} is not a column of the predictions; use one of: "
+        raise ConfigError(f"heatmap class {name!r} is not a column of the predictions; use one of: "
                           f"{', '.join(classes)}")
     return name
 
