@@ -104,8 +104,7 @@ def plate_figure(fraction: np.ndarray, n: np.ndarray | None = None, title: str =
         ax = fig.subplots()
         ax.add_patch(Rectangle((-0.5, -0.5), cols, rows, facecolor="#f0f0f0", hatch="///",
                                edgecolor="none", zorder=0))
-        cmap = matplotlib.colormaps["viridis"].copy()
-        cmap.set_bad((0, 0, 0, 0))  # empty wells: the hatched background shows through
+        cmap = matplotlib.colormaps["viridis"].with_extremes(bad=(0, 0, 0, 0))  # empty wells: hatched background
         im = ax.imshow(np.ma.masked_invalid(fraction), cmap=cmap, vmin=0.0, vmax=1.0, zorder=1,
                        extent=(-0.5, cols - 0.5, rows - 0.5, -0.5))
         ax.set_xticks(np.arange(cols), [str(c + 1) for c in range(cols)],
