@@ -70,9 +70,10 @@ def plan_summary(args: argparse.Namespace) -> SummaryPlan | None:
         return None
     from ..core.groups import parse_group_spec
     from ..core.model_folder import read_model_config
+    from ..core.plates import default_group_by
     from ..core.predictions import UNCERTAIN
     from ..core.project import CONFIG_NAME, Project
-    from ..learn.screen_summary import check_heatmap_class, check_summary_folder, default_group_by
+    from ..learn.screen_summary import check_heatmap_class, check_summary_folder
 
     try:
         config = read_model_config(args.model)
@@ -130,8 +131,8 @@ def _source_predictions(source: str) -> tuple[dict[str, Prediction], Project | N
 def _model_group_by(project: Project | None, predictions: dict[str, Prediction]) -> str:
     """The training group_by of the project's model that made the predictions (one model only), else the default."""
     from ..core.model_folder import read_model_config
+    from ..core.plates import default_group_by
     from ..learn.rundata import MODELS_DIR
-    from ..learn.screen_summary import default_group_by
 
     names = {p.model for p in predictions.values()}
     if project is None or len(names) != 1 or not next(iter(names)):

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .project import Project
 
 __all__ = ["DEFAULT_GROUP_BY", "LAYOUTS", "NO_GROUP", "GroupSummary", "PlateLayout", "ScreenSummary",
-           "infer_layout", "parse_well", "summarize_groups", "summary_csv_text", "well_name",
+           "default_group_by", "infer_layout", "parse_well", "summarize_groups", "summary_csv_text", "well_name",
            "write_summary_csv"]
 
 #: The default ``group_by`` of summaries: the well in the file name (``B03``, ``b3``, ``r02c05``) and the
@@ -92,6 +92,15 @@ def parse_well(text: str) -> tuple[int, int] | None:
 def well_name(row: int, column: int) -> str:
     """``B03`` for row 1, column 2 (from 0)."""
     return f"{_row_letters(row)}{column + 1:02d}"
+
+
+def default_group_by(model_config: Mapping[str, object] | None = None) -> str:
+    """The ``group_by`` a model was trained with (its ``config.json``), else :data:`DEFAULT_GROUP_BY`."""
+    cfg = model_config or {}
+    train, split = cfg.get("train_config"), cfg.get("split")
+    found = ((train.get("group_by") if isinstance(train, Mapping) else None)
+             or (split.get("group_by") if isinstance(split, Mapping) else None))
+    return str(found) if found else DEFAULT_GROUP_BY
 
 
 def infer_layout(wells: Iterable[tuple[int, int]]) -> PlateLayout:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ConfigError, ProjectError
 from ..core.groups import parse_group_spec
-from ..core.plates import DEFAULT_GROUP_BY, ScreenSummary, summarize_groups, write_summary_csv
+from ..core.plates import DEFAULT_GROUP_BY, ScreenSummary, default_group_by, summarize_groups, write_summary_csv
 from ..core.predictions import Prediction
 from .figures import plate_figure, save_png
 
@@ -17,17 +17,10 @@ if TYPE_CHECKING:
     from ..core.project import Project
 
 __all__ = ["SUMMARY_NAME", "check_heatmap_class", "check_summary_folder", "default_group_by", "heatmap_name",
-           "summarize"]
+           "summarize"]  # default_group_by: re-exported from core.plates
 
 #: The summary CSV written into the output folder.
 SUMMARY_NAME = "summary.csv"
-
-
-def default_group_by(model_config: Mapping[str, Any] | None = None) -> str:
-    """The ``group_by`` a model was trained with, else :data:`~napari_cellclass.core.plates.DEFAULT_GROUP_BY`."""
-    cfg = model_config or {}
-    found = (cfg.get("train_config") or {}).get("group_by") or (cfg.get("split") or {}).get("group_by")
-    return str(found) if found else DEFAULT_GROUP_BY
 
 
 def check_heatmap_class(name: str | None, classes: Sequence[str]) -> str:
