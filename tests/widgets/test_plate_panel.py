@@ -100,9 +100,12 @@ def test_table_and_heatmap_show_the_known_fractions(qtbot, dock):
 def test_clicking_a_well_shows_exactly_its_images(qtbot, dock):
     viewer, panel, project = dock
     panel.plates.open.value = True
+    panel.plates.class_choice.value = "beta"
     r, c = parse_well("C05")
     _click(panel.plates.grid, r, c)
     assert set(image_layers(viewer, project)) == {f"plate1/C05_f{k + 1}.tif" for k in range(FIELDS)}
+    assert panel.plates.class_choice.value == "beta"  # new layers keep the choices (napari resets them)
+    assert panel.plates.class_choice.choices == ("alpha", "beta")
     _click(panel.plates.grid, 0, 0)  # an empty well shows nothing new
     assert set(image_layers(viewer, project)) == {f"plate1/C05_f{k + 1}.tif" for k in range(FIELDS)}
     panel.plates.table.native.cellClicked.emit(4, 0)  # a row of the table: well H12

@@ -42,6 +42,7 @@ EMPTY_WELL = QColor("#d0d0d0")
 #: Pixels per well side: 96-well plates and bigger ones both fit the dock's width.
 CELL_PX = {96: 24, 384: 14}
 SMALL_CELL_PX = 8
+ONE_PLATE = "(one plate)"
 
 
 def _colormap() -> Any:
@@ -73,8 +74,9 @@ class PlatePanel(Container):
         self.group_by = LineEdit(label="group by", value="",
                                  tooltip="regex with named groups plate and well, folder, folder:N or column:NAME; "
                                          "empty: the model's training group_by, else the well in the file name")
-        self.class_choice = ComboBox(label="class", choices=[])
-        self.plate_choice = ComboBox(label="plate", choices=[])
+        # choices from callables: napari resets a dock's choices when layers come and go
+        self.class_choice = ComboBox(label="class", choices=self._class_choices)
+        self.plate_choice = ComboBox(label="plate", choices=self._plate_choices)
         self.note = Label(value="")
         self.note.native.setWordWrap(True)
         self.table = Table(value={"data": [], "index": [], "columns": TABLE_COLUMNS})
@@ -87,10 +89,13 @@ class PlatePanel(Container):
         self.grid.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.grid.cellClicked.connect(self._on_well_clicked)
         self.legend = QLabel()
+        self.caption = Label(value="")
+        self.key = Container(widgets=[Label(value="0"), self.caption], layout="horizontal", labels=False)
+        self.key.native.layout().insertWidget(1, self.legend)
         self.body = Container(widgets=[Container(widgets=[self.group_by, self.class_choice, self.plate_choice],
                                                  labels=True), self.note, self.table], labels=False)
         self.body.native.layout().addWidget(self.grid)
-        self.body.native.layout().addWidget(self.legend)
+        self.body.append(self.key)
         self.extend([self.open, self.body])
         self.body.visible = False
         self.open.changed.connect(self._on_open)
@@ -125,6 +130,12 @@ class PlatePanel(Container):
         return {i: dataclasses.replace(p, verdict=UNCERTAIN if i in s.uncertain_ids else ";".join(p.classes))
                 for i, p in s.predictions.items()}
 
+    def _class_choices(self, _widget: Any = None) -> list[str]:
+        return list(self.summary.columns) if self.summary is not None else []
+
+    def _plate_choices(self, _widget: Any = None) -> list[str]:
+        return [p or ONE_PLATE for p in self.summary.plates()] if self.summary is not None else []
+
     def refresh(self) -> None:
         """Summarise the predictions again (only while the part is open)."""
         if not self.open.value:
@@ -143,16 +154,10 @@ class PlatePanel(Container):
             except CellclassError as exc:
                 self.note.value = " ".join(str(exc).split())
         summary = self.summary
-        columns = list(summary.columns) if summary is not None else []
-        keep = self.class_choice.value
-        self.class_choice.choices = columns
-        if keep in columns:
-            self.class_choice.value = keep
+        with self.class_choice.changed.blocked(), self.plate_choice.changed.blocked():
+            self.class_choice.reset_choices()  # keeps the value when it is still a choice
+            self.plate_choice.reset_choices()
         plates = summary.plates() if summary is not None else []
-        keep = self.plate_choice.value
-        self.plate_choice.choices = [p or "(one plate)" for p in plates]
-        if keep in self.plate_choice.choices:
-            self.plate_choice.value = keep
         self.plate_choice.visible = len(plates) > 1
         if summary is not None:
             wells = sum(g.position is not None for g in summary.groups)
@@ -165,7 +170,7 @@ class PlatePanel(Container):
     def plate(self) -> str:
         """The plate shown."""
         value = self.plate_choice.value
-        return "" if value in (None, "(one plate)") else str(value)
+        return "" if value in (None, ONE_PLATE) else str(value)
 
     def _draw(self) -> None:
         summary, cls = self.summary, self.class_choice.value
@@ -181,7 +186,7 @@ class PlatePanel(Container):
             self.grid.setRowCount(0)
             self.grid.setColumnCount(0)
             self.grid.setVisible(False)
-            self.legend.setVisible(False)
+            self.key.visible = False
             return
         layout = summary.layout
         fraction, n = summary.grid(self.plate, cls)
@@ -215,11 +220,11 @@ class PlatePanel(Container):
         g.setFixedSize(width, height)
         g.setVisible(True)
         self.legend.setPixmap(self._legend_pixmap())
-        self.legend.setToolTip(f"fraction of {cls} per well: 0 (dark) to 1 (yellow); grey: no images")
-        self.legend.setVisible(True)
+        self.caption.value = f"1  fraction of {cls}; hatched: no images"
+        self.key.visible = True
 
     def _legend_pixmap(self) -> QPixmap:
-        ramp = (_colormap()(np.linspace(0, 1, 160))[None, :, :] * 255).astype(np.uint8)
+        ramp = (_colormap()(np.linspace(0, 1, 120))[None, :, :] * 255).astype(np.uint8)
         ramp = np.ascontiguousarray(np.repeat(ramp, 10, axis=0))
         image = QImage(ramp.data, ramp.shape[1], ramp.shape[0], 4 * ramp.shape[1], QImage.Format.Format_RGBA8888)
         return QPixmap.fromImage(image.copy())
