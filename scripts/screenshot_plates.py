@@ -4,7 +4,7 @@
 
 Writes a synthetic 96-well screen (``plate1/<well>_f1.tif`` .. ``_f3``, 64 px, the U2OS sample's cells) to
 a temporary folder: the share of positive cells grows from column 1 to 12 (a dose response), row A holds
-negative and row H positive controls, wells H10-H12 are left empty. 96 images are labelled, a small model
+negative and row H positive controls, wells H10-H12 are left empty. 75 images are labelled, a small model
 (MobileNetV3 at 48 px, 12 epochs) is trained and ``napari-cellclass predict --all --summary`` draws the
 heatmap, copied to ``docs/images/plate_heatmap_cli.png``. The Predictions dock then shows its per-well
 part with well D06 clicked (its images in the viewer): ``docs/images/plate_heatmap.png``.
@@ -101,11 +101,11 @@ def main() -> None:
         plates.open.value = True
         plates.class_choice.value = POSITIVE
         wait(1)
-        area = predictions.native.findChild(QScrollArea, "cellclassDockScroll")
-        area.ensureWidgetVisible(plates.legend)  # the heatmap in view
         plates.grid.setCurrentCell(*parse_well("D06"))
         plates.grid.cellClicked.emit(*parse_well("D06"))
         wait(3)
+        area = predictions.native.findChild(QScrollArea, "cellclassDockScroll")
+        area.ensureWidgetVisible(plates.legend)  # the heatmap in view
         viewer.reset_view()
         wait(1)
         viewer.screenshot(str(args.out), canvas_only=False)

@@ -81,7 +81,7 @@ class PlatePanel(Container):
         self.note.native.setWordWrap(True)
         self.table = Table(value={"data": [], "index": [], "columns": TABLE_COLUMNS})
         self.table.read_only = True
-        show_rows(self.table, 6)
+        show_rows(self.table, 5)
         self.table.native.cellClicked.connect(lambda row, _c: self.show_group(self._rows[row])
                                               if 0 <= row < len(self._rows) else None)
         self.grid = QTableWidget()
@@ -94,8 +94,8 @@ class PlatePanel(Container):
         self.key.native.layout().insertWidget(1, self.legend)
         self.body = Container(widgets=[Container(widgets=[self.group_by, self.class_choice, self.plate_choice],
                                                  labels=True), self.note, self.table], labels=False)
-        self.body.native.layout().addWidget(self.grid)
         self.body.append(self.key)
+        self.body.native.layout().insertWidget(3, self.grid)  # between the table and the colour key
         self.extend([self.open, self.body])
         self.body.visible = False
         self.open.changed.connect(self._on_open)
