@@ -138,3 +138,14 @@ def test_a_spec_that_covers_nothing_or_is_bad_is_one_line():
         summarize_groups(preds, parse_group_spec(DEFAULT_GROUP_BY))
     with pytest.raises(ConfigError, match="no named group"):
         parse_group_spec("[A-P][0-9]+")
+
+
+def test_a1_and_a01_are_one_well_and_1536_wells_with_an_explicit_spec():
+    preds = [Prediction(f"p1/{w}_s{k}.tif", ("a",), 0.9, {"a": 0.9}) for k, w in enumerate(["A1", "A01", "a01"])]
+    summary = summarize_groups(preds, parse_group_spec(DEFAULT_GROUP_BY))
+    assert [(g.plate, g.well, g.n) for g in summary.groups] == [("p1", "A01", 3)]
+    big = [Prediction(f"p1/{well_name(r, c)}_f1.tif", ("a",), 0.9, {"a": 0.9}) for r in (0, 16, 31) for c in (0, 47)]
+    spec = parse_group_spec(r"(?P<plate>[^/]+)/(?P<well>[A-Z]{1,2}[0-9]{2})_")
+    summary = summarize_groups(big, spec)
+    assert summary.layout == PlateLayout(32, 48) and len(summary.groups) == 6 and not summary.notes
+    assert [g.well for g in summary.groups][-1] == "AF48"

@@ -7,8 +7,9 @@ the plate when there is no ``plate``); otherwise the well is a well-looking last
 ``r02c05`` (row 2, column 5 -> ``B05``); rows past ``Z`` are ``AA`` .. ``AF`` (1536 wells).
 The layout (96, 384 or 1536 wells) is the smallest that holds every well seen.
 
-Per group: the image count, how many images have each class (single-label: the predicted class;
-multi-label: every predicted class), the fraction of the group they are and the mean confidence.
+Wells of one plate with the same position (``A1``, ``A01``) are one group. Per group: the image
+count, how many images have each class (single-label: the predicted class; multi-label: every
+predicted class), the fraction of the group they are and the mean confidence.
 With a ``verdict`` column, an ``uncertain`` image counts only in the ``uncertain`` column.
 """
 from __future__ import annotations
@@ -38,8 +39,9 @@ __all__ = ["DEFAULT_GROUP_BY", "LAYOUTS", "NO_GROUP", "GroupSummary", "PlateLayo
            "default_group_by", "infer_layout", "parse_well", "summarize_groups", "summary_csv_text", "well_name",
            "write_summary_csv"]
 
-#: The default ``group_by`` of summaries: the well in the file name (``B03``, ``b3``, ``r02c05``) and the
-#: folder holding the image as the plate (``plate1/B03_s1.tif``, ``Plate_01/A01_f02.tif``, ``r02c05f01.tiff``).
+#: The default ``group_by`` of summaries: the well in the file name (rows A-P: ``B03``, ``b3``, or ``r02c05``)
+#: and the folder holding the image as the plate (``plate1/B03_s1.tif``, ``Plate_01/A01_f02.tif``,
+#: ``r02c05f01.tiff``). 1536-well names (rows AA-AF) need a spec of their own.
 DEFAULT_GROUP_BY = (r"(?i)(?:^|/)(?:(?P<plate>[^/]+)/)?[^/]*?(?<![a-z0-9])"
                     r"(?P<well>[a-p][0-9]{1,2}|r[0-9]{1,2}c[0-9]{1,2})(?![0-9])[^/]*$")
 #: The group of the images the spec does not cover.
@@ -232,15 +234,19 @@ def summarize_groups(predictions: Iterable[Prediction] | Mapping[str, Prediction
     else:
         parts = {}
         groups = assign_groups(spec, ids, project, what="predicted")
-        of = {i: g for i, g in groups.of.items() if i not in set(groups.uncovered)}
+        uncovered = set(groups.uncovered)
+        of = {i: g for i, g in groups.of.items() if i not in uncovered}
     cols = _columns(items, classes)
-    members: dict[str, list[Prediction]] = {}
+    # one entry per well of a plate (A1 and A01 are one well), else per group
+    members: dict[object, tuple[str, str, tuple[int, int] | None, list[Prediction]]] = {}
     for p in items:
-        members.setdefault(of.get(p.image_id, NO_GROUP), []).append(p)
-    rows: list[GroupSummary] = []
-    for group, preds in members.items():
-        plate, well = ("", "") if group == NO_GROUP else _plate_and_well(group, parts.get(preds[0].image_id))
+        group = of.get(p.image_id, NO_GROUP)
+        plate, well = ("", "") if group == NO_GROUP else _plate_and_well(group, parts.get(p.image_id))
         position = parse_well(well) if well else None
+        key = (plate, position) if position is not None else group
+        members.setdefault(key, (group, plate, position, []))[3].append(p)
+    rows: list[GroupSummary] = []
+    for group, plate, position, preds in members.values():
         counts = dict.fromkeys(cols, 0)
         for p in preds:
             if p.verdict == UNCERTAIN:
@@ -255,8 +261,9 @@ def summarize_groups(predictions: Iterable[Prediction] | Mapping[str, Prediction
     layout = infer_layout(g.position for g in rows if g.position is not None)
     notes = []
     if NO_GROUP in members:
-        notes.append(f"group_by {spec.text!r} covers no group for {len(members[NO_GROUP])} of {len(items)} "
-                     f"image(s) (e.g. {members[NO_GROUP][0].image_id}); they are counted as {NO_GROUP}")
+        left = members[NO_GROUP][3]
+        notes.append(f"group_by {spec.text!r} covers no group for {len(left)} of {len(items)} image(s) (e.g. "
+                     f"{left[0].image_id}); they are counted as {NO_GROUP}")
     return ScreenSummary(spec.text, tuple(cols), tuple(rows), layout, tuple(notes))
 
 
