@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import CellclassError
+from . import screen_cmds
 
 if TYPE_CHECKING:
     from ..learn.config import TrainConfig
@@ -51,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "with the class or 'uncertain'; auto: the confidence at which the model was 95%% accurate "
                         "on its validation images")
     p.add_argument("--batch-size", type=int, default=128)
+    screen_cmds.add_summary_flags(p)
     add_device(p)
     add_common(p)
     p.set_defaults(handler=cmd_predict)
@@ -279,6 +281,7 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     from . import emit, stderr_progress
 
     truth = read_truth(args.truth) if args.truth else None  # a bad file is refused before predicting
+    summary = screen_cmds.plan_summary(args)  # so are a bad --group-by, --heatmap-class or --summary
     result = predict(args.model, args.folder, all_images=args.all, tta=args.tta, batch_size=args.batch_size,
                      device=args.device, csv=args.csv, progress=stderr_progress("predicting"),
                      min_confidence=args.min_confidence)
@@ -299,6 +302,8 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
             raise CellclassError(f"{args.truth}: none of the {len(result)} predicted images is listed")
         out["truth"] = {"file": args.truth, "n": len(pairs),
                         "accuracy": sum(t == p for t, p in pairs) / len(pairs)}
+    if summary is not None and len(result):
+        out["summary"] = summary.run(result.records())
 
     def human(r: dict[str, Any]) -> str:
         counts: dict[str, int] = {}
@@ -318,7 +323,7 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
         if r.get("truth"):
             t = r["truth"]
             lines.append(f"accuracy against {t['file']}: {t['accuracy']:.3f} ({t['n']} images)")
-        return "\n".join(lines)
+        return "\n".join(lines + (screen_cmds.summary_lines(r["summary"]) if "summary" in r else []))
 
     emit(args, out, human)
     if not out["ok"]:
