@@ -18,8 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "export is checked against the PyTorch model on real images.")
     p.add_argument("model", help="model folder")
     p.add_argument("--format", required=True, choices=("bioimageio", "onnx", "torchscript"))
-    p.add_argument("--out", metavar="PATH", help="file to write (default: beside the model folder, e.g. "
-                                                 "MODEL.bioimageio.zip, MODEL.onnx, MODEL.torchscript.pt)")
+    p.add_argument("--out", metavar="PATH", help="file to write (default: <project>/cellclass_exports/ for a "
+                                                 "project's model, else beside the model folder; named "
+                                                 "MODEL.bioimageio.zip, MODEL.onnx or MODEL.torchscript.pt)")
     p.add_argument("--project", metavar="DIR", help="project whose images check the export and make the test "
                                                     "tensors (default: the one the model was trained on)")
     p.add_argument("--author", metavar="NAME", help="the package's author (bioimageio; default: your login name)")

@@ -68,10 +68,18 @@ class ExportResult:
                 "parity": self.parity, "tolerance": PARITY_TOLERANCE, "images": self.images, "notes": self.notes}
 
 
+#: Where exports of a project's own models go by default (never scanned for images).
+EXPORTS_DIR = "cellclass_exports"
+
+
 def default_output(model_dir: str | os.PathLike, fmt: str) -> Path:
-    """``<model folder>.<format ending>`` beside the model folder."""
+    """``<project>/cellclass_exports/<model><ending>`` for a model of a project's ``cellclass_models``
+    folder (nothing may be written there), else ``<model folder><ending>`` beside the model folder."""
     folder = Path(model_dir).expanduser().resolve()
-    return folder.parent / (folder.name + FORMATS[fmt])
+    name = folder.name + FORMATS[fmt]
+    if folder.parent.name == "cellclass_models" and (folder.parent.parent / "cellclass.json").is_file():
+        return folder.parent.parent / EXPORTS_DIR / name
+    return folder.parent / name
 
 
 def check_format(fmt: str) -> str:
