@@ -7,8 +7,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.errors import ConfigError, ProjectError
+from ..core.errors import ConfigError
 from ..core.groups import parse_group_spec
+from ..core.outputs import check_figure_folder
 from ..core.plates import DEFAULT_GROUP_BY, ScreenSummary, default_group_by, summarize_groups, write_summary_csv
 from ..core.predictions import Prediction
 from .figures import plate_figure, save_png
@@ -38,16 +39,7 @@ def check_heatmap_class(name: str | None, classes: Sequence[str]) -> str:
 
 def check_summary_folder(out: str | os.PathLike, project_root: str | os.PathLike | None = None) -> Path:
     """The summary folder (made later) when it may hold the files; :class:`ProjectError` otherwise."""
-    folder = Path(out).expanduser()
-    real = Path(os.path.realpath(folder))
-    if real.exists() and not real.is_dir():
-        raise ProjectError(f"--summary {folder}: is a file, not a folder; choose a folder for the summary")
-    if project_root is not None:
-        root = Path(os.path.realpath(project_root))
-        if real == root or root in real.parents:
-            raise ProjectError(f"--summary {folder}: is inside the project {root}, so the heatmaps would become "
-                               f"images of the project; choose a folder outside it (e.g. {root.name}_summary)")
-    return folder
+    return check_figure_folder(out, project_root, "--summary", "the heatmaps", "summary")
 
 
 def heatmap_name(plate: str, class_name: str) -> str:
