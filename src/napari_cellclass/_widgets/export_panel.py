@@ -68,7 +68,8 @@ class ExportPanel(Container):
             self.last = item
             checks = ", ".join(f"{k} {v:.0e}" for k, v in item.parity.items())
             tested = "; bioimageio.core's test passed" if item.format == "bioimageio" else ""
-            self.status.value = f"exported to {item.path} (largest difference from PyTorch: {checks}{tested})"
+            self.status.value = (f"exported to {item.path} (largest difference in probabilities from PyTorch: "
+                                 f"{checks}{tested})")
             self.status.tooltip = str(item.path)
             show_info(f"model exported to {item.path}")
 

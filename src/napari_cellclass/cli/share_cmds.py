@@ -42,7 +42,8 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     def human(r: dict[str, Any]) -> str:
         checks = ", ".join(f"{k} {v:.1e}" for k, v in r["parity"].items())
         lines = [f"exported {r['model']} as {r['format']}: {r['path']}",
-                 f"  largest difference from the PyTorch model on {len(r['images'])} project image(s): {checks} "
+                 f"  largest difference in probabilities from the PyTorch model on {len(r['images'])} project "
+                 f"image(s): {checks} "
                  f"(allowed {r['tolerance']:g})"]
         if r["format"] == "bioimageio":
             lines.append("  bioimageio.core's model test passed for every weight format")

@@ -17,6 +17,7 @@ from ..core.errors import ModelError
 from .backbones import resolve_backbone
 from .data.pixels import PERCENTILES, resolve_scaling
 from .export import (
+    MIN_SIDE,
     ReferenceImages,
     onnx_bytes,
     onnx_logits,
@@ -37,6 +38,7 @@ TIMM_CITATION = ("Wightman, R. PyTorch Image Models (timm). GitHub (2019).", "10
 ARCHITECTURE_FILE = "cellclass_architecture.py"
 ARCHITECTURE_SOURCE = '''"""A napari-cellclass network: a timm backbone, then dropout + linear."""
 import timm
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -53,14 +55,19 @@ class Head(nn.Module):
 
 
 class CellclassNet(nn.Module):
-    """``timm_name`` with ``in_chans`` input channels and ``num_classes`` logits."""
+    """``timm_name`` with ``in_chans`` input channels and ``num_classes`` logits; images of any size
+    are first resized to ``input_size`` (bilinear, antialiased, the whole field of view)."""
 
-    def __init__(self, timm_name: str, in_chans: int, num_classes: int, num_features: int, dropout: float = 0.0):
+    def __init__(self, timm_name: str, in_chans: int, num_classes: int, num_features: int, input_size: int,
+                 dropout: float = 0.0):
         super().__init__()
+        self.input_size = input_size
         self.backbone = timm.create_model(timm_name, pretrained=False, in_chans=in_chans, num_classes=0)
         self.head = Head(num_features, num_classes, dropout)
 
     def forward(self, x):
+        size = (self.input_size, self.input_size)
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         return self.head(self.backbone(x))
 '''
 
@@ -232,10 +239,11 @@ def _readme(trained: TrainedModel, classes: Sequence[str], idents: Sequence[str]
     lines = [f"# {trained.name}", "",
              f"An image classifier trained with napari-cellclass: {info.name} ({info.timm_name}), {task}.", "",
              "## Input", "",
-             f"One image of {trained.in_chans} channel(s) ({', '.join(channels)}), resized to "
-             f"{trained.input_size} x {trained.input_size} pixels (the whole field of view, bilinear). "
-             f"Pre-processing: {scale}, then each channel's training mean and standard deviation "
-             "(`fixed_zero_mean_unit_variance`).", "",
+             f"One image of {trained.in_chans} channel(s) ({', '.join(channels)}) of any size (at least "
+             f"{MIN_SIDE} x {MIN_SIDE} pixels). Pre-processing, on the image at its own resolution: {scale}, "
+             "then each channel's training mean and standard deviation (`fixed_zero_mean_unit_variance`). "
+             f"The network then resizes it to {trained.input_size} x {trained.input_size} pixels (bilinear, "
+             "antialiased, the whole field of view), exactly as napari-cellclass does.", "",
              "## Output", "",
              "One probability per class (the output's channel names):", ""]
     lines += [f"- `{i}`: {c}" for c, i in zip(classes, idents, strict=True)]
@@ -311,6 +319,7 @@ def _weights(v: Any, trained: TrainedModel, files: dict[str, Path], folder: Path
                 kwargs={"timm_name": info.timm_name, "in_chans": trained.in_chans,
                         "num_classes": len(trained.classes),
                         "num_features": int(trained.model.head.fc.in_features),
+                        "input_size": int(trained.input_size),
                         "dropout": float(trained.config.get("train_config", {}).get("dropout", 0.0))}))
     else:
         notes.append(f"no pytorch_state_dict weights: the {info.name} network with the '{head}' head has no "
@@ -335,12 +344,12 @@ def _test_package(path: Path) -> None:
         raise ModelError(f"{path}: bioimageio.core's model test failed ({why}); nothing was written")
 
 
-def write_package(trained: TrainedModel, refs: ReferenceImages, expected: np.ndarray, target: Path, folder: Path, *,
+def write_package(trained: TrainedModel, refs: ReferenceImages, target: Path, folder: Path, *,
                   author: str | None = None, license: str = "CC-BY-4.0",
                   progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, float], list[str]]:
     """Build, test and write the package ``target`` (a zip); returns ``(parity per weights format, notes)``.
 
-    ``expected`` holds the PyTorch logits of ``refs.network_input``; ``folder`` is scratch space.
+    ``folder`` is scratch space.
     """
     from bioimageio.spec import save_bioimageio_package
 
@@ -350,29 +359,34 @@ def write_package(trained: TrainedModel, refs: ReferenceImages, expected: np.nda
     mode, divisor = scaling_of(trained, refs)
     mean, std = trained.normalisation.mean, trained.normalisation.std
     files = {"torchscript": folder / "weights.torchscript.pt", "onnx": folder / "weights.onnx"}
-    ts, ox = torchscript_bytes(trained, refs.network_input), onnx_bytes(trained, refs.network_input)
+    ts, ox = torchscript_bytes(trained, refs), onnx_bytes(trained, refs)
     files["torchscript"].write_bytes(ts)
     files["onnx"].write_bytes(ox)
     step(1, 4)
-    checks = {"torchscript": parity(expected, torchscript_logits(ts, refs.network_input), "TorchScript", target),
-              "onnx": parity(expected, onnx_logits(ox, refs.network_input), "ONNX", target)}
-    # The test tensors: one real image as the package receives it, and what the package must answer.
-    x_in = package_input(refs.raw[:1], mode, divisor, mean, std)
-    probs = package_probabilities(pytorch_logits(trained, x_in), trained.temperature, trained.multi_label)
-    np.save(folder / "test_input.npy", refs.raw[:1].astype(np.float32), allow_pickle=False)
+    checks = {"torchscript": parity(trained, refs, lambda x: torchscript_logits(ts, x), "TorchScript", target),
+              "onnx": parity(trained, refs, lambda x: onnx_logits(ox, x), "ONNX", target)}
+
+    def probabilities_of(raw: np.ndarray) -> np.ndarray:  # what the package must answer for raw (N, C, H, W)
+        x = package_input(raw, mode, divisor, mean, std)
+        return package_probabilities(pytorch_logits(trained, x), trained.temperature, trained.multi_label)
+
+    # The test tensors: one real image, at its own size, as the package receives it, and the answer.
+    test_input = refs.raw[0][None].astype(np.float32)
+    probs = probabilities_of(test_input)
+    np.save(folder / "test_input.npy", test_input, allow_pickle=False)
     np.save(folder / "test_output.npy", probs.astype(np.float32), allow_pickle=False)
     classes = list(trained.classes)
     idents, channels = _class_identifiers(classes), _channel_names(trained)
-    all_probs = package_probabilities(pytorch_logits(trained, package_input(refs.raw, mode, divisor, mean, std)),
-                                      trained.temperature, trained.multi_label)
-    cover = _covers(refs, all_probs, classes, folder)
+    cover = _covers(refs, np.concatenate([probabilities_of(r[None]) for r in refs.raw]), classes, folder)
     (folder / "README.md").write_text(_readme(trained, classes, idents, channels, mode, divisor), encoding="utf-8")
     shutil.copyfile(trained.path / "config.json", folder / "cellclass_config.json")
     size = trained.input_size
     inputs = [v.InputTensorDescr(
-        id=v.TensorId("input"), description=f"{trained.in_chans}-channel image resized to {size} x {size}",
+        id=v.TensorId("input"),
+        description=f"{trained.in_chans}-channel image of any size (the network resizes it to {size} x {size})",
         axes=[v.BatchAxis(), v.ChannelAxis(channel_names=[v.Identifier(c) for c in channels]),
-              v.SpaceInputAxis(id=v.AxisId("y"), size=size), v.SpaceInputAxis(id=v.AxisId("x"), size=size)],
+              v.SpaceInputAxis(id=v.AxisId("y"), size=v.ParameterizedSize(min=MIN_SIDE, step=1)),
+              v.SpaceInputAxis(id=v.AxisId("x"), size=v.ParameterizedSize(min=MIN_SIDE, step=1))],
         test_tensor=v.FileDescr(source=folder / "test_input.npy"),
         data=v.IntervalOrRatioDataDescr(type="float32"),
         preprocessing=_preprocessing(v, mode, divisor, mean, std))]

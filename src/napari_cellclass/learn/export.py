@@ -1,8 +1,11 @@
 """Export a trained model as ONNX, TorchScript or a BioImage Model Zoo package, checked on real images.
 
-Every format holds the network as trained (logits); the calibration temperature and the
-softmax/sigmoid are applied by the package's post-processing (BioImage Model Zoo) or by the
-caller (ONNX, TorchScript: the docs and the package README say how).
+Every format holds :class:`ExportNet`: the trained network behind a resize of its input (any
+height and width) to the model's input size, bilinear and antialiased as predict resizes. So an
+image is scaled and normalised at its own resolution, as here, and the export resizes it. ONNX and
+TorchScript files end with the calibration temperature and softmax (sigmoid for multi-label) and
+give probabilities; the zoo package's weights give logits and its post-processing does the rest.
+Parity is checked on probabilities, the numbers a user reads.
 """
 from __future__ import annotations
 
@@ -25,30 +28,58 @@ from ..core.images import read_image
 from ..core.outputs import SOFTWARE, check_output_file
 from ..core.project import Project
 from .checkpoint import TrainedModel, load_model
-from .data.pixels import prepare_pixels, resize_image, resolve_scaling
+from .data.pixels import resize_image, resolve_scaling, scale_intensity
 
-__all__ = ["FORMATS", "ExportResult", "ReferenceImages", "default_output", "export_model", "reference_images"]
+__all__ = ["FORMATS", "ExportNet", "ExportResult", "ReferenceImages", "default_output", "export_model",
+           "reference_images"]
 
 #: Export formats and the file name ending each one gets by default.
 FORMATS = {"bioimageio": ".bioimageio.zip", "onnx": ".onnx", "torchscript": ".torchscript.pt"}
 #: ONNX operator set (the dynamo exporter needs >= 18; the zoo needs >= 7).
 ONNX_OPSET = 18
-#: Largest difference allowed between an export's logits and PyTorch's on the reference images.
+#: Largest difference allowed between an export's probabilities and PyTorch's on the reference images.
 PARITY_TOLERANCE = 1e-4
 #: The TorchScript archive's extra file that marks it as written by this program.
 MARKER = "napari-cellclass.json"
 INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
+OUTPUT_NAMES = {False: "logits", True: "probabilities"}
+
+
+#: The smallest image side an export takes (it resizes any larger or smaller image to its input size).
+MIN_SIDE = 16
+
+
+class ExportNet(torch.nn.Module):
+    """``net`` behind a resize of ``(N, C, H, W)`` input to ``size`` x ``size`` (bilinear, antialiased,
+    the whole field of view, as predict resizes; antialiasing changes nothing when enlarging)."""
+
+    def __init__(self, net: torch.nn.Module, size: int, temperature: float | None = None,
+                 multi_label: bool = False) -> None:
+        super().__init__()
+        self.net = net
+        self.size = int(size)
+        self.temperature = temperature  # None: logits out; else probabilities of logits / temperature
+        self.multi_label = multi_label
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (or probabilities) of images of any size."""
+        x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                            antialias=True)
+        z = self.net(x)
+        if self.temperature is None:
+            return z
+        z = z / self.temperature
+        return torch.sigmoid(z) if self.multi_label else torch.softmax(z, dim=1)
 
 
 @dataclass
 class ReferenceImages:
-    """Real images to check an export with: raw pixels at the input size and the network input."""
+    """Real images to check an export with, at their own size: raw, and scaled + normalised."""
 
     ids: list[str]
-    raw: np.ndarray  # (N, C, S, S) float32: the image resized, intensities untouched
+    raw: list[np.ndarray]  # (C, H, W) float32 each: intensities untouched
     dtype: str  # the images' pixel type (decides the 'auto' intensity scaling)
-    network_input: np.ndarray  # (N, C, S, S) float32, scaled and normalised as predict does
+    network_input: list[np.ndarray]  # (C, H, W) float32 each: scaled and normalised, not resized
 
 
 @dataclass
@@ -117,7 +148,9 @@ def reference_images(trained: TrainedModel, project: str | os.PathLike | Project
             raise ConfigError(f"{trained.path}: its project {where or '(unknown)'} is not here; give the folder "
                               "of images it was trained on with --project DIR (real images check the export)")
         proj = Project.open(where, create=False)
-    size, mean, std = trained.input_size, *trained.normalisation.tensors(torch.device("cpu"))
+    norm = trained.normalisation
+    mean = np.asarray(norm.mean, np.float32)[:, None, None]
+    std = np.asarray(norm.std, np.float32)[:, None, None]
     ids, raw, net, dtypes = [], [], [], []
     for image_id in _reference_ids(trained, proj, 4 * n):
         try:
@@ -125,11 +158,10 @@ def reference_images(trained: TrainedModel, project: str | os.PathLike | Project
         except Exception:  # noqa: BLE001 - an unreadable image is skipped, another one is taken
             continue
         pix = pix[None] if pix.ndim == 2 else pix
-        if pix.shape[0] != trained.in_chans:
+        if pix.shape[0] != trained.in_chans or min(pix.shape[1:]) < MIN_SIDE:
             continue
-        raw.append(resize_image(np.nan_to_num(pix.astype(np.float32)), size))
-        row = prepare_pixels(pix, size, trained.normalisation.scaling)  # exactly what predict feeds
-        net.append(((torch.from_numpy(row).float()[None] - mean) / std)[0].numpy())
+        raw.append(np.nan_to_num(pix.astype(np.float32)))
+        net.append(((scale_intensity(pix, norm.scaling) - mean) / std).astype(np.float32))
         ids.append(image_id)
         dtypes.append(str(pix.dtype))
         if len(ids) == n:
@@ -140,46 +172,68 @@ def reference_images(trained: TrainedModel, project: str | os.PathLike | Project
     if len(set(dtypes)) > 1 and resolve_scaling(trained.normalisation.scaling, np.dtype(dtypes[0])) == "dtype":
         raise ConfigError(f"{proj.root}: the images mix pixel types ({', '.join(sorted(set(dtypes)))}); the export "
                           "needs one intensity scaling; train with --scaling percentile")
-    return ReferenceImages(ids, np.stack(raw), dtypes[0], np.stack(net).astype(np.float32))
+    return ReferenceImages(ids, raw, dtypes[0], net)
 
 
-def pytorch_logits(trained: TrainedModel, x: np.ndarray) -> np.ndarray:
-    """The model's logits for network input ``x`` (float32, CPU, eval mode)."""
-    model = trained.model.to("cpu").eval()
+def export_net(trained: TrainedModel, probabilities: bool = False) -> ExportNet:
+    """The exported module of ``trained`` (CPU, eval mode): logits, or calibrated probabilities."""
+    return ExportNet(trained.model.to("cpu").eval(), trained.input_size,
+                     trained.temperature if probabilities else None, trained.multi_label).eval()
+
+
+def pytorch_logits(trained: TrainedModel, x: np.ndarray, probabilities: bool = False) -> np.ndarray:
+    """Outputs of :class:`ExportNet` for scaled, normalised images ``x`` ``(N, C, H, W)`` of any size."""
     with torch.inference_mode():
-        return model(torch.from_numpy(x)).float().numpy()
+        net = export_net(trained, probabilities)
+        return net(torch.from_numpy(np.ascontiguousarray(x, np.float32))).float().numpy()
 
 
-def torchscript_bytes(trained: TrainedModel, example: np.ndarray) -> bytes:
-    """The traced network as a TorchScript archive (any batch size), marked as written here."""
-    model = trained.model.to("cpu").eval()
+def calibrated(trained: TrainedModel, logits: np.ndarray) -> np.ndarray:
+    """Probabilities of ``logits``: divided by the temperature, then softmax (sigmoid for multi-label)."""
+    z = torch.from_numpy(np.asarray(logits, np.float32)) / float(trained.temperature)
+    return (torch.sigmoid(z) if trained.multi_label else torch.softmax(z, dim=1)).numpy()
+
+
+def _metadata(trained: TrainedModel, probabilities: bool) -> dict[str, Any]:
+    """What a user of the file needs: classes, output kind, calibration, how to prepare the input."""
+    return {"model": trained.name, "classes": list(trained.classes), "output": OUTPUT_NAMES[probabilities],
+            "multi_label": trained.multi_label, "temperature": trained.temperature,
+            "thresholds": np.atleast_1d(trained.thresholds).tolist(), "input_size": trained.input_size,
+            "normalisation": trained.normalisation.to_json()}
+
+
+def _example(refs: ReferenceImages) -> torch.Tensor:
+    """A batch of two copies of the first reference image (the batch axis stays symbolic)."""
+    return torch.from_numpy(np.stack([refs.network_input[0]] * 2))
+
+
+def torchscript_bytes(trained: TrainedModel, refs: ReferenceImages, probabilities: bool = False) -> bytes:
+    """The traced :class:`ExportNet` as a TorchScript archive (any batch and image size), marked as written here."""
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model, torch.from_numpy(example[:1]), check_trace=False)
+        traced = torch.jit.trace(export_net(trained, probabilities), _example(refs), check_trace=False)
     buf = io.BytesIO()
-    marker = json.dumps({"software": SOFTWARE, "model": trained.name, "classes": list(trained.classes)})
+    marker = json.dumps({"software": SOFTWARE, **_metadata(trained, probabilities)})
     torch.jit.save(traced, buf, _extra_files={MARKER: marker})
     return buf.getvalue()
 
 
-def onnx_bytes(trained: TrainedModel, example: np.ndarray) -> bytes:
-    """The network as an ONNX model (opset 18) with a dynamic batch axis."""
+def onnx_bytes(trained: TrainedModel, refs: ReferenceImages, probabilities: bool = False) -> bytes:
+    """:class:`ExportNet` as an ONNX model (opset 18) with dynamic batch, height and width axes."""
     import onnx
 
-    model = trained.model.to("cpu").eval()
-    x = torch.from_numpy(np.concatenate([example[:1]] * 2))  # a batch of 2: the batch axis stays symbolic
+    dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=MIN_SIDE, max=1 << 16),
+            3: torch.export.Dim("width", min=MIN_SIDE, max=1 << 16)}
     with warnings.catch_warnings(), _quiet():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (x,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                    dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=ONNX_OPSET,
-                                    dynamo=True, verbose=False)
+        program = torch.onnx.export(export_net(trained, probabilities), (_example(refs),), input_names=[INPUT_NAME],
+                                    output_names=[OUTPUT_NAMES[probabilities]], dynamic_shapes=(dims,),
+                                    opset_version=ONNX_OPSET, dynamo=True, verbose=False)
     proto = program.model_proto
     proto.producer_name = SOFTWARE
-    meta = {"classes": json.dumps(list(trained.classes)), "model": trained.name,
-            "temperature": str(trained.temperature), "multi_label": str(trained.multi_label).lower()}
-    for key, value in meta.items():
+    for key, value in _metadata(trained, probabilities).items():
         entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
 
@@ -215,9 +269,17 @@ def torchscript_logits(data: bytes | str | os.PathLike, x: np.ndarray) -> np.nda
         return module(torch.from_numpy(x)).float().numpy()
 
 
-def parity(reference: np.ndarray, other: np.ndarray, what: str, where: Path) -> float:
-    """The largest |difference|; :class:`ModelError` when over :data:`PARITY_TOLERANCE`."""
-    diff = float(np.max(np.abs(reference - other))) if reference.size else 0.0
+def parity(trained: TrainedModel, refs: ReferenceImages, run: Callable[[np.ndarray], np.ndarray], what: str,
+           where: Path, probabilities: bool = False) -> float:
+    """The largest difference of probabilities between ``run`` (giving probabilities, or logits that are
+    calibrated first) and PyTorch over the reference images, one by one (each at its own size) and as
+    one batch at the input size; :class:`ModelError` over the tolerance."""
+    size = trained.input_size
+    inputs = [x[None] for x in refs.network_input]
+    inputs.append(np.stack([resize_image(x, size) for x in refs.network_input]))
+    prob = (lambda z: z) if probabilities else (lambda z: calibrated(trained, z))  # noqa: E731
+    diff = max(float(np.max(np.abs(prob(pytorch_logits(trained, x, probabilities)) - prob(run(x)))))
+               for x in inputs)
     if not np.isfinite(diff) or diff > PARITY_TOLERANCE:
         raise ModelError(f"{where}: the {what} export differs from the PyTorch model by {diff:.2g} on real "
                          f"images (allowed {PARITY_TOLERANCE:g}); nothing was written")
@@ -264,27 +326,28 @@ def _export(model: TrainedModel | str | os.PathLike, fmt: str, out: str | os.Pat
     trained = model if isinstance(model, TrainedModel) else load_model(model)
     target = check_output_file(out if out is not None else default_output(trained.path, fmt))
     refs = reference_images(trained, project)
-    expected = pytorch_logits(trained, refs.network_input)
     result = ExportResult(target, fmt, trained.path, images=list(refs.ids))
     if fmt == "bioimageio":
         from .bioimageio_export import write_package
 
         with tempfile.TemporaryDirectory(prefix="cellclass-export-") as tmp:
-            result.parity, result.notes = write_package(trained, refs, expected, target, Path(tmp),
+            result.parity, result.notes = write_package(trained, refs, target, Path(tmp),
                                                         author=author, license=license, progress=progress)
         return result
     progress(0, 2)
     if fmt == "onnx":
-        data = onnx_bytes(trained, refs.network_input)
-        result.parity["onnx"] = parity(expected, onnx_logits(data, refs.network_input), "ONNX", target)
+        data = onnx_bytes(trained, refs, probabilities=True)
+        result.parity["onnx"] = parity(trained, refs, lambda x: onnx_logits(data, x), "ONNX", target, True)
     else:
-        data = torchscript_bytes(trained, refs.network_input)
-        result.parity["torchscript"] = parity(expected, torchscript_logits(data, refs.network_input),
-                                              "TorchScript", target)
+        data = torchscript_bytes(trained, refs, probabilities=True)
+        result.parity["torchscript"] = parity(trained, refs, lambda x: torchscript_logits(data, x), "TorchScript",
+                                              target, True)
     progress(1, 2)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, data)
     progress(2, 2)
-    result.notes.append("the outputs are logits: divide by the temperature "
-                        f"{trained.temperature:.4g}, then apply {'sigmoid' if trained.multi_label else 'softmax'}")
+    result.notes.append(f"input: images of any size >= {MIN_SIDE} px, scaled and normalised as the model's "
+                        f"config.json says (resized to {trained.input_size} px inside); output: probabilities "
+                        f"({'sigmoid per class' if trained.multi_label else 'softmax'} of the logits / temperature "
+                        f"{trained.temperature:.4g})")
     return result

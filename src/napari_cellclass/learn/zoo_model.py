@@ -1,8 +1,9 @@
 """Run a BioImage Model Zoo classifier package (zip or folder, model spec 0.5 or older) on image files.
 
-Any package runs through bioimageio.core's pipeline (its own pre- and post-processing) on the image
-resized to its input size. A package exported here runs exactly as its model did: intensities
-scaled on the full image, then resized, then its ONNX weights, its temperature and thresholds.
+Any package runs through bioimageio.core's pipeline (its own pre- and post-processing). An image
+is resized only where the input size is fixed (or to the nearest size a free axis allows); a
+package exported here takes any size and resizes inside its network, so it sees each image as
+its model did. Its original class names and per-class thresholds come from its config.
 """
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ import torch.nn.functional as F
 
 from ..core.errors import ChannelMismatchError, ImageReadError, ModelError
 from ..core.images import read_image
-from .data.normalise import Normalisation
-from .data.pixels import prepare_pixels
 from .events import CancelToken
 
 __all__ = ["ZooModel", "is_zoo_package", "load_zoo_model", "zoo_probabilities"]
@@ -30,8 +29,6 @@ __all__ = ["ZooModel", "is_zoo_package", "load_zoo_model", "zoo_probabilities"]
 DESCRIPTION_NAMES = ("rdf.yaml", "bioimageio.yaml")
 #: Weight formats run here, in order of preference (ONNX runs no code from the package).
 RUNNABLE = ("onnx", "torchscript")
-#: The side chosen for a free (parametrised) input size: the smallest allowed one from here up.
-PREFERRED_SIZE = 224
 
 
 @dataclass
@@ -43,14 +40,13 @@ class ZooModel:
     classes: tuple[str, ...]
     multi_label: bool
     in_chans: int
-    size: tuple[int, int]  # (height, width) the images are resized to
+    sizes: tuple[tuple[int, int], tuple[int, int]]  # per space axis (y, x): (size, 0) fixed, (min, step) free
     weights_format: str
     descr: Any = field(repr=False)
     dims: tuple[str, ...] = ("batch", "channel", "y", "x")
     notes: list[str] = field(default_factory=list)
-    own: dict[str, Any] | None = None  # an export of this program: its normalisation, temperature, thresholds
+    own: dict[str, Any] | None = None  # an export of this program: its class names and thresholds
     _pipeline: Any = field(default=None, repr=False)
-    _session: Any = field(default=None, repr=False)
 
     @property
     def thresholds(self) -> np.ndarray:
@@ -61,32 +57,19 @@ class ZooModel:
         return np.full(len(self.classes), 0.5)
 
     @property
-    def normalisation(self) -> Normalisation | None:
-        """The normalisation of a package exported here (None for other packages)."""
-        data = (self.own or {}).get("normalisation")
-        return Normalisation.from_json(data) if isinstance(data, dict) else None
-
-    @property
     def batched(self) -> bool:
         """Whether the input has a batch axis (else images go one at a time)."""
         return "batch" in self.dims
 
-    def own_probabilities(self, x: np.ndarray) -> np.ndarray:
-        """``(N, K)`` probabilities of network input ``x`` through the ONNX weights of our own export."""
-        import onnxruntime as ort
-        from bioimageio.spec.utils import get_reader
-
-        if self._session is None:
-            data = get_reader(self.descr.weights.onnx.source).read()
-            self._session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-        logits = self._session.run(None, {self._session.get_inputs()[0].name: x})[0]
-        z = torch.from_numpy(np.asarray(logits, np.float32)) / float(self.own.get("temperature", 1.0))
-        return (torch.sigmoid(z) if self.multi_label else torch.softmax(z, dim=1)).numpy()
+    def target_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size an image of ``height`` x ``width`` is given to the model at."""
+        out = []
+        for n, (first, step) in zip((height, width), self.sizes, strict=True):
+            out.append(first if step == 0 else max(first, first + int(round((n - first) / step)) * step))
+        return out[0], out[1]
 
     def probabilities(self, raw: np.ndarray) -> np.ndarray:
-        """``(N, K)`` class probabilities of ``(N, C, H, W)`` float32 images from :func:`_prepared`."""
-        if self.normalisation is not None and self.weights_format == "onnx":
-            return self.own_probabilities(raw)
+        """``(N, K)`` class probabilities of raw ``(N, C, H, W)`` float32 images from :func:`_prepared`."""
         from bioimageio.core import Tensor
         from bioimageio.core.digest_spec import create_sample_for_model
 
@@ -143,8 +126,8 @@ def _axis_id(axis: Any) -> str:
     return str(getattr(axis, "id", None) or axis.type)
 
 
-def _input_shape(path: Path, descr: Any) -> tuple[tuple[str, ...], int, tuple[int, int]]:
-    """(axis ids in order, channels, (height, width)) of the single image input."""
+def _input_shape(path: Path, descr: Any) -> tuple[tuple[str, ...], int, tuple[tuple[int, int], tuple[int, int]]]:
+    """(axis ids in order, channels, per space axis y, x: (size, 0) when fixed, (min, step) when free)."""
     if len(descr.inputs) != 1:
         raise ModelError(f"{path}: the model takes {len(descr.inputs)} inputs; predict runs classifiers of one "
                          "image input")
@@ -156,22 +139,19 @@ def _input_shape(path: Path, descr: Any) -> tuple[tuple[str, ...], int, tuple[in
                          "classifiers of 2D images (batch, channel, y, x)")
     chans = [a for a in axes if a.type == "channel"]
     in_chans = len(chans[0].channel_names) if chans else 1
-    sizes = []
+    sizes: dict[str, tuple[int, int]] = {}
     for a in space:
         s = a.size
         if isinstance(s, int):
-            sizes.append(s)
+            sizes[_axis_id(a)] = (int(s), 0)
         elif hasattr(s, "min") and hasattr(s, "step"):
-            n = max(0, -(-(PREFERRED_SIZE - s.min) // s.step)) if s.step else 0
-            sizes.append(int(s.min + n * s.step))
+            sizes[_axis_id(a)] = (int(s.min), int(s.step))
         else:
             raise ModelError(f"{path}: its input axis {_axis_id(a)} has a size set by another tensor; predict runs "
                              "classifiers whose input size is fixed or free")
     dims = tuple(_axis_id(a) if a.type == "space" else a.type for a in axes)
-    by_id = dict(zip([_axis_id(a) for a in space], sizes, strict=True))
-    height = by_id.get("y", sizes[0])
-    width = by_id.get("x", sizes[1])
-    return dims, in_chans, (int(height), int(width))
+    ordered = list(sizes.values())
+    return dims, in_chans, (sizes.get("y", ordered[0]), sizes.get("x", ordered[1]))
 
 
 def _classes(path: Path, descr: Any) -> tuple[tuple[str, ...], bool]:
@@ -201,7 +181,7 @@ def load_zoo_model(path: str | os.PathLike) -> ZooModel:
     if getattr(descr, "type", "") != "model":
         raise ModelError(f"{p}: the zoo package describes a {getattr(descr, 'type', '?')}, not a model")
     classes, multi = _classes(p, descr)
-    dims, in_chans, size = _input_shape(p, descr)
+    dims, in_chans, sizes = _input_shape(p, descr)
     present = [f for f in RUNNABLE if getattr(descr.weights, f, None) is not None]
     if not present:
         have = [k for k, v in descr.weights if v is not None]
@@ -210,16 +190,12 @@ def load_zoo_model(path: str | os.PathLike) -> ZooModel:
                          "export with one of those")
     name = str(descr.name) if getattr(descr, "name", None) else p.stem
     ours = (getattr(descr.config, "model_extra", None) or {}).get("napari-cellclass")
-    return ZooModel(p, name, classes, multi, in_chans, size, present[0], descr, dims,
+    return ZooModel(p, name, classes, multi, in_chans, sizes, present[0], descr, dims,
                     own=ours if isinstance(ours, dict) else None)
 
 
 def _prepared(path: Any, zoo: ZooModel) -> np.ndarray | str:
-    """An image as float32 ``(C, H, W)`` at the model's size, or the reason it cannot be used.
-
-    Raw intensities for the package's own pre-processing; for an export of this program, the
-    network input exactly as its model was given it (scaled on the full image, resized, normalised).
-    """
+    """An image as raw float32 ``(C, H, W)`` at the size the model takes it, or the reason it cannot be used."""
     try:
         pix = np.asarray(path) if isinstance(path, np.ndarray) else read_image(path).pixels
     except ImageReadError as exc:
@@ -228,18 +204,11 @@ def _prepared(path: Any, zoo: ZooModel) -> np.ndarray | str:
     if pix.shape[0] != zoo.in_chans:
         raise ChannelMismatchError(f"{path}: has {pix.shape[0]} channel(s) but the model {zoo.path.name} takes "
                                    f"{zoo.in_chans}; convert the image or use another model")
-    norm = zoo.normalisation
-    if norm is not None and zoo.weights_format == "onnx" and zoo.size[0] == zoo.size[1]:
-        try:
-            row = prepare_pixels(pix, zoo.size[0], norm.scaling).astype(np.float32)
-        except (ValueError, ImageReadError) as exc:
-            return f"cannot prepare the pixels ({exc})"
-        mean = np.asarray(norm.mean, np.float32)[:, None, None]
-        return (row - mean) / np.asarray(norm.std, np.float32)[:, None, None]
     x = torch.from_numpy(np.ascontiguousarray(np.nan_to_num(pix.astype(np.float32))))[None]
-    if tuple(x.shape[-2:]) != zoo.size:
-        shrink = x.shape[-2] > zoo.size[0] or x.shape[-1] > zoo.size[1]
-        x = F.interpolate(x, size=zoo.size, mode="bilinear", align_corners=False, antialias=shrink)
+    size = zoo.target_size(int(x.shape[-2]), int(x.shape[-1]))
+    if tuple(x.shape[-2:]) != size:
+        shrink = x.shape[-2] > size[0] or x.shape[-1] > size[1]
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
     return x[0].numpy()
 
 
@@ -274,13 +243,14 @@ def zoo_probabilities(zoo: ZooModel, paths: Sequence[Any], keys: Sequence[str], 
                 problems[k] = row
             else:
                 good.append((k, row))
-        if good:
-            p = zoo.probabilities(np.stack([r for _, r in good]))
+        for shape in dict.fromkeys(r.shape for _, r in good):  # one call per image size
+            same = [(k, r) for k, r in good if r.shape == shape]
+            p = zoo.probabilities(np.stack([r for _, r in same]))
             if not np.isfinite(p).all():
                 raise ModelError(f"{zoo.path}: the model gives non-finite outputs (NaN or infinity); nothing was "
                                  "stored")
             probs.append(p)
-            done_keys += [k for k, _ in good]
+            done_keys += [k for k, _ in same]
         done += len(rows)
         if progress is not None:
             progress(done, len(paths))
