@@ -96,7 +96,7 @@ def test_evaluate_out_into_a_label_folder_is_refused(model_dir, project, capsys)
     for folder in (labels, labels / "new", project.root / "cellclass_cache" / "eval"):
         code, out, err = _run(capsys, "evaluate", project.root, "--model", model_dir, "--split", "all",
                               "--out", folder)
-        assert code == 2 and len(err.strip().splitlines()) == 1 and "choose another" in err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "choose a folder outside it" in err
         assert sorted(os.listdir(labels)) == before and not (labels / "new").exists()
         assert not (project.root / "cellclass_cache" / "eval").exists()
 
