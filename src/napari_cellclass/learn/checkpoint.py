@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -200,6 +202,12 @@ class TrainedModel:
         chosen = self.calibration.get("thresholds") or {}
         return np.array([float(chosen.get(c, self.threshold)) for c in self.classes], np.float32)
 
+    @functools.cached_property
+    def identity(self) -> str:
+        """``<folder name>@<12 hex digits>``: the sha256 of the loaded weights (names, dtypes, shapes, bytes),
+        so retrained or altered weights under the same name are another model."""
+        return f"{self.name}@{state_digest(self.model)[:12]}"
+
     @property
     def split(self) -> dict[str, list[str]]:
         """The image ids of the train/val/test split it was trained with."""
@@ -208,6 +216,15 @@ class TrainedModel:
     def __repr__(self) -> str:
         return (f"TrainedModel({str(self.path)!r}, backbone={self.backbone!r}, classes={list(self.classes)}, "
                 f"in_chans={self.in_chans}, input_size={self.input_size})")
+
+
+def state_digest(model: nn.Module) -> str:
+    """The sha256 (hex) of a model's state: every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
 
 
 def build_from_config(cfg: dict[str, Any]) -> nn.Module:
