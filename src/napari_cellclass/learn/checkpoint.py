@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import functools
 import hashlib
 import json
 import os
@@ -202,10 +201,10 @@ class TrainedModel:
         chosen = self.calibration.get("thresholds") or {}
         return np.array([float(chosen.get(c, self.threshold)) for c in self.classes], np.float32)
 
-    @functools.cached_property
+    @property
     def identity(self) -> str:
-        """``<folder name>@<12 hex digits>``: the sha256 of the loaded weights (names, dtypes, shapes, bytes),
-        so retrained or altered weights under the same name are another model."""
+        """``<folder name>@<12 hex digits>``: the sha256 of the weights as they are now (names, dtypes, shapes,
+        bytes; computed on each access), so retrained or altered weights under the same name are another model."""
         return f"{self.name}@{state_digest(self.model)[:12]}"
 
     @property

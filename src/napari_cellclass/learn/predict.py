@@ -394,6 +394,7 @@ class _Run:
                  csv: Path | None, min_confidence: Any, progress: Progress | None, cancel: CancelToken | None
                  ) -> None:
         self.trained, self.info, self.dev, self.write, self.csv = trained, info, dev, write, csv
+        self.model_id = trained.identity
         self.min_confidence, self.cancel = min_confidence, cancel
         self.progress = progress if info.is_main else None
         self.project: Project | None = None
@@ -406,7 +407,7 @@ class _Run:
         """What to predict (rank 0: reads the outputs to resume and opens the CSV)."""
         items, keys, self.project = prediction_inputs(images, ids, all_images)
         resume = self.project is None if resume is None else resume
-        model_id = self.trained.identity
+        model_id = self.model_id
         outputs: list[dict[str, Prediction]] = []
         if resume and self.csv is not None:
             outputs.append(read_log(self.csv)[0])
@@ -498,7 +499,7 @@ class _Run:
     def result(self, ids: list[str], probs: np.ndarray, timestamp: str) -> PredictionResult:
         t = self.trained
         return PredictionResult(ids, t.classes, probs, t.multi_label, t.thresholds, t.name, timestamp,
-                                min_confidence=self.min_confidence, model_id=t.identity)
+                                min_confidence=self.min_confidence, model_id=self.model_id)
 
     def store_chunk(self, chunk: PredictionResult) -> None:
         """Append a chunk to the CSV and store it in the project (rank 0; every rank hears of a failure)."""
