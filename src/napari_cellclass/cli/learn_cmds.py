@@ -295,6 +295,8 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     from . import emit, stderr_progress
 
     main_rank = distributed.env_rank() == 0
+    if not main_rank:
+        args.json = False  # under torchrun only rank 0 prints on stdout (an error of another rank: on stderr)
     truth = read_truth(args.truth) if args.truth else None  # a bad file is refused before predicting
     images = args.paths[0] if len(args.paths) == 1 else args.paths
     try:
@@ -306,7 +308,16 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
         distributed.leave()
     if not main_rank:
         return {"ok": True}
-    out = {"ok": True, **result.to_dict(), "csv": args.csv, "tta": args.tta}
+    counts: dict[str, int] = {}
+    for pred in result.predicted():
+        key = ";".join(pred) or "(none)"
+        counts[key] = counts.get(key, 0) + 1
+    summary = result.to_dict() if args.json else {"model": result.model_name, "n": len(result), "reused": result.reused,
+                                                  "skipped": [{"image_id": k, "reason": v}
+                                                              for k, v in result.skipped.items()]}
+    if result.min_confidence is not None and not args.json:  # the text needs only the numbers
+        summary.update(min_confidence=result.min_confidence, uncertain=result.verdicts().count("uncertain"))
+    out = {"ok": True, **summary, "counts": counts, "csv": args.csv, "tta": args.tta}
     if result.stored_in:
         out["stored_in"] = result.stored_in
     target = Path(args.paths[0])
@@ -325,12 +336,8 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
                         "accuracy": sum(t == p for t, p in pairs) / len(pairs)}
 
     def human(r: dict[str, Any]) -> str:
-        counts: dict[str, int] = {}
-        for p in r["predictions"]:
-            key = ";".join(p["predicted"]) or "(none)"
-            counts[key] = counts.get(key, 0) + 1
         lines = [f"predicted {r['n']} image(s) with {Path(r['model']).name}: "
-                 + ", ".join(f"{k} {v}" for k, v in counts.items())]
+                 + ", ".join(f"{k} {v}" for k, v in r["counts"].items())]
         if r.get("reused"):
             lines.append(f"skipped {r['reused']} image(s) already predicted by this model")
         if "uncertain" in r:

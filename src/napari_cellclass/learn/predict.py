@@ -427,6 +427,7 @@ class _Run:
     def run(self, images: Any, ids: Sequence[str] | None, all_images: bool, resume: bool | None,
             chunk_size: int | None, threads: int | None, **infer_kw: Any) -> PredictionResult:
         trained, info = self.trained, self.info
+        it: Iterator[Any] | None = None
         try:
             plan = self.plan(images, ids, all_images, resume) if info.is_main else None
             plan = distributed.broadcast_object(info, plan)
@@ -447,8 +448,8 @@ class _Run:
                 if self.progress is not None:
                     self.progress(stream.decoded + inferred + extra, 2 * total)
 
-            it = stream.iterate(tick=tick)
-            for _ in chunks:
+            it = iter(stream.iterate(tick=tick))
+            for _ in chunks:  # every rank the same number of steps (collectives inside)
                 part: tuple[list[str], np.ndarray, dict[str, str], float, str | None]
                 try:
                     chunk = next(it)
@@ -463,7 +464,8 @@ class _Run:
                 except Exception as exc:
                     if not info.enabled:
                         raise
-                    part = ([], np.zeros(0), {}, 0.0, f"{type(exc).__name__}: {exc}")
+                    part = ([], np.zeros(0), {}, 0.0,
+                            str(exc) if isinstance(exc, CellclassError) else f"{type(exc).__name__}: {exc}")
                     own = exc
                 parts = distributed.gather_objects(info, part)
                 errors = [e for *_, e in parts if e is not None]
@@ -485,6 +487,8 @@ class _Run:
             if self.log is not None:
                 self.log.finish()
         finally:
+            if it is not None:
+                it.close()  # stops and waits for a chunk still decoding
             if self.log is not None:
                 self.log.close()
         result = self.result(ids, np.concatenate(probs) if probs else np.zeros((0, len(trained.classes)), np.float32),
