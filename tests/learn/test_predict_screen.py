@@ -204,10 +204,7 @@ def test_project_resume_is_asked_for_and_fresh_is_the_default(trained, sample_pr
     assert partial.ids == [todo[0]] and partial.reused == len(todo) - 1
 
 
-def test_torchrun_two_processes_write_one_file_with_the_single_process_results(trained, model_dir, screen,
-                                                                                tmp_path):
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
+def _torchrun(model_dir, screen, out_dir, cwd):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "napari_cellclass.cli", "predict", str(screen / "plate1"),
            str(screen / "plate2" / "**" / "*.tif"), "--model", str(model_dir), "--csv", str(out_dir / "p.csv"),
@@ -218,7 +215,14 @@ def test_torchrun_two_processes_write_one_file_with_the_single_process_results(t
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
     env.pop("CELLCLASS_PROGRESS", None)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=cwd)
+
+
+def test_torchrun_two_processes_write_one_file_with_the_single_process_results(trained, model_dir, screen,
+                                                                                tmp_path):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = _torchrun(model_dir, screen, out_dir, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     objects = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(objects) == 1, proc.stdout  # rank 1 prints nothing
@@ -229,3 +233,16 @@ def test_torchrun_two_processes_write_one_file_with_the_single_process_results(t
     assert list(stored) == single.ids and len(_rows(out_dir / "p.csv")) == 30
     probs = np.array([[stored[i].probabilities[c] for c in trained.classes] for i in single.ids])
     np.testing.assert_allclose(probs, single.probabilities, atol=1e-5)
+
+
+def test_torchrun_a_bad_image_on_one_rank_stops_both_with_one_error(model_dir, screen, tmp_path):
+    import tifffile
+
+    bad = screen / "plate1" / "A01" / "field6.tif"  # 6th image: rank 1's part of the first chunk
+    tifffile.imwrite(bad, np.zeros((3, 64, 64), np.uint16), photometric="minisblack")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = _torchrun(model_dir, screen, out_dir, tmp_path)  # a hang would time out
+    assert proc.returncode != 0
+    assert "field6.tif: has 3 channel(s) but the model takes 2" in proc.stderr
+    assert not [line for line in proc.stdout.splitlines() if '"ok": true' in line]

@@ -38,7 +38,7 @@ from ..core.project import CONFIG_NAME, Project
 from . import distributed
 from .checkpoint import TrainedModel, load_model
 from .data import ImageStore, cache_dir_for
-from .data.chunks import StoreStream, chunk_rows
+from .data.chunks import Chunk, StoreStream, chunk_rows
 from .device import autocast, resolve_device, resolve_precision
 from .events import CancelToken
 
@@ -387,6 +387,17 @@ def predict(model: TrainedModel | str | os.PathLike, images: Any, *, ids: Sequen
         distributed.leave(info)
 
 
+@dataclass
+class _Part:
+    """One rank's results for one chunk (gathered on every rank under torchrun)."""
+
+    ids: list[str]
+    probs: np.ndarray
+    problems: dict[str, str]
+    started: float  # when the chunk's decoding started (0: nothing was decoded)
+    error: str | None = None
+
+
 class _Run:
     """One prediction run: plan (rank 0), chunks (every rank), writes (rank 0)."""
 
@@ -402,6 +413,8 @@ class _Run:
         self.warnings: list[str] = []
         self.stored = False
         self.write_failed = False
+        self.own_error: Exception | None = None
+        self.inferred = 0
 
     def plan(self, images: Any, ids: Sequence[str] | None, all_images: bool, resume: bool | None) -> _Plan:
         """What to predict (rank 0: reads the outputs to resume and opens the CSV)."""
@@ -426,62 +439,44 @@ class _Run:
 
     def run(self, images: Any, ids: Sequence[str] | None, all_images: bool, resume: bool | None,
             chunk_size: int | None, threads: int | None, **infer_kw: Any) -> PredictionResult:
+        """Predict every chunk of this rank, gather each chunk's results on every rank and write them (rank 0)."""
         trained, info = self.trained, self.info
-        it: Iterator[Any] | None = None
+        it: Iterator[Chunk] | None = None
         try:
-            plan = self.plan(images, ids, all_images, resume) if info.is_main else None
-            plan = distributed.broadcast_object(info, plan)
+            plan = distributed.broadcast_object(info, self.plan(images, ids, all_images, resume)
+                                                if info.is_main else None)
             assert plan is not None
-            size = chunk_size or chunk_rows(trained.input_size, trained.in_chans)
-            chunks = _chunks(plan.todo, size, info)
+            chunks = _chunks(plan.todo, chunk_size or chunk_rows(trained.input_size, trained.in_chans), info)
             total = sum(len(c) for c in chunks)
             stream = StoreStream(plan.items, plan.keys, chunks, trained.input_size, trained.normalisation.scaling,
                                  trained.in_chans, cache_dir=cache_dir_for(self.project.root) if self.project else None,
                                  threads=threads, cancel=self.cancel)
-            ids: list[str] = []
-            probs: list[np.ndarray] = []
-            skipped: dict[str, str] = {}
-            first: float | None = None
-            inferred = 0
+            self.inferred = 0
 
             def tick(extra: int = 0) -> None:
                 if self.progress is not None:
-                    self.progress(stream.decoded + inferred + extra, 2 * total)
+                    self.progress(stream.decoded + self.inferred + extra, 2 * total)
 
             it = iter(stream.iterate(tick=tick))
-            for _ in chunks:  # every rank the same number of steps (collectives inside)
-                part: tuple[list[str], np.ndarray, dict[str, str], float, str | None]
-                try:
-                    chunk = next(it)
-                    good = np.flatnonzero(chunk.store.ok)
-                    p = infer(trained, chunk.store, good, device=self.dev, progress=lambda d, _t: tick(d),
-                              cancel=self.cancel, **infer_kw)
-                    keys = [chunk.store.keys[i] for i in good[:len(p)]]
-                    part = (keys, p, dict(chunk.store.problems), chunk.started, None)
-                    inferred += len(chunk.positions)
-                except StopIteration:  # cancelled
-                    part = ([], np.zeros((0, len(trained.classes)), np.float32), {}, 0.0, None)
-                except Exception as exc:
-                    if not info.enabled:
-                        raise
-                    part = ([], np.zeros(0), {}, 0.0,
-                            str(exc) if isinstance(exc, CellclassError) else f"{type(exc).__name__}: {exc}")
-                    own = exc
-                parts = distributed.gather_objects(info, part)
-                errors = [e for *_, e in parts if e is not None]
+            done: list[str] = []
+            probs: list[np.ndarray] = []
+            skipped: dict[str, str] = {}
+            first: float | None = None
+            for _ in chunks:  # every rank takes the same number of steps (collectives inside)
+                parts = distributed.gather_objects(info, self._part(it, tick, infer_kw))
+                errors = [q.error for q in parts if q.error is not None]
                 if errors:
-                    if part[4] is not None:
-                        raise own
-                    raise CellclassError(errors[0])
-                merged = (sum((q[0] for q in parts), []), np.concatenate([q[1] for q in parts]))
-                started = min((q[3] for q in parts if q[3]), default=0.0)
+                    raise self.own_error if self.own_error is not None else CellclassError(errors[0])
+                ids_k = [i for q in parts for i in q.ids]
+                probs_k = np.concatenate([q.probs for q in parts])
+                started = min((q.started for q in parts if q.started), default=0.0)
                 for q in parts:
-                    skipped.update(q[2])
+                    skipped.update(q.problems)
                 if started:
-                    first = started if first is None else first
-                    self.store_chunk(self.result(*merged, now_iso("milliseconds", started)))
-                ids += merged[0]
-                probs.append(merged[1])
+                    first = first or started
+                    self.store_chunk(self.result(ids_k, probs_k, now_iso("milliseconds", started)))
+                done += ids_k
+                probs.append(probs_k)
                 if self.cancel is not None and self.cancel.is_set():
                     break
             if self.log is not None:
@@ -491,7 +486,8 @@ class _Run:
                 it.close()  # stops and waits for a chunk still decoding
             if self.log is not None:
                 self.log.close()
-        result = self.result(ids, np.concatenate(probs) if probs else np.zeros((0, len(trained.classes)), np.float32),
+        empty = np.zeros((0, len(trained.classes)), np.float32)
+        result = self.result(done, np.concatenate(probs) if probs else empty,
                              now_iso("milliseconds", first) if first else now_iso())
         result.skipped, result.reused, result.warnings = skipped, plan.reused, self.warnings
         if self.stored and not self.write_failed:
@@ -499,6 +495,28 @@ class _Run:
         if self.progress is not None:
             self.progress(2 * total, 2 * total)
         return result
+
+    def _part(self, it: Iterator[Chunk], tick: Callable[..., None], infer_kw: dict[str, Any]) -> _Part:
+        """This rank's results for its next chunk; under torchrun an error travels to the other ranks."""
+        k = len(self.trained.classes)
+        try:
+            chunk = next(it)
+            good = np.flatnonzero(chunk.store.ok)
+            p = infer(self.trained, chunk.store, good, device=self.dev, progress=lambda d, _t: tick(d),
+                      cancel=self.cancel, **infer_kw)
+        except StopIteration:  # cancelled
+            return _Part([], np.zeros((0, k), np.float32), {}, 0.0)
+        except Exception as exc:  # noqa: BLE001 - raised again here, or on every rank after the gather
+            return self._failed(exc)
+        self.inferred += len(chunk.positions)
+        return _Part([chunk.store.keys[i] for i in good[:len(p)]], p, dict(chunk.store.problems), chunk.started)
+
+    def _failed(self, exc: Exception) -> _Part:
+        if not self.info.enabled:
+            raise exc
+        self.own_error = exc
+        text = str(exc) if isinstance(exc, CellclassError) else f"{type(exc).__name__}: {exc}"
+        return _Part([], np.zeros((0, len(self.trained.classes)), np.float32), {}, 0.0, text)
 
     def result(self, ids: list[str], probs: np.ndarray, timestamp: str) -> PredictionResult:
         t = self.trained
