@@ -246,3 +246,15 @@ def test_torchrun_a_bad_image_on_one_rank_stops_both_with_one_error(model_dir, s
     assert proc.returncode != 0
     assert "field6.tif: has 3 channel(s) but the model takes 2" in proc.stderr
     assert not [line for line in proc.stdout.splitlines() if '"ok": true' in line]
+
+
+def test_resumed_rows_get_the_verdict_of_the_new_minimum_confidence(trained, screen, tmp_path):
+    out = tmp_path / "p.csv"
+    predict(trained, screen, csv=out, device="cpu")
+    assert "verdict" not in out.read_text().splitlines()[0]
+    res = predict(trained, screen, csv=out, device="cpu", min_confidence=0.9)
+    assert res.reused == 30 and len(res) == 0
+    stored = read_predictions_csv(out)
+    assert len(stored) == 30
+    for p in stored.values():
+        assert p.verdict == ("uncertain" if p.confidence < 0.9 else p.classes[0])

@@ -59,17 +59,24 @@ class PredictionsLog:
         Whether the rows carry a verdict column.
     keep
         Rows already in the file that stay (e.g. those of the same model); None: start empty.
+    refresh
+        Brings a kept row up to date (e.g. its verdict under this run's minimum confidence); the
+        file is rewritten when that changes a row.
     """
 
     def __init__(self, path: str | os.PathLike, classes: Iterable[str], verdict: bool,
-                 keep: Callable[[Prediction], bool] | None = None) -> None:
+                 keep: Callable[[Prediction], bool] | None = None,
+                 refresh: Callable[[Prediction], Prediction] | None = None) -> None:
         self.path = check_output_file(path)
         self.classes = list(classes)
         self.verdict = verdict
         self.header = csv_header(self.classes, verdict, True)
         rows, header, clean = read_log(self.path) if keep is not None else ({}, None, False)
         self.kept = {i: p for i, p in rows.items() if keep is not None and keep(p)}
-        self._rewrite = not (clean and header == self.header and len(self.kept) == len(rows) and rows)
+        fresh = {i: refresh(p) for i, p in self.kept.items()} if refresh is not None else self.kept
+        same = fresh == self.kept
+        self.kept = fresh
+        self._rewrite = not (clean and same and header == self.header and len(self.kept) == len(rows) and rows)
         self._fh: IO[str] | None = None
 
     def _start(self) -> None:

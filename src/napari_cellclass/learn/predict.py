@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from ..core.predictions import (
     Prediction,
     decision_confidence,
     export_predictions_csv,
+    is_uncertain,
     now_iso,
     predictions_path,
     read_predictions,
@@ -434,8 +435,15 @@ class _Run:
             again = {keys[i] for i in plan.todo}
             self.log = PredictionsLog(self.csv, self.trained.classes, self.min_confidence is not None,
                                       keep=(lambda p: p.model_id == model_id and p.image_id not in again)
-                                      if resume else None)
+                                      if resume else None, refresh=self.with_verdict)
         return plan
+
+    def with_verdict(self, p: Prediction) -> Prediction:
+        """A kept row with the verdict this run gives (none without a minimum confidence)."""
+        mc = self.min_confidence
+        verdict = "" if mc is None else UNCERTAIN if is_uncertain(p, mc, self.trained.multi_label) \
+            else ";".join(p.classes)
+        return p if p.verdict == verdict else replace(p, verdict=verdict)
 
     def run(self, images: Any, ids: Sequence[str] | None, all_images: bool, resume: bool | None,
             chunk_size: int | None, threads: int | None, **infer_kw: Any) -> PredictionResult:
