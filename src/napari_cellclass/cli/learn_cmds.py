@@ -336,8 +336,8 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
                         "accuracy": sum(t == p for t, p in pairs) / len(pairs)}
 
     def human(r: dict[str, Any]) -> str:
-        lines = [f"predicted {r['n']} image(s) with {Path(r['model']).name}: "
-                 + ", ".join(f"{k} {v}" for k, v in r["counts"].items())]
+        counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items())
+        lines = [f"predicted {r['n']} image(s) with {Path(r['model']).name}" + (f": {counts}" if counts else "")]
         if r.get("reused"):
             lines.append(f"skipped {r['reused']} image(s) already predicted by this model")
         if "uncertain" in r:

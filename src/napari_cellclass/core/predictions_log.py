@@ -88,6 +88,7 @@ class PredictionsLog:
             w.writerows(csv_row(p, self.classes, self.verdict, True) for p in self.kept.values())
             atomic_write_text(self.path, body.getvalue())
             self._rewrite = False
+        self.kept = {}  # on disk now; not held through the run
 
     def append(self, predictions: Iterable[Prediction]) -> None:
         """Append rows; they are on disk when this returns (the file is first rewritten when needed)."""
