@@ -2,7 +2,8 @@
 # Set everything up (see setup.sh) and run the main job on the built-in sample data:
 # write the synthetic U2OS project, show its summary, train a small CNN on the labelled images
 # (CPU, about a minute), predict the unlabelled ones (checked against ground_truth.csv, uncertain
-# ones marked) and print the evaluation with its calibration (files in DIR/evaluation); then, when a display is present (and not in CI), open napari on the project
+# ones marked), print the evaluation with its calibration (files in DIR_evaluation), export the model
+# as a BioImage Model Zoo package and predict with it; then, when a display is present (and not in CI), open napari on the project
 # with the labelling, training and metrics widgets. The project lands in ./demo_project
 # (override: DEMO_DIR=...; DEMO_GUI=0 skips napari).
 set -euo pipefail
@@ -33,8 +34,13 @@ echo "demo: predicting the unlabelled images (stored in $DEMO_DIR/cellclass_pred
 echo "      below confidence 0.9 the verdict is 'uncertain')"
 $CLI predict "$DEMO_DIR" --model "$MODEL" --truth "$DEMO_DIR/ground_truth.csv" --min-confidence 0.9
 echo
-echo "demo: evaluating (calibration, coverage; files and the reliability diagram in $DEMO_DIR/evaluation)"
-$CLI evaluate "$DEMO_DIR" --model "$MODEL" --out "$DEMO_DIR/evaluation"
+echo "demo: evaluating (calibration, coverage; files and the reliability diagram in ${DEMO_DIR}_evaluation)"
+$CLI evaluate "$DEMO_DIR" --model "$MODEL" --out "${DEMO_DIR}_evaluation"
+echo
+echo "demo: exporting the model as a BioImage Model Zoo package (checked by bioimageio.core) and predicting with it"
+$CLI export "$MODEL" --format bioimageio
+$CLI predict "$DEMO_DIR" --model "$DEMO_DIR/cellclass_exports/demo.bioimageio.zip" --truth "$DEMO_DIR/ground_truth.csv" \
+  --min-confidence 0.9
 echo
 echo "demo: which unlabelled images to label next (the model's least certain, kept diverse)"
 $CLI suggest "$DEMO_DIR" --model "$MODEL" --n 5

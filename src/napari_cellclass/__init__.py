@@ -29,7 +29,7 @@ from .core.transfer import export_csv, import_csv, import_folders
 __version__ = "0.1.0"
 
 _LEARN_NAMES = ("TrainConfig", "train", "predict", "evaluate", "load_model", "list_backbones", "suggest",
-                "check_labels", "explain")
+                "check_labels", "explain", "export_model")
 
 __all__ = [
     "CellclassError", "ClassInfo", "ImageData", "ImageReadError", "Project", "ProjectError", "Split",

@@ -86,6 +86,15 @@ def test_train_predict_evaluate_json(tiny_sample, tmp_path, capsys):
     assert res["metrics"]["confusion_matrix"] == [[int(v) for v in r[1:]] for r in cm[1:]]
     code, out, _ = _run(capsys, "evaluate", str(tiny_sample.root), "--model", str(model), "--out", str(folder))
     assert code == 0 and f"written: {folder}" in out
+    # inside the project the diagram would become one of its images (a 3-channel PNG that predict trips on)
+    images_before = list(tiny_sample.image_ids)
+    inside = tiny_sample.root / "evaluation"
+    code, _, err = _run(capsys, "evaluate", str(tiny_sample.root), "--model", str(model), "--out", str(inside))
+    assert code == 2 and "is inside the project" in err and "_evaluation beside it" in err
+    assert not inside.exists()
+    from napari_cellclass.core.project import Project
+
+    assert list(Project.open(tiny_sample.root).image_ids) == images_before
 
 
 def test_evaluate_help_names_the_files(capsys):

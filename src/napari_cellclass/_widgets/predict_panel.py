@@ -9,6 +9,7 @@
   row shows that image.
 - Predictions less sure than "uncertain below" (the model's calibrated threshold by default)
   get grey borders, a ``?`` in the gallery and the "uncertain" filter.
+- A per-well summary (folded away at first): a table of groups and a clickable plate heatmap.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from .compact import compact_dock, show_rows
 from .dialogs import ask_yes_no
 from .explain_panel import ExplainPanel
 from .napari_private import real_viewer
+from .plate_panel import PlatePanel
 from .session import session_for
 from .training_model import Failed, import_learning_libraries, run_prediction
 from .uncertain_control import UncertainControl
@@ -111,6 +113,7 @@ class PredictionsWidget(Container):
             return Container(widgets=list(widgets), layout="horizontal", labels=labels)
 
         self.explain_part = ExplainPanel(self.viewer)  # saliency maps of the selected images
+        self.plates = PlatePanel(self.viewer, self.shared)  # per-well summary and plate heatmap
         self.extend([
             self.model_label, row(self.scope, self.predict_button, self.stop_button, labels=True), self.status,
             self.uncertain,
@@ -119,6 +122,7 @@ class PredictionsWidget(Container):
             Container(widgets=[self.class_filter, self.min_conf, self.max_conf, self.order], labels=True),
             row(self.unlabelled_only, self.show_button), self.table,
             Container(widgets=[self.export_file], labels=True), self.export_button,
+            self.plates,
         ])
         compact_dock(self)  # rows scroll in a short dock; the table takes the spare height
         self.predict_button.changed.connect(lambda _v: self.predict())
@@ -341,6 +345,7 @@ class PredictionsWidget(Container):
         self.uncertain.disconnect()
         self.shared.marks_changed.disconnect(self._on_marks)
         self.explain_part.close()
+        self.plates.close()
         self.shared.model_changed.disconnect(self._on_active_model)
         self.shared.project_changed.disconnect(self._on_project_changed)
         self.shared.labels_changed.disconnect(self._on_labels_changed)

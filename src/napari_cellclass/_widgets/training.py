@@ -30,6 +30,7 @@ from qtpy.QtCore import QTimer
 from ..core.errors import CellclassError
 from ..core.project import Project
 from .compact import compact_dock
+from .export_panel import ExportPanel
 from .model_panel import ModelPanel, fixed_lines
 from .napari_private import real_viewer
 from .plots import TrainingPlots
@@ -105,6 +106,7 @@ class TrainingWidget(Container):
         fixed_lines(self.status, 3)
         self.plots = TrainingPlots()
         self.models = ModelPanel(self.shared)
+        self.exports = ExportPanel(self.shared)
         self.active_label = self.models.active_label  # for scripts and tests
 
         def row(*widgets: Widget) -> Container:
@@ -112,7 +114,7 @@ class TrainingWidget(Container):
 
         self.extend([
             self.project_label, self.form,
-            row(self.train_button, self.stop_button), self.status, self.plots, self.models,
+            row(self.train_button, self.stop_button), self.status, self.plots, self.models, self.exports,
         ])
         compact_dock(self)  # rows scroll in a short dock; the window never outgrows the screen
         self.train_button.changed.connect(lambda _v: self.train())

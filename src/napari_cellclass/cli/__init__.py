@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..core.errors import CellclassError
-from . import labelling_cmds, learn_cmds, project_cmds, trust_cmds
+from . import labelling_cmds, learn_cmds, project_cmds, screen_cmds, share_cmds, trust_cmds
 
 Handler = Callable[[argparse.Namespace], dict[str, Any]]
 PROG = "napari-cellclass"
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
-    for mod in (project_cmds, learn_cmds, labelling_cmds, trust_cmds):
+    for mod in (project_cmds, learn_cmds, labelling_cmds, trust_cmds, screen_cmds, share_cmds):
         mod.register(sub)
     return parser
 

@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import CellclassError
+from . import screen_cmds
 
 if TYPE_CHECKING:
+    from ..core.predictions import Prediction
     from ..learn.config import TrainConfig
     from ..learn.events import BatchProgress, EpochEnd, Event, Finished
+    from ..learn.predict import PredictionResult
     from ..learn.settings import Setting
 
 FREEZE = {"none": "full", "head": "head", "head-then-all": "head-then-all"}
@@ -46,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="a project folder, or folders of images, image files and glob patterns (quoted, e.g. "
                         "'plate*/**/*.tif'; ** goes down any number of folders)")
-    p.add_argument("--model", required=True, metavar="MODEL", help="model folder")
+    p.add_argument("--model", required=True, metavar="MODEL",
+                   help="model folder, or a BioImage Model Zoo classifier package (.zip or folder)")
     p.add_argument("--csv", metavar="OUT", help="also write the predictions to this CSV file (appended chunk by chunk)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", default=None,
@@ -65,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "with the class or 'uncertain'; auto: the confidence at which the model was 95%% accurate "
                         "on its validation images")
     p.add_argument("--batch-size", type=int, default=128)
+    screen_cmds.add_summary_flags(p)
     add_device(p)
     add_common(p)
     p.set_defaults(handler=cmd_predict, resume=None)
@@ -298,6 +303,7 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     if not main_rank:
         args.json = False  # under torchrun only rank 0 prints on stdout (an error of another rank: on stderr)
     truth = read_truth(args.truth) if args.truth else None  # a bad file is refused before predicting
+    summary = screen_cmds.plan_summary(args)  # so are a bad --group-by, --heatmap-class or --summary
     images = args.paths[0] if len(args.paths) == 1 else args.paths
     try:
         result = predict(args.model, images, all_images=args.all, tta=args.tta, batch_size=args.batch_size,
@@ -312,12 +318,12 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     for pred in result.predicted():
         key = ";".join(pred) or "(none)"
         counts[key] = counts.get(key, 0) + 1
-    summary = result.to_dict() if args.json else {"model": result.model_name, "n": len(result), "reused": result.reused,
-                                                  "skipped": [{"image_id": k, "reason": v}
-                                                              for k, v in result.skipped.items()]}
+    fields = result.to_dict() if args.json else {"model": result.model_name, "n": len(result), "reused": result.reused,
+                                                 "skipped": [{"image_id": k, "reason": v}
+                                                             for k, v in result.skipped.items()]}
     if result.min_confidence is not None and not args.json:  # the text needs only the numbers
-        summary.update(min_confidence=result.min_confidence, uncertain=result.verdicts().count("uncertain"))
-    out = {"ok": True, **summary, "counts": counts, "csv": args.csv, "tta": args.tta}
+        fields.update(min_confidence=result.min_confidence, uncertain=result.verdicts().count("uncertain"))
+    out = {"ok": True, **fields, "counts": counts, "csv": args.csv, "tta": args.tta}
     if result.stored_in:
         out["stored_in"] = result.stored_in
     target = Path(args.paths[0])
@@ -334,6 +340,8 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
             raise CellclassError(f"{args.truth}: none of the {len(result)} predicted images is listed")
         out["truth"] = {"file": args.truth, "n": len(pairs),
                         "accuracy": sum(t == p for t, p in pairs) / len(pairs)}
+    if summary is not None and (len(result) or result.reused):
+        out["summary"] = summary.run(_all_records(result, args.csv, args.paths[0] if in_project else None))
 
     def human(r: dict[str, Any]) -> str:
         counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items())
@@ -351,7 +359,7 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
         if r.get("truth"):
             t = r["truth"]
             lines.append(f"accuracy against {t['file']}: {t['accuracy']:.3f} ({t['n']} images)")
-        return "\n".join(lines)
+        return "\n".join(lines + (screen_cmds.summary_lines(r["summary"]) if "summary" in r else []))
 
     emit(args, out, human)
     if not out["ok"]:
@@ -359,6 +367,17 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
 
         _err(f"{PROG}: error: {out['error']}")
     return out
+
+
+def _all_records(result: PredictionResult, csv_path: str | None, project: str | None) -> list[Prediction]:
+    """The predictions of the run, with those a resumed run skipped: every row of this model in ``--csv``
+    (or the project's file)."""
+    from ..core.predictions import read_predictions, read_predictions_csv
+
+    if not result.reused or (csv_path is None and project is None):
+        return result.records()
+    rows = read_predictions_csv(csv_path) if csv_path is not None else read_predictions(project)  # type: ignore[arg-type]
+    return [p for p in rows.values() if p.model_id == result.model_id]
 
 
 # ---------------------------------------------------------------------------- evaluate

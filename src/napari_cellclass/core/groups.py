@@ -110,8 +110,9 @@ class Groups:
                 f"image(s) (e.g. {eg}); each is a group of its own")
 
 
-def assign_groups(spec: GroupSpec, ids: Sequence[str], project: Project | None) -> Groups:
-    """The group of each of ``ids`` under ``spec`` (``project``: where a ``column:`` spec's CSV lies).
+def assign_groups(spec: GroupSpec, ids: Sequence[str], project: Project | None, what: str = "labelled") -> Groups:
+    """The group of each of ``ids`` under ``spec`` (``project``: where a ``column:`` spec's CSV lies; ``what``
+    the ids are, for the error).
 
     Raises
     ------
@@ -121,21 +122,21 @@ def assign_groups(spec: GroupSpec, ids: Sequence[str], project: Project | None) 
     """
     if spec.kind == "regex":
         found = {i: _regex_group(spec.pattern, i) for i in ids}
-        what = "matches none of the"
+        verb = "matches none of the"
         fix = "fix the pattern (it is searched in the project-relative path with /)"
     elif spec.kind == "folder":
         found = {i: _folder_group(spec.level, i) for i in ids}
-        what = "finds that folder level in none of the"
+        verb = "finds that folder level in none of the"
         fix = "pick a level the image paths have (folder = the folder holding the image)"
     elif project is not None:
         found = _column_groups(spec, ids, project)
-        what = "gives a group for none of the"
+        verb = "gives a group for none of the"
         fix = f"fill the column '{spec.column}' of {GROUPS_NAME} for the labelled images"
     else:
         raise ProjectError(f"group_by={spec.text!r} reads {GROUPS_NAME}, which needs a project folder")
     uncovered = tuple(i for i in ids if not found.get(i))
     if ids and len(uncovered) == len(ids):
-        raise ProjectError(f"group_by={spec.text!r} {what} {len(ids)} labelled image ids (e.g. {ids[0]!r}); {fix}")
+        raise ProjectError(f"group_by={spec.text!r} {verb} {len(ids)} {what} image ids (e.g. {ids[0]!r}); {fix}")
     of = {i: (found[i] if found.get(i) else _SINGLE + i) for i in ids}
     return Groups(spec.text, of, uncovered)
 

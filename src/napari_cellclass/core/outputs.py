@@ -79,3 +79,19 @@ def written_here(path: Path) -> bool:
         return False
     return False
 
+
+def check_figure_folder(out: str | os.PathLike, project_root: str | os.PathLike | None, flag: str = "--out",
+                     what: str = "the figures", suffix: str = "out") -> Path:
+    """A folder (made later) for files that include images: never inside the project, where they
+    would become images of it; :class:`ProjectError` naming ``flag`` and a folder beside it otherwise."""
+    folder = Path(out).expanduser()
+    real = Path(os.path.realpath(folder))
+    if real.exists() and not real.is_dir():
+        raise ProjectError(f"{flag} {folder}: is a file, not a folder; choose a folder for {what}")
+    if project_root is not None:
+        root = Path(os.path.realpath(project_root))
+        if real == root or root in real.parents:
+            raise ProjectError(f"{flag} {folder}: is inside the project {root}, so {what} would become images of "
+                               f"the project; choose a folder outside it (e.g. {root.name}_{suffix} beside it)")
+    check_output_file(folder / "figure.png")  # refuses a project's label, model and cache folders
+    return folder

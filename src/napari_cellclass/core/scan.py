@@ -20,8 +20,8 @@ from .project_index import Listing, ProjectIndex
 from .settings_file import CONFIG_NAME
 from .sidecars import LABEL_DIR
 
-#: folders of a project that hold its models and caches (never images, never written by users)
-PROJECT_DIRS = ("cellclass_models", "cellclass_cache")
+#: folders of a project that hold its models, caches and model exports (never images)
+PROJECT_DIRS = ("cellclass_models", "cellclass_cache", "cellclass_exports")
 # folders that never hold project images
 SKIP_DIRS = frozenset({LABEL_DIR, *PROJECT_DIRS, "__pycache__", "__MACOSX"})
 _NUM = re.compile(r"(\d+)")

@@ -24,6 +24,7 @@ from .events import (
     Started,
     WarningEvent,
 )
+from .export import ExportResult, export_model
 from .label_check import LabelCheckResult, LabelIssue, check_labels
 from .models import (
     CellClassifier,
@@ -46,5 +47,5 @@ __all__ = [
     "predict", "PredictionResult", "evaluate", "load_model", "TrainedModel",
     "Event", "Log", "WarningEvent", "Started", "BatchProgress", "EpochEnd", "CheckpointSaved", "Finished",
     "CancelToken", "suggest", "Suggestion", "SuggestResult", "check_labels", "LabelCheckResult", "LabelIssue",
-    "explain", "Saliency", "ExplainResult",
+    "explain", "Saliency", "ExplainResult", "export_model", "ExportResult",
 ]

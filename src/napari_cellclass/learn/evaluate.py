@@ -13,7 +13,7 @@ import numpy as np
 
 from ..core.atomic import atomic_write_text
 from ..core.errors import CellclassError
-from ..core.outputs import check_output_file
+from ..core.outputs import check_figure_folder, check_output_file
 from ..core.project import Project
 from . import calibration as calibration_mod
 from .checkpoint import TrainedModel, load_model
@@ -164,7 +164,7 @@ def evaluate(model: TrainedModel | str | os.PathLike, data: Project | str | os.P
     trained = as_trained_model(model)
     project = open_project(data)
     if out is not None:  # a folder that cannot take the files is refused before the images are predicted
-        export_paths(out, trained.name, evaluation_ids(trained, project, split)[0])
+        export_paths(out, trained.name, evaluation_ids(trained, project, split)[0], project.root)
     ev = evaluate_arrays(trained, project, split=split, tta=tta, batch_size=batch_size, device=device,
                          progress=progress)
     result = {"ok": True, "model": str(trained.path), "project": str(project.root), "split": ev.split,
@@ -347,18 +347,22 @@ class Evaluation:
         return ";".join(c for c, v in zip(self.classes, row, strict=True) if v)
 
 
-def export_paths(folder: str | os.PathLike, model: str, split: str) -> list[Path]:
+def export_paths(folder: str | os.PathLike, model: str, split: str,
+                 project_root: str | os.PathLike | None = None) -> list[Path]:
     """The files :meth:`Evaluation.export` writes into ``folder``, each checked.
 
     Raises
     ------
     CellclassError
-        One line when ``folder`` is an existing file, or a file would replace a project's
+        One line when ``folder`` is an existing file, lies inside ``project_root`` (the reliability
+        diagram would become an image of the project), or a file would replace a project's
         settings, an image, a label sidecar, a model or cache file (``ProjectError``).
     """
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
         raise CellclassError(f"{folder}: is a file, not a folder; give a folder for the evaluation files")
+    if project_root is not None:
+        check_figure_folder(folder, project_root, "--out", "the reliability diagram", "evaluation")
     return [check_output_file(folder / f"{model}_{split}_{kind}") for kind in EXPORT_KINDS]
 
 

@@ -1,4 +1,4 @@
-"""Figures of an evaluation drawn with matplotlib's Agg canvas: the reliability diagram and the coverage curve."""
+"""Figures drawn with matplotlib's Agg canvas: reliability diagram, coverage curve, plate heatmaps."""
 from __future__ import annotations
 
 import io
@@ -16,7 +16,7 @@ from ..core.outputs import SOFTWARE, check_output_file
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["figure_rgba", "save_png", "trust_figure"]
+__all__ = ["figure_rgba", "plate_figure", "save_png", "trust_figure"]
 
 BEFORE_COLOR = "#999999"
 AFTER_COLOR = "#1f77b4"
@@ -83,6 +83,49 @@ def _coverage_panel(ax: Any, coverage: Mapping[str, np.ndarray], reach: Mapping[
     low = float(np.nanmin(acc)) if len(acc) else 0.0
     ax.set(xlim=(0, 1), ylim=(max(0.0, math.floor(low * 10) / 10 - 0.05), 1.01), xlabel="share of images accepted",
            ylabel="accuracy", title="accuracy of the accepted")
+
+
+def plate_figure(fraction: np.ndarray, n: np.ndarray | None = None, title: str = "", label: str = "fraction",
+                 size: tuple[float, float] | None = None, dpi: int = 100) -> Figure:
+    """A plate heatmap: ``fraction`` ``(rows, columns)`` per well (0..1, NaN: a well without images, drawn
+    hatched grey), row letters, column numbers and a colour bar. ``n`` (image counts) is written in the
+    wells of plates up to 96 wells."""
+    import matplotlib
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    from ..core.plates import PlateLayout
+
+    rows, cols = fraction.shape
+    small = rows * cols <= 96
+    size = size or ((7.2, 4.4) if small else (9.0, 5.2) if rows <= 16 else (12.0, 7.4))
+    with matplotlib.rc_context({"font.size": 9 if size[0] >= 7 else 7, "hatch.color": "#b0b0b0"}):
+        fig = Figure(figsize=size, dpi=dpi, layout="constrained")
+        ax = fig.subplots()
+        ax.add_patch(Rectangle((-0.5, -0.5), cols, rows, facecolor="#f0f0f0", hatch="///",
+                               edgecolor="none", zorder=0))
+        cmap = matplotlib.colormaps["viridis"].with_extremes(bad=(0, 0, 0, 0))  # empty wells: hatched background
+        im = ax.imshow(np.ma.masked_invalid(fraction), cmap=cmap, vmin=0.0, vmax=1.0, zorder=1,
+                       extent=(-0.5, cols - 0.5, rows - 0.5, -0.5))
+        ax.set_xticks(np.arange(cols), [str(c + 1) for c in range(cols)],
+                      fontsize="small" if cols <= 24 else "xx-small")
+        ax.set_yticks(np.arange(rows), PlateLayout(rows, cols).row_names(),
+                      fontsize="small" if rows <= 16 else "xx-small")
+        ax.xaxis.tick_top()
+        ax.set_xticks(np.arange(cols + 1) - 0.5, minor=True)
+        ax.set_yticks(np.arange(rows + 1) - 0.5, minor=True)
+        ax.grid(which="minor", color="white", lw=1.5 if small else 0.5)
+        ax.tick_params(which="both", length=0)
+        if n is not None and small:
+            for (r, c), count in np.ndenumerate(n):
+                if count:
+                    dark = fraction[r, c] < 0.6  # viridis is dark at the low end
+                    ax.text(c, r, str(int(count)), ha="center", va="center", fontsize="x-small",
+                            color="white" if dark else "black")
+        fig.colorbar(im, ax=ax, label=label, shrink=0.9)
+        if title:
+            ax.set_title(title)
+    return fig
 
 
 def figure_rgba(fig: Figure) -> np.ndarray:

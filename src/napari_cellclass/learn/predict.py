@@ -42,6 +42,7 @@ from .data import ImageStore, cache_dir_for
 from .data.chunks import Chunk, StoreStream, chunk_rows
 from .device import autocast, resolve_device, resolve_precision
 from .events import CancelToken
+from .zoo_model import ZooModel, is_zoo_package, load_zoo_model, zoo_probabilities
 
 Progress = Callable[[int, int], None]
 
@@ -376,10 +377,13 @@ def predict(model: TrainedModel | str | os.PathLike, images: Any, *, ids: Sequen
                           "e.g. --min-confidence 0.9, or auto")
     if chunk_size is not None:
         chunk_size = check_batch_size(chunk_size)
+    batch_size = check_batch_size(batch_size)
+    if not isinstance(model, TrainedModel) and is_zoo_package(model):
+        return _predict_zoo(load_zoo_model(model), images, ids, all_images, batch_size, write, csv, progress,
+                            cancel, min_confidence)
     trained = as_trained_model(model)
     if min_confidence == "auto":
         min_confidence = auto_min_confidence(trained)
-    batch_size = check_batch_size(batch_size)
     info, dev = distributed.join(resolve_device(device))
     try:
         return _Run(trained, info, dev, write, csv, min_confidence, progress, cancel).run(
@@ -559,3 +563,39 @@ class _Run:
         else:
             self.stored = True
         self.warnings.extend(notes)
+
+
+def _predict_zoo(zoo: ZooModel, images: Any, ids: Sequence[str] | None, all_images: bool, batch_size: int,
+                 write: bool, csv: Path | None, progress: Progress | None, cancel: CancelToken | None,
+                 min_confidence: float | str | None) -> PredictionResult:
+    """:func:`predict` with a BioImage Model Zoo package (its own pre- and post-processing)."""
+    if min_confidence == "auto":
+        raise ConfigError(f"{zoo.path}: --min-confidence auto needs a model calibrated here; a zoo package has no "
+                          "calibration, give a number, e.g. --min-confidence 0.9")
+    items, keys, project = prediction_inputs(images, ids, all_images)
+    done, probs, problems = zoo_probabilities(zoo, items, keys, batch_size=min(batch_size, 64), progress=progress,
+                                              cancel=cancel)
+    result = PredictionResult(done, zoo.classes, probs, zoo.multi_label, zoo.thresholds, zoo.path.name, now_iso(),
+                              problems, min_confidence=min_confidence)
+    result.warnings.extend(zoo.notes)
+    return _keep(result, project, write, csv, progress, len(items))
+
+
+def _keep(result: PredictionResult, project: Project | None, write: bool, csv: Path | None,
+          progress: Progress | None, total: int) -> PredictionResult:
+    """Write the results to ``csv`` (first) and the project's predictions file."""
+    if csv is not None:  # first: a project that cannot be written never costs the results
+        result.to_csv(csv)
+    if project is not None and write and len(result):
+        notes: list[str] = []
+        try:
+            write_predictions(project.root, result.records(), problems=notes)
+        except CellclassError as exc:
+            note = f"{exc} (the predictions were not stored in the project"
+            result.warnings.append(note + (f"; they are in {csv})" if csv is not None else ")"))
+        else:
+            result.stored_in = str(predictions_path(project.root))
+        result.warnings.extend(notes)
+    if progress is not None:
+        progress(2 * total, 2 * total)
+    return result

@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..core.atomic import atomic_write_bytes
-from ..core.errors import ProjectError
 from ..core.images import ImageData
-from ..core.outputs import SOFTWARE, check_output_file
+from ..core.outputs import SOFTWARE, check_figure_folder, check_output_file
 from .saliency import Saliency
 
 #: The overlay's colormap (matplotlib) and the largest opacity of the map over the image.
@@ -84,17 +83,7 @@ def plan_files(out: str | os.PathLike, maps: Sequence[Saliency], project_root: s
 
 def check_out_folder(out: str | os.PathLike, project_root: str | os.PathLike | None = None) -> Path:
     """The output folder (made later), when it may hold maps; :class:`ProjectError` otherwise."""
-    folder = Path(out).expanduser()
-    real = Path(os.path.realpath(folder))
-    if real.exists() and not real.is_dir():
-        raise ProjectError(f"--out {folder}: is a file, not a folder; choose a folder for the maps")
-    if project_root is not None:
-        root = Path(os.path.realpath(project_root))
-        if real == root or root in real.parents:
-            raise ProjectError(f"--out {folder}: is inside the project {root}, so the maps would become images of "
-                               f"the project; choose a folder outside it (e.g. {root.name}_saliency beside it)")
-    check_output_file(folder / "saliency.tif")  # refuses a project's label, model and cache folders
-    return folder
+    return check_figure_folder(out, project_root, "--out", "the maps", "saliency")
 
 
 def display_rgb(img: ImageData | np.ndarray) -> np.ndarray:
