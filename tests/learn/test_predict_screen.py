@@ -258,3 +258,15 @@ def test_resumed_rows_get_the_verdict_of_the_new_minimum_confidence(trained, scr
     assert len(stored) == 30
     for p in stored.values():
         assert p.verdict == ("uncertain" if p.confidence < 0.9 else p.classes[0])
+
+
+def test_a_summary_of_a_resumed_run_covers_the_skipped_images(model_dir, screen, tmp_path, capsys):
+    argv = ["predict", screen, "--model", model_dir, "--csv", tmp_path / "p.csv", "--device", "cpu",
+            "--group-by", r"(?P<well>[A-H]\d\d)/field", "--json"]
+    code, out, _ = _run(capsys, *argv)
+    first = json.loads(out)
+    code, out, _ = _run(capsys, *argv)
+    again = json.loads(out)
+    assert code == 0 and again["n"] == 0 and again["reused"] == 30
+    groups = {g["group"]: g["n"] for g in again["summary"]["groups"]}
+    assert groups == {g["group"]: g["n"] for g in first["summary"]["groups"]} and sum(groups.values()) == 30
