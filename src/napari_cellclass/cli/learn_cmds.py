@@ -13,8 +13,10 @@ from ..core.errors import CellclassError
 from . import screen_cmds
 
 if TYPE_CHECKING:
+    from ..core.predictions import Prediction
     from ..learn.config import TrainConfig
     from ..learn.events import BatchProgress, EpochEnd, Event, Finished
+    from ..learn.predict import PredictionResult
     from ..learn.settings import Setting
 
 FREEZE = {"none": "full", "head": "head", "head-then-all": "head-then-all"}
@@ -37,13 +39,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.defer(_add_train_flags)  # generated from TrainConfig, which loads torch: only when `train` is used
     p.set_defaults(handler=cmd_train)
 
-    p = sub.add_parser("predict", help="predict the classes of a project's unlabelled images",
+    p = sub.add_parser("predict", help="predict the classes of a project's unlabelled images, or of a whole screen",
                        description="Predict with a model folder; results go to <project>/cellclass_predictions.csv "
-                                   "(labels are never changed) and optionally to --csv.")
-    p.add_argument("folder", help="project folder, folder of images or one image file")
+                                   "(labels are never changed) and optionally to --csv. Images are decoded and "
+                                   "predicted in chunks, so memory does not grow with their number; --csv grows "
+                                   "chunk by chunk, and a rerun skips the images it already holds predictions of "
+                                   "by the same model (same name and weights). Under torchrun each process "
+                                   "predicts its share and rank 0 writes.")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="a project folder, or folders of images, image files and glob patterns (quoted, e.g. "
+                        "'plate*/**/*.tif'; ** goes down any number of folders)")
     p.add_argument("--model", required=True, metavar="MODEL",
                    help="model folder, or a BioImage Model Zoo classifier package (.zip or folder)")
-    p.add_argument("--csv", metavar="OUT", help="also write the predictions to this CSV file")
+    p.add_argument("--csv", metavar="OUT", help="also write the predictions to this CSV file (appended chunk by chunk)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", default=None,
+                       help="skip images the outputs already hold predictions of by this model, made after the "
+                            "image last changed (the default outside a project)")
+    again.add_argument("--fresh", dest="resume", action="store_false",
+                       help="predict every image again and start --csv afresh (the default for a project)")
+    p.add_argument("--chunk-size", type=int, metavar="N",
+                   help="images decoded and predicted at a time, per process (default: what fits 512 MB, "
+                        "at most 4096)")
     p.add_argument("--all", action="store_true", help="predict every image, labelled ones too")
     p.add_argument("--tta", action="store_true", help="average over flipped copies (test-time augmentation)")
     p.add_argument("--truth", metavar="CSV", help="CSV of image_id,class: report the accuracy of the predictions")
@@ -55,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     screen_cmds.add_summary_flags(p)
     add_device(p)
     add_common(p)
-    p.set_defaults(handler=cmd_predict)
+    p.set_defaults(handler=cmd_predict, resume=None)
 
     p = sub.add_parser("evaluate", help="metrics of a model on a project's labelled images",
                        description="Evaluate a model folder on the labelled images of its test split (its "
@@ -276,20 +293,41 @@ def read_truth(path: str) -> dict[str, str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
-    """Predict a project's (or files') classes; store them and optionally write a CSV."""
+    """Predict a project's (or files') classes; store them and optionally write a CSV. Under ``torchrun``
+    every rank predicts its share and only rank 0 writes and reports."""
+    from ..learn import distributed
     from ..learn.predict import predict
     from . import emit, stderr_progress
 
+    main_rank = distributed.env_rank() == 0
+    if not main_rank:
+        args.json = False  # under torchrun only rank 0 prints on stdout (an error of another rank: on stderr)
     truth = read_truth(args.truth) if args.truth else None  # a bad file is refused before predicting
     summary = screen_cmds.plan_summary(args)  # so are a bad --group-by, --heatmap-class or --summary
-    result = predict(args.model, args.folder, all_images=args.all, tta=args.tta, batch_size=args.batch_size,
-                     device=args.device, csv=args.csv, progress=stderr_progress("predicting"),
-                     min_confidence=args.min_confidence)
-    out = {"ok": True, **result.to_dict(), "csv": args.csv, "tta": args.tta}
+    images = args.paths[0] if len(args.paths) == 1 else args.paths
+    try:
+        result = predict(args.model, images, all_images=args.all, tta=args.tta, batch_size=args.batch_size,
+                         device=args.device, csv=args.csv,
+                         progress=stderr_progress("predicting") if main_rank else None,
+                         min_confidence=args.min_confidence, resume=args.resume, chunk_size=args.chunk_size)
+    finally:
+        distributed.leave()
+    if not main_rank:
+        return {"ok": True}
+    counts: dict[str, int] = {}
+    for pred in result.predicted():
+        key = ";".join(pred) or "(none)"
+        counts[key] = counts.get(key, 0) + 1
+    fields = result.to_dict() if args.json else {"model": result.model_name, "n": len(result), "reused": result.reused,
+                                                 "skipped": [{"image_id": k, "reason": v}
+                                                             for k, v in result.skipped.items()]}
+    if result.min_confidence is not None and not args.json:  # the text needs only the numbers
+        fields.update(min_confidence=result.min_confidence, uncertain=result.verdicts().count("uncertain"))
+    out = {"ok": True, **fields, "counts": counts, "csv": args.csv, "tta": args.tta}
     if result.stored_in:
         out["stored_in"] = result.stored_in
-    target = Path(args.folder)
-    in_project = target.is_dir() and (target / "cellclass.json").exists()
+    target = Path(args.paths[0])
+    in_project = len(args.paths) == 1 and target.is_dir() and (target / "cellclass.json").exists()
     if in_project and len(result) and not result.stored_in and not args.csv:
         # nothing could be saved: the results still go to stdout, the exit code says it failed
         out["ok"] = False
@@ -302,16 +340,14 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
             raise CellclassError(f"{args.truth}: none of the {len(result)} predicted images is listed")
         out["truth"] = {"file": args.truth, "n": len(pairs),
                         "accuracy": sum(t == p for t, p in pairs) / len(pairs)}
-    if summary is not None and len(result):
-        out["summary"] = summary.run(result.records())
+    if summary is not None and (len(result) or result.reused):
+        out["summary"] = summary.run(_all_records(result, args.csv, args.paths[0] if in_project else None))
 
     def human(r: dict[str, Any]) -> str:
-        counts: dict[str, int] = {}
-        for p in r["predictions"]:
-            key = ";".join(p["predicted"]) or "(none)"
-            counts[key] = counts.get(key, 0) + 1
-        lines = [f"predicted {r['n']} image(s) with {Path(r['model']).name}: "
-                 + ", ".join(f"{k} {v}" for k, v in counts.items())]
+        counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items())
+        lines = [f"predicted {r['n']} image(s) with {Path(r['model']).name}" + (f": {counts}" if counts else "")]
+        if r.get("reused"):
+            lines.append(f"skipped {r['reused']} image(s) already predicted by this model")
         if "uncertain" in r:
             lines.append(f"uncertain (confidence below {r['min_confidence']:.3g}): {r['uncertain']} of {r['n']}")
         if r.get("stored_in"):
@@ -331,6 +367,17 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
 
         _err(f"{PROG}: error: {out['error']}")
     return out
+
+
+def _all_records(result: PredictionResult, csv_path: str | None, project: str | None) -> list[Prediction]:
+    """The predictions of the run, with those a resumed run skipped: every row of this model in ``--csv``
+    (or the project's file)."""
+    from ..core.predictions import read_predictions, read_predictions_csv
+
+    if not result.reused or (csv_path is None and project is None):
+        return result.records()
+    rows = read_predictions_csv(csv_path) if csv_path is not None else read_predictions(project)  # type: ignore[arg-type]
+    return [p for p in rows.values() if p.model_id == result.model_id]
 
 
 # ---------------------------------------------------------------------------- evaluate

@@ -84,8 +84,9 @@ def plan_summary(args: argparse.Namespace) -> SummaryPlan | None:
     if config.get("classes"):
         classes = [*config["classes"], *((UNCERTAIN,) if args.min_confidence is not None else ())]
         check_heatmap_class(args.heatmap_class, classes)
-    target = Path(args.folder)
-    project = Project.open(target, create=False) if target.is_dir() and (target / CONFIG_NAME).exists() else None
+    target = Path(args.paths[0]) if len(args.paths) == 1 else None  # a project only when named alone
+    project = (Project.open(target, create=False) if target is not None and target.is_dir()
+               and (target / CONFIG_NAME).exists() else None)
     if args.summary:
         check_summary_folder(args.summary, project.root if project is not None else None)
     return SummaryPlan(spec, args.heatmap_class, args.summary, project)

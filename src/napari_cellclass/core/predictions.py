@@ -3,9 +3,10 @@
 ``<project>/cellclass_predictions.csv`` has one row per predicted image: ``image_id``,
 ``predicted`` (class names joined by ``;`` for multi-label), ``confidence``, ``verdict`` (when
 predicted with a minimum confidence: the prediction, or ``uncertain``), one ``p:<class>`` column
-per class, ``model`` and ``timestamp``. Writing merges with the rows already there
-(new predictions of an image replace its old row) and is atomic. Label sidecars are never
-touched. The napari widgets read this module without importing torch.
+per class, ``model``, ``timestamp`` and (when recorded) ``model_id``, the model folder's name and a
+digest of its weights, so a rerun can tell which rows that same model made. Writing merges with the
+rows already there (new predictions of an image replace its old row) and is atomic. Label sidecars
+are never touched. The napari widgets read this module without importing torch.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ UNCERTAIN = "uncertain"
 _FIXED = ("image_id", "predicted", "confidence")
 _VERDICT = "verdict"
 _TAIL = ("model", "timestamp")
+_MODEL_ID = "model_id"
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class Prediction:
     verdict : str
         With a minimum confidence: the predicted class(es) joined by ``;``, or ``uncertain``;
         empty when none was asked for.
+    model_id : str
+        ``<model folder name>@<weights digest>`` (empty in files written before it existed).
     """
 
     image_id: str
@@ -66,6 +70,7 @@ class Prediction:
     model: str = ""
     timestamp: str = ""
     verdict: str = ""
+    model_id: str = ""
 
     @property
     def top_class(self) -> str | None:
@@ -94,8 +99,10 @@ def is_uncertain(prediction: Prediction, min_confidence: float, multi_label: boo
     return not (isinstance(sure, (int, float)) and math.isfinite(sure) and sure >= min_confidence)
 
 
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+def now_iso(timespec: str = "seconds", at: float | None = None) -> str:
+    """The time ``at`` (seconds since the epoch; default now) as ISO-8601 UTC text."""
+    when = _dt.datetime.now(_dt.timezone.utc) if at is None else _dt.datetime.fromtimestamp(at, _dt.timezone.utc)
+    return when.isoformat(timespec=timespec)
 
 
 def predictions_path(root: str | os.PathLike) -> Path:
@@ -103,8 +110,22 @@ def predictions_path(root: str | os.PathLike) -> Path:
     return Path(root) / PREDICTIONS_NAME
 
 
+def csv_header(classes: Iterable[str], verdict: bool, model_id: bool) -> list[str]:
+    """The columns of a predictions CSV: fixed, verdict (optional), one per class, model, timestamp, model_id
+    (optional)."""
+    return [*_FIXED, *((_VERDICT,) if verdict else ()), *(PROB_PREFIX + c for c in classes), *_TAIL,
+            *((_MODEL_ID,) if model_id else ())]
+
+
+def csv_row(p: Prediction, classes: Iterable[str], verdict: bool, model_id: bool) -> list[str]:
+    """One prediction as the cells of :func:`csv_header`'s columns."""
+    probs = [("" if c not in p.probabilities else f"{p.probabilities[c]:.6f}") for c in classes]
+    return [p.image_id, ";".join(p.classes), f"{p.confidence:.6f}", *((p.verdict,) if verdict else ()),
+            *probs, p.model, p.timestamp, *((p.model_id,) if model_id else ())]
+
+
 def to_csv_text(predictions: Iterable[Prediction]) -> str:
-    """CSV text for predictions (columns: fixed, one per class in first-seen order, model, timestamp)."""
+    """CSV text for predictions (columns: see :func:`csv_header`; classes in first-seen order)."""
     preds = list(predictions)
     classes: list[str] = []
     for p in preds:
@@ -112,13 +133,12 @@ def to_csv_text(predictions: Iterable[Prediction]) -> str:
             if c not in classes:
                 classes.append(c)
     verdicts = any(p.verdict for p in preds)
+    ids = any(p.model_id for p in preds)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow([*_FIXED, *((_VERDICT,) if verdicts else ()), *(PROB_PREFIX + c for c in classes), *_TAIL])
+    w.writerow(csv_header(classes, verdicts, ids))
     for p in preds:
-        probs = [("" if c not in p.probabilities else f"{p.probabilities[c]:.6f}") for c in classes]
-        w.writerow([p.image_id, ";".join(p.classes), f"{p.confidence:.6f}", *((p.verdict,) if verdicts else ()),
-                    *probs, p.model, p.timestamp])
+        w.writerow(csv_row(p, classes, verdicts, ids))
     return buf.getvalue()
 
 
@@ -157,10 +177,11 @@ def _parse_row(row: Mapping[str, str | None], classes: list[str]) -> Prediction:
     pred = tuple(c for c in (row.get("predicted") or "").split(";") if c)
     conf = _finite(row.get("confidence") or "0", "confidence")
     return Prediction(iid, pred, conf, probs, row.get("model") or "", row.get("timestamp") or "",
-                      (row.get(_VERDICT) or "").strip())
+                      (row.get(_VERDICT) or "").strip(), (row.get(_MODEL_ID) or "").strip())
 
 
-def _read_rows(path: Path, fh: IO[str], problems: list[str] | None) -> dict[str, Prediction]:
+def read_rows(path: Path, fh: IO[str], problems: list[str] | None) -> dict[str, Prediction]:
+    """``{image_id: Prediction}`` from an open predictions table (``path`` names it in messages)."""
     reader = csv.DictReader(fh)
     fields = reader.fieldnames or []
     if "image_id" not in fields or "predicted" not in fields:
@@ -193,7 +214,7 @@ def read_predictions_csv(path: str | os.PathLike, problems: list[str] | None = N
     if text is None:
         return {}
     try:
-        return _read_rows(path, io.StringIO(text, newline=""), problems)
+        return read_rows(path, io.StringIO(text, newline=""), problems)
     except csv.Error as exc:
         raise ProjectError(f"{path}: cannot read the predictions ({' '.join(str(exc).split())}); delete the file "
                            "to start afresh") from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -201,6 +202,12 @@ class TrainedModel:
         return np.array([float(chosen.get(c, self.threshold)) for c in self.classes], np.float32)
 
     @property
+    def identity(self) -> str:
+        """``<folder name>@<12 hex digits>``: the sha256 of the weights as they are now (names, dtypes, shapes,
+        bytes; computed on each access), so retrained or altered weights under the same name are another model."""
+        return f"{self.name}@{state_digest(self.model)[:12]}"
+
+    @property
     def split(self) -> dict[str, list[str]]:
         """The image ids of the train/val/test split it was trained with."""
         return {k: list(v) for k, v in self.config.get("split", {}).get("ids", {}).items()}
@@ -208,6 +215,15 @@ class TrainedModel:
     def __repr__(self) -> str:
         return (f"TrainedModel({str(self.path)!r}, backbone={self.backbone!r}, classes={list(self.classes)}, "
                 f"in_chans={self.in_chans}, input_size={self.input_size})")
+
+
+def state_digest(model: nn.Module) -> str:
+    """The sha256 (hex) of a model's state: every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
 
 
 def build_from_config(cfg: dict[str, Any]) -> nn.Module:

@@ -170,3 +170,12 @@ def wrap(info: DistInfo, model: nn.Module, device: torch.device) -> nn.Module:
 
     ids: Any = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+def gather_objects(info: DistInfo, obj: T) -> list[T]:
+    """Every rank's ``obj`` (picklable, made by this program), in rank order."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out

@@ -4,6 +4,7 @@
 - :mod:`.normalise`: per-channel ``(x - mean) / std`` saved with a model;
 - :mod:`.diskcache`: the shared on-disk cache folder (lock, index, memory-mapped rows);
 - :mod:`.cache`: :class:`ImageStore`, every image of a run decoded once (RAM or disk);
+- :mod:`.chunks`: :class:`StoreStream`, one ImageStore per chunk, the next decoding while one is used;
 - :mod:`.batching`: :class:`Batcher`, row indices to device batches (prefetch thread);
 - :mod:`.sampler`: the order of an epoch's training images, in batches;
 - :mod:`.augment`: :class:`BatchAugment`, batched augmentation on the device.
