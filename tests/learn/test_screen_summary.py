@@ -15,15 +15,9 @@ from napari_cellclass.core.predictions import Prediction
 from napari_cellclass.core.project import Project
 from napari_cellclass.learn.screen_summary import summarize
 
+from .test_cli_learn import FAST_ARGS, _run
+
 REGEX = r"(?P<plate>plate[0-9])/(?P<well>[A-P][0-9]{2})"
-FAST_ARGS = ["--backbone", "mobilenetv3_small_050", "--input-size", "32", "--epochs", "1", "--batch-size", "8",
-             "--device", "cpu"]
-
-
-def _run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -133,34 +133,31 @@ def _safe_name(text: str) -> str:
     return name[:64]
 
 
+def _identifiers(names: Sequence[str], bad: str, prefix: str, fallback: str) -> list[str]:
+    """``names`` as distinct spec identifiers: ``bad`` characters become ``_``, a name that does not start
+    with a letter gets ``prefix``, an empty one ``fallback<i>``."""
+    out: list[str] = []
+    for i, name in enumerate(names):
+        ident = re.sub(bad, "_", str(name)).strip("_") or f"{fallback}{i}"
+        if not ident[0].isalpha():
+            ident = f"{prefix}{ident}"
+        while ident in out:
+            ident += "_"
+        out.append(ident)
+    return out
+
+
 def _channel_names(trained: TrainedModel) -> list[str]:
+    """The project's channel names as identifiers (``channel<i>`` when the model has none)."""
     names = trained.config.get("channel_names") or []
     if len(names) != trained.in_chans:
         names = [f"channel{i}" for i in range(trained.in_chans)]
-    out, seen = [], set()
-    for i, n in enumerate(names):
-        ident = re.sub(r"[^A-Za-z0-9_]", "_", str(n)) or f"channel{i}"
-        if ident[0].isdigit():
-            ident = f"c{ident}"
-        while ident in seen:
-            ident += "_"
-        seen.add(ident)
-        out.append(ident)
-    return out
+    return _identifiers(names, r"[^A-Za-z0-9_]", "c", "channel")
 
 
 def _class_identifiers(classes: Sequence[str]) -> list[str]:
     """Class names as the spec's channel identifiers allow them (letters, digits, ``_`` and ``-``)."""
-    out, seen = [], set()
-    for i, name in enumerate(classes):
-        ident = re.sub(r"[^A-Za-z0-9_\-]", "_", name).strip("_") or f"class{i}"
-        if not ident[0].isalpha():
-            ident = f"c_{ident}"
-        while ident in seen:
-            ident += "_"
-        seen.add(ident)
-        out.append(ident)
-    return out
+    return _identifiers(classes, r"[^A-Za-z0-9_\-]", "c_", "class")
 
 
 #: Papers of backbone families (timm name prefix -> citation), newest prefixes first where they overlap.
