@@ -233,3 +233,9 @@ def test_a_multi_label_model_exports_with_sigmoid_and_runs_back_with_its_thresho
     clear = (np.abs(own.probabilities - model.thresholds) > TOLERANCE).all(axis=1)
     pairs = zip(back.predicted(), own.predicted(), clear, strict=True)
     assert all(a == b for a, b, sure in pairs if sure) and clear.sum() >= len(clear) // 2
+
+
+def test_a_bad_licence_is_one_line_before_any_work(trained, capsys):
+    assert main(["export", str(trained.path), "--format", "bioimageio", "--license", "not a licence"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not an SPDX licence id" in err[0] and len(err[0]) < 300

@@ -329,6 +329,19 @@ def _weights(v: Any, trained: TrainedModel, files: dict[str, Path], folder: Path
     return weights, notes
 
 
+def _described(make: Any, target: Path, **fields: Any) -> Any:
+    """``make(**fields)``; a description the spec refuses is one :class:`ModelError` line, not pydantic's report."""
+    from pydantic import ValidationError
+
+    try:
+        return make(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())) or "description"
+        raise ModelError(f"{target}: the zoo's model spec refuses the package's {where} "
+                         f"({str(first.get('msg', exc))[:200]}); nothing was written") from None
+
+
 def _test_package(path: Path) -> None:
     """Run bioimageio.core's model test (test tensors reproduced by every weight format); ModelError if not."""
     from bioimageio.core import test_model
@@ -395,11 +408,11 @@ def write_package(trained: TrainedModel, refs: ReferenceImages, target: Path, fo
         postprocessing=_postprocessing(v, trained.temperature, trained.multi_label))]
     weights, notes = _weights(v, trained, files, folder)
     info = resolve_backbone(trained.backbone)
-    descr = v.ModelDescr(
+    descr = _described(v.ModelDescr, target,
         name=_safe_name(trained.name),
         description=(f"Classifies {trained.in_chans}-channel microscopy images into {len(classes)} classes "
                      f"({', '.join(classes)})"[:500] + f" with a {info.name} network trained in napari-cellclass."),
-        authors=[v.Author(name=author or _login())],
+        authors=[v.Author(name=(author or _login()).replace("/", "-"))],  # the spec allows no slash
         cite=_citations(v, trained),
         license=v.LicenseId(license),
         tags=["classification", "image-classification", "2d", "microscopy", "napari-cellclass", info.name,

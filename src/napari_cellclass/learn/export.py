@@ -120,6 +120,19 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
+def check_license(license: str) -> str:
+    """``license`` if it is an SPDX licence id the zoo accepts; one-line :class:`ConfigError` otherwise."""
+    from bioimageio.spec.model.v0_5 import LicenseId
+    from pydantic import ValidationError
+
+    try:
+        LicenseId(license)
+    except ValidationError:
+        raise ConfigError(f"licence {license!r} is not an SPDX licence id; use e.g. CC-BY-4.0, CC0-1.0, MIT or "
+                          "BSD-3-Clause (https://spdx.org/licenses)") from None
+    return license
+
+
 def _reference_ids(trained: TrainedModel, project: Project, n: int) -> list[str]:
     """Test-split images first, then validation, then any: the images the model did not learn from."""
     split = trained.split
@@ -314,6 +327,8 @@ def export_model(model: TrainedModel | str | os.PathLike, fmt: str, out: str | o
         ``out`` would replace a project's file, an image or a weights file not written here.
     """
     fmt = check_format(fmt)
+    if fmt == "bioimageio":
+        check_license(license)
     with warnings.catch_warnings():  # torch.jit's deprecation notes: TorchScript is what the zoo runs
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
