@@ -36,6 +36,7 @@ def test_export_button_writes_a_zoo_package_beside_the_model_and_reports_the_che
     target = project.root / "cellclass_exports" / f"{model.name}.bioimageio.zip"  # models' own folder is off limits
     assert part.last is not None and part.last.path == target and target.is_file()
     assert "bioimageio.core's test passed" in part.status.value and part.button.enabled
+    assert part.status.tooltip == str(target)
 
     from bioimageio.core import test_model
 

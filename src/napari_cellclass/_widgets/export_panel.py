@@ -27,10 +27,10 @@ class ExportPanel(Container):
                                        "(predict --model); ONNX / TorchScript: the network alone")
         self.target = FileEdit(label="export to", mode="w",
                                tooltip="the file to write (empty: beside the model folder)")
-        self.button = PushButton(text="Export model")
+        self.button = PushButton(text="Export active model")
         self.button.tooltip = "export the active model, checked against PyTorch on this project's images"
         self.status = Label(value="")
-        fixed_lines(self.status, 2)
+        fixed_lines(self.status, 3)
         self.job = DockJob("an export", start_buttons=[self.button])
         self.bar = JobProgress()
         self.last: Any = None  # the last ExportResult
@@ -66,10 +66,10 @@ class ExportPanel(Container):
             show_error(f"Export failed: {item.message}")
         elif isinstance(item, ExportResult):
             self.last = item
-            checks = ", ".join(f"{k} {v:.0e}" for k, v in item.parity.items())
-            tested = "; bioimageio.core's test passed" if item.format == "bioimageio" else ""
-            self.status.value = (f"exported to {item.path} (largest difference in probabilities from PyTorch: "
-                                 f"{checks}{tested})")
+            worst = max(item.parity.values(), default=0.0)
+            tested = "bioimageio.core's test passed; " if item.format == "bioimageio" else ""
+            self.status.value = (f"exported {item.path.name} ({tested}probabilities within {worst:.0e} of "
+                                 "PyTorch's)")
             self.status.tooltip = str(item.path)
             show_info(f"model exported to {item.path}")
 
