@@ -270,3 +270,13 @@ def test_a_summary_of_a_resumed_run_covers_the_skipped_images(model_dir, screen,
     assert code == 0 and again["n"] == 0 and again["reused"] == 30
     groups = {g["group"]: g["n"] for g in again["summary"]["groups"]}
     assert groups == {g["group"]: g["n"] for g in first["summary"]["groups"]} and sum(groups.values()) == 30
+
+
+def test_only_empty_folders_is_one_line_not_zero_predictions(model_dir, tmp_path, capsys):
+    from napari_cellclass.cli import main
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "also_empty").mkdir()
+    assert main(["predict", str(tmp_path / "empty"), str(tmp_path / "also_empty"), "--model", str(model_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no image found" in err[0] and "empty" in err[0]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..core.errors import CellclassError, ConfigError, ModelError
+from ..core.images import IMAGE_SUFFIXES
 from ..core.inputs import expand_inputs
 from ..core.outputs import check_output_file
 from ..core.predictions import (
@@ -183,6 +184,10 @@ def prediction_inputs(images: Any, ids: Sequence[str] | None, include_labelled: 
     items = [images] if isinstance(images, (str, os.PathLike)) else list(images)
     if items and all(isinstance(x, (str, os.PathLike)) for x in items):
         files = expand_inputs(items)
+        if not files:  # only empty folders: saying "predicted 0 images" would hide a wrong path
+            named = ", ".join(str(x) for x in items[:3]) + (", ..." if len(items) > 3 else "")
+            raise CellclassError(f"{named}: no image found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}); "
+                                 "check the path")
         return files, [str(f) for f in files], None
     keys = [f"array:{i}" if isinstance(x, np.ndarray) else str(x) for i, x in enumerate(items)]
     return items, keys, None
