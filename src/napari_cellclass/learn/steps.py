@@ -103,23 +103,34 @@ def train_one_epoch(parts: RunParts, net: nn.Module, cfg: TrainConfig, epoch: in
     total = torch.zeros((), device=hw.device)
     seen = 0
     probs, targets = [], []
+    # on a GPU the loss is checked where a copy to the host happens anyway (every 10 batches and at
+    # the end), not after each step: that would wait for the device every batch; a NaN step is never
+    # saved, since the whole epoch then counts as diverged
+    check_each = hw.device.type != "cuda"
     for b, x in enumerate(parts.batcher.iterate([rows[bi] for bi in batches], cfg.num_workers)):
         if cancelled(b, len(batches)):
             raise Cancelled
         y = tgt.index_select(0, torch.as_tensor(batches[b], device=hw.device))
+        out_of_memory = False
         try:
-            loss, logits = train_step(parts, net, cfg, x, y, gen)
+            loss, logits = train_step(parts, net, cfg, x, y, gen, check_finite=check_each)
         except RuntimeError as exc:
-            if hw.device.type == "cuda" and is_oom(exc):
-                raise oom_error(parts, cfg) from None
-            raise
+            if not (hw.device.type == "cuda" and is_oom(exc)):
+                raise
+            out_of_memory = True
+        if out_of_memory:  # probed here: the failed step's tensors, held by the traceback, are freed by now
+            del x, y
+            raise oom_error(parts, cfg)
         n = len(batches[b])
         total += loss.detach() * n
         seen += n
         probs.append(probabilities(logits.detach(), data.multi_label))
         targets.append(y)
         show = b == len(batches) - 1 or b % 10 == 0
-        yield BatchProgress("train", epoch, b + 1, len(batches), float(total / seen) if show else None)
+        mean = float(total / seen) if show else None
+        if mean is not None and not np.isfinite(mean):
+            raise Diverged(f"training loss {mean}", cfg.lr)
+        yield BatchProgress("train", epoch, b + 1, len(batches), mean)
     if cancelled(0, 1):
         raise Cancelled
     total = ddp.sum_scalar(hw.dist, total)
@@ -131,10 +142,12 @@ def train_one_epoch(parts: RunParts, net: nn.Module, cfg: TrainConfig, epoch: in
 
 
 def train_step(parts: RunParts, net: nn.Module, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor,
-               gen: torch.Generator, schedule: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+               gen: torch.Generator, schedule: bool = True, check_finite: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on a batch (augmented on its device); returns the loss and the logits.
 
-    ``schedule=False`` leaves the learning rates as they are (the range test sets them itself).
+    ``schedule=False`` leaves the learning rates as they are (the range test sets them itself);
+    ``check_finite=False`` leaves the check of the loss (a wait for the device) to the caller.
     """
     hw, opt = parts.hardware, parts.optimization
     x = parts.augment(x, gen)
@@ -143,7 +156,7 @@ def train_step(parts: RunParts, net: nn.Module, cfg: TrainConfig, x: torch.Tenso
     with batch_norm_eval_for_one(parts.model, x.shape[0]), autocast(hw.device, hw.precision):
         logits = net(x)
     loss = opt.criterion(logits.float(), y)
-    if not torch.isfinite(loss):
+    if check_finite and not torch.isfinite(loss):
         raise Diverged(f"training loss {float(loss.detach())}", cfg.lr)
     opt.optimizer.zero_grad(set_to_none=True)
     loss.backward()
