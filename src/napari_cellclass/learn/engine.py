@@ -54,6 +54,7 @@ from .lr_find import LrFindResult, find_lr
 from .metrics import compute_metrics
 from .record import RunRecord
 from .rundata import MODELS_DIR, RunData, default_out_dir, make_split, open_project, run_data
+from .startup import StartupClock
 
 __all__ = ["MODELS_DIR", "RunData", "TrainResult", "Trainer", "autocast", "default_out_dir", "make_split",
            "open_project", "resolve_device", "resolve_precision", "run_data", "run_training", "train"]
@@ -105,6 +106,7 @@ class Trainer:
         self.probabilities: dict[str, np.ndarray] = {}  # of the last validation, by subset
         self.best_probabilities: np.ndarray | None = None  # the best epoch's on the validation images
         self.calibration: dict[str, Any] | None = None  # fitted after the last epoch
+        self.startup = StartupClock()  # laps up to the first training batch (see loop.run_events)
 
     @property
     def built(self) -> RunParts:
@@ -149,6 +151,7 @@ class Trainer:
         data = build_run_data(self.project, cfg, resume, self.out_dir)
         for note in data.notes:
             yield WarningEvent(note)
+        self.startup.lap("project and split")
         sp = data.split
         groups = data.group_meta(sp.as_dict()).get("groups")
         in_groups = f" in {groups['train']}/{groups['val']}/{groups['test']} groups" if groups else ""
@@ -158,7 +161,12 @@ class Trainer:
                                          lambda: self._cancelled(0, 1))
         if images is None:  # cancelled: no model folder, Finished(cancelled=True)
             return
+        self.startup.lap("images")
+        import timm  # noqa: F401 - the backbone library's import, timed apart from building the model
+
+        self.startup.lap("timm import")
         network = build_network(cfg, len(data.classes), images.in_chans, hw)
+        self.startup.lap("model")
         if network.note:
             yield Log(network.note)
         optimization = build_optimization(cfg, data, images, network.model, hw)
@@ -176,6 +184,7 @@ class Trainer:
                                                                                        network.model, hw))
             optimization = self.parts.optimization
         self.net = network.model
+        self.startup.lap("optimizer")
         self.record = RunRecord(optimization.monitor, optimization.mode)
         if resume:
             self._restore(resume)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.errors import TrainingError
 from . import calibration, steps
 from . import checkpoint as ckpt
-from .events import CheckpointSaved, EpochEnd, Event, Finished, Log, Started, WarningEvent
+from .events import BatchProgress, CheckpointSaved, EpochEnd, Event, Finished, Log, Started, WarningEvent
 
 if TYPE_CHECKING:
     from .engine import Trainer
@@ -34,7 +34,7 @@ def run_events(tr: Trainer) -> Iterator[Event]:
     if tr.parts is None:
         yield from tr.setup()
         if tr.parts is None:  # cancelled during setup
-            yield Finished(None, None, {}, True, False, 0, time.perf_counter() - t0, [])
+            yield Finished(None, None, {}, True, False, 0, time.perf_counter() - t0, [], tr.startup.to_dict())
             return
     parts, rec = tr.built, tr.record
     ids = parts.images.ids
@@ -43,9 +43,15 @@ def run_events(tr: Trainer) -> Iterator[Event]:
                   parts.images.in_chans, tr.cfg.epochs, rec.start_epoch, tr.steps_per_epoch,
                   parts.data.split.source)
     out = _Outcome(rec.start_epoch - 1)
+    first = True
     for epoch in range(rec.start_epoch, tr.cfg.epochs + 1):
         out.epoch = epoch
-        yield from _epoch(tr, epoch, out)
+        for event in _epoch(tr, epoch, out):
+            yield event
+            if first and isinstance(event, BatchProgress) and event.phase == "train":
+                first = False
+                tr.startup.lap("first step")
+                yield Log(tr.startup.line())
         if out.cancelled or out.stopped or out.diverged is not None:
             break
     yield from _finish(tr, out, time.perf_counter() - t0)
@@ -110,7 +116,7 @@ def _finish(tr: Trainer, out: _Outcome, seconds: float) -> Iterator[Event]:
                                                    **({"diverged_epoch": out.epoch} if out.diverged else {})})
         model_dir = str(tr.out_dir)
     yield Finished(model_dir, rec.best_epoch, dict(rec.best_metrics), out.cancelled, out.stopped,
-                   max(0, out.epoch - rec.start_epoch + 1), seconds, list(rec.history))
+                   max(0, out.epoch - rec.start_epoch + 1), seconds, list(rec.history), tr.startup.to_dict())
 
 
 def _calibrate(tr: Trainer) -> Iterator[Event]:
