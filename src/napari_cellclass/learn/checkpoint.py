@@ -16,6 +16,9 @@ import datetime as _dt
 import json
 import os
 import platform
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -73,12 +76,73 @@ def now_iso() -> str:
 
 
 
-def save_model_folder(folder: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> str:
-    """Write ``model.safetensors`` and ``config.json`` as one step (see :func:`save_pair`); returns the weights id."""
+def save_model_folder(folder: str | os.PathLike, model: nn.Module | dict[str, torch.Tensor],
+                      meta: dict[str, Any]) -> str:
+    """Write ``model.safetensors`` and ``config.json`` as one step (see :func:`save_pair`); returns the weights id.
+
+    ``model`` may be a state dict (e.g. a snapshot taken by :func:`snapshot_tensors`).
+    """
     data = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, **meta,
             "package_versions": package_versions(), "saved": now_iso()}
-    return save_pair(Path(folder), WEIGHTS_NAME, PENDING_WEIGHTS_NAME, model.state_dict(),
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    return save_pair(Path(folder), WEIGHTS_NAME, PENDING_WEIGHTS_NAME, state,
                       {"format": MODEL_FORMAT}, CONFIG_NAME, data, indent=1)
+
+
+def snapshot_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copies of ``tensors`` (on their device) that later optimizer steps cannot change."""
+    return {k: v.detach().clone() for k, v in tensors.items()}
+
+
+class BackgroundSaves:
+    """Checkpoint writes in one background thread, in order, while training goes on.
+
+    The training thread snapshots what to write and hands the write to :meth:`submit` with the
+    event that announces it; :meth:`done` yields the events of the writes finished so far (the files
+    are on disk then) and :meth:`wait` those of all. An error of a write (a full disk) is raised
+    in the training thread by :meth:`done` or :meth:`wait`. Each write is atomic, so a crash
+    leaves the previous complete files.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="cellclass-save")
+        self._jobs: deque[tuple[Future, Any]] = deque()
+        self._failed = False
+
+    def submit(self, write: Callable[[], Any], event: Any) -> None:
+        """Queue ``write()``; ``event`` comes out of :meth:`done` / :meth:`wait` once it finished.
+
+        After a write failed the queued ones are skipped (nothing more is written).
+        """
+        def job() -> Any:
+            if self._failed:
+                return None
+            try:
+                return write()
+            except BaseException:
+                self._failed = True
+                raise
+
+        self._jobs.append((self._pool.submit(job), event))
+
+    def done(self) -> Iterator[Any]:
+        """The events of the finished writes, in order (raises a write's error)."""
+        while self._jobs and self._jobs[0][0].done():
+            fut, event = self._jobs.popleft()
+            fut.result()
+            yield event
+
+    def wait(self) -> Iterator[Any]:
+        """Wait for every queued write; their events in order (raises the first error)."""
+        while self._jobs:
+            fut, event = self._jobs.popleft()
+            fut.result()
+            yield event
+
+    def close(self) -> None:
+        """Let the queued writes finish (their errors are dropped: the caller is already ending)."""
+        self._pool.shutdown(wait=True)
+        self._jobs.clear()
 
 
 def save_weights(folder: Path, model: nn.Module) -> Path:
@@ -282,13 +346,24 @@ def _split_optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.
     return tensors, {"param_groups": sd["param_groups"], "plain_state": plain}
 
 
-def save_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        state: dict[str, Any]) -> Path:
-    """Write ``checkpoint/last.safetensors`` (model + optimizer tensors) and ``last.json`` as one step."""
-    d = Path(folder) / STATE_DIR
+def training_state_tensors(model: nn.Module, optimizer: torch.optim.Optimizer
+                           ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors (model + optimizer, not copied) and the JSON part of the optimizer's state."""
     opt_tensors, opt_json = _split_optimizer_state(optimizer)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update(opt_tensors)
+    return tensors, opt_json
+
+
+def save_training_state(folder: Path, model: nn.Module | None, optimizer: torch.optim.Optimizer | None,
+                        state: dict[str, Any], snapshot: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
+                        ) -> Path:
+    """Write ``checkpoint/last.safetensors`` (model + optimizer tensors) and ``last.json`` as one step.
+
+    ``snapshot``: the :func:`training_state_tensors` to write instead of the model's and optimizer's.
+    """
+    d = Path(folder) / STATE_DIR
+    tensors, opt_json = snapshot if snapshot is not None else training_state_tensors(model, optimizer)
     data = {"format": MODEL_FORMAT + "/state", "format_version": MODEL_FORMAT_VERSION,
             "optimizer": opt_json, **state, "saved": now_iso()}
     save_pair(d, STATE_WEIGHTS, STATE_PENDING, tensors, {"format": MODEL_FORMAT + "/state"}, STATE_JSON, data,

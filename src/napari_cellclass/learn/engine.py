@@ -11,6 +11,7 @@ keeps its :class:`~.record.RunRecord` and writes the model folder (:mod:`.checkp
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from collections import OrderedDict
@@ -303,20 +304,39 @@ class Trainer:
             "best_metrics": rec.best_metrics,
         }
 
+    def best_writer(self) -> Callable[[], Path]:
+        """The write of the model folder as it is now (weights and metadata copied; rank 0 only)."""
+        if not self.dist.is_main:  # rank 0 writes the model folder
+            return lambda: self.out_dir
+        out, tensors, meta = self.out_dir, ckpt.snapshot_tensors(self.model.state_dict()), copy.deepcopy(self._meta())
+
+        def write() -> Path:
+            ckpt.save_model_folder(out, tensors, meta)
+            return out
+
+        return write
+
+    def state_writer(self, epoch: int) -> Callable[[], Path]:
+        """The write of the resume state after ``epoch`` as it is now (copied; rank 0 only)."""
+        folder = self.out_dir / ckpt.STATE_DIR
+        if not self.dist.is_main:
+            return lambda: folder
+        images = self.built.images
+        state = copy.deepcopy({
+            "epoch": epoch, "schedule": self.schedule.state_dict(), **self.record.state(), "split": images.ids,
+            "normalisation": images.norm.to_json(), "in_chans": images.in_chans,
+            "channel_names": images.channel_names, "classes": list(self.data.classes),
+            "train_config": self.cfg.to_dict()})
+        tensors, opt_json = ckpt.training_state_tensors(self.model, self.optimizer)
+        snapshot = (ckpt.snapshot_tensors(tensors), copy.deepcopy(opt_json))
+        out = self.out_dir
+        return lambda: ckpt.save_training_state(out, None, None, state, snapshot)
+
     def _save_best(self) -> Path:
-        if self.dist.is_main:  # rank 0 writes the model folder
-            ckpt.save_model_folder(self.out_dir, self.model, self._meta())
-        return self.out_dir
+        return self.best_writer()()
 
     def _save_state(self, epoch: int) -> Path:
-        if not self.dist.is_main:
-            return self.out_dir / ckpt.STATE_DIR
-        images = self.built.images
-        state = {"epoch": epoch, "schedule": self.schedule.state_dict(), **self.record.state(), "split": images.ids,
-                 "normalisation": images.norm.to_json(), "in_chans": images.in_chans,
-                 "channel_names": images.channel_names, "classes": list(self.data.classes),
-                 "train_config": self.cfg.to_dict()}
-        return ckpt.save_training_state(self.out_dir, self.model, self.optimizer, state)
+        return self.state_writer(epoch)()
 
     # -------------------------------------------------------------- the whole run
     def events(self) -> Iterator[Event]:

@@ -44,21 +44,32 @@ def run_events(tr: Trainer) -> Iterator[Event]:
                   parts.data.split.source)
     out = _Outcome(rec.start_epoch - 1)
     first = True
-    for epoch in range(rec.start_epoch, tr.cfg.epochs + 1):
-        out.epoch = epoch
-        for event in _epoch(tr, epoch, out):
-            yield event
-            if first and isinstance(event, BatchProgress) and event.phase == "train":
-                first = False
-                tr.startup.lap("first step")
-                yield Log(tr.startup.line())
-        if out.cancelled or out.stopped or out.diverged is not None:
-            break
+    saves = ckpt.BackgroundSaves()
+    try:
+        for epoch in range(rec.start_epoch, tr.cfg.epochs + 1):
+            out.epoch = epoch
+            for event in _epoch(tr, epoch, out, saves):
+                yield event
+                if first and isinstance(event, BatchProgress) and event.phase == "train":
+                    first = False
+                    tr.startup.lap("first step")
+                    yield Log(tr.startup.line())
+                yield from saves.done()
+            if out.cancelled or out.stopped or out.diverged is not None:
+                break
+        yield from saves.wait()  # the model folder is complete before calibration reads it and config.json is final
+    finally:
+        saves.close()
     yield from _finish(tr, out, time.perf_counter() - t0)
 
 
-def _epoch(tr: Trainer, epoch: int, out: _Outcome) -> Iterator[Event]:
-    """Train, recalibrate and validate one epoch, then record, save and judge it (``out`` says how it ended)."""
+def _epoch(tr: Trainer, epoch: int, out: _Outcome, saves: ckpt.BackgroundSaves) -> Iterator[Event]:
+    """Train, recalibrate and validate one epoch, then record, save and judge it (``out`` says how it ended).
+
+    The best model and the resume state are written in the background while the next epoch
+    trains (``saves``); the previous epoch's writes are finished first, so at most one epoch's
+    writes are pending and a crash leaves the state of the epoch before at the latest.
+    """
     te = time.perf_counter()
     try:
         train_m = yield from tr.train_epoch_events(epoch)
@@ -85,10 +96,11 @@ def _epoch(tr: Trainer, epoch: int, out: _Outcome) -> Iterator[Event]:
                    len(tr.ids["train"]) / max(seconds, 1e-9))
     if out.diverged is not None:  # never saved: neither as the best model nor as the resume state
         return
+    yield from saves.wait()
     if best:
         tr.best_probabilities = tr.probabilities.get("val")
-        yield CheckpointSaved(str(tr._save_best()), epoch, "best", rec.monitor, value)
-    yield CheckpointSaved(str(tr._save_state(epoch)), epoch, "last")
+        saves.submit(tr.best_writer(), CheckpointSaved(str(tr.out_dir), epoch, "best", rec.monitor, value))
+    saves.submit(tr.state_writer(epoch), CheckpointSaved(str(tr.out_dir / ckpt.STATE_DIR), epoch, "last"))
     if tr.cfg.early_stopping and rec.bad_epochs >= tr.cfg.early_stopping:
         out.stopped = True
         yield Log(f"early stopping: no better {rec.monitor} for {rec.bad_epochs} epochs")
