@@ -96,8 +96,22 @@ def train_one_epoch(parts: RunParts, net: nn.Module, cfg: TrainConfig, epoch: in
     :class:`Diverged` on a non-finite loss, and :class:`DeviceMemoryError` (naming a batch size
     that fits) when the GPU runs out of memory.
     """
-    hw, images, data = parts.hardware, parts.images, parts.data
     parts.model.train()  # a frozen backbone keeps its batch-norm statistics (CellClassifier.train)
+    stats = EpochStatistics(parts, cfg, batches)
+    try:
+        metrics = yield from _train_batches(parts, net, cfg, epoch, batches, gen, cancelled, stats)
+    except BaseException:
+        stats.finish(complete=False)
+        raise
+    stats.finish(complete=True)
+    return metrics
+
+
+def _train_batches(parts: RunParts, net: nn.Module, cfg: TrainConfig, epoch: int, batches: list[np.ndarray],
+                   gen: torch.Generator, cancelled: Callable[[int, int], bool], stats: EpochStatistics
+                   ) -> Generator[Event, None, OrderedDict]:
+    """The batches of :func:`train_one_epoch`."""
+    hw, images, data = parts.hardware, parts.images, parts.data
     rows = images.index["train"]
     tgt = images.targets_dev["train"]
     total = torch.zeros((), device=hw.device)
@@ -110,6 +124,7 @@ def train_one_epoch(parts: RunParts, net: nn.Module, cfg: TrainConfig, epoch: in
     for b, x in enumerate(parts.batcher.iterate([rows[bi] for bi in batches], cfg.num_workers)):
         if cancelled(b, len(batches)):
             raise Cancelled
+        stats.before(b)
         y = tgt.index_select(0, torch.as_tensor(batches[b], device=hw.device))
         out_of_memory = False
         try:
@@ -220,19 +235,62 @@ def _forward(parts: RunParts, x: torch.Tensor) -> torch.Tensor:
         return parts.model(x)
 
 
+def trainable_batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The batch-norm layers whose statistics training changes (a frozen backbone keeps its own)."""
+    skip = set(model.backbone.modules()) if getattr(model, "backbone_frozen", False) else set()
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m not in skip]
+
+
+class EpochStatistics:
+    """``bn_statistics='epoch'``: batch-norm statistics averaged over the second half of an epoch's batches.
+
+    With few optimizer steps per epoch (small projects) PyTorch's running averages lag far
+    behind the weights, and the model in eval mode predicts one class. Here the statistics are
+    reset before the epoch's middle batch and then averaged evenly (``momentum=None``) over the
+    batches that follow, which were computed with the weights of the epoch's last steps: nearly
+    what a precise-BN pass gives, without its extra forward pass. Under torchrun the ranks'
+    statistics are averaged. Nothing happens when the second half has no batch of 2 or more images.
+    """
+
+    def __init__(self, parts: RunParts, cfg: TrainConfig, batches: list[np.ndarray]) -> None:
+        self.parts = parts
+        self.start = len(batches) // 2
+        use = cfg.bn_statistics == "epoch" and any(len(b) >= 2 for b in batches[self.start:])
+        self.bns = trainable_batch_norms(parts.model) if use else []
+        self.saved: list[float | None] | None = None
+
+    def before(self, batch: int) -> None:
+        """Called before training batch ``batch`` (0-based)."""
+        if batch == self.start and self.bns and self.saved is None:
+            self.saved = [m.momentum for m in self.bns]
+            for m in self.bns:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average from here on
+
+    def finish(self, complete: bool) -> None:
+        """Restore the layers' momentum; after a ``complete`` epoch combine the ranks' statistics."""
+        if self.saved is None:
+            return
+        for m, mom in zip(self.bns, self.saved, strict=True):
+            m.momentum = mom
+        self.saved = None
+        if complete:  # every rank gets here (an error or a cancel may stop some ranks only)
+            ddp.average_batch_norm(self.parts.hardware.dist, self.bns)
+
+
 def recalibrate_batch_norm(parts: RunParts, cfg: TrainConfig, epoch: int) -> None:
     """Re-estimate the running statistics of trainable batch-norm layers ("precise BN").
 
     With few optimizer steps per epoch (small projects) the running averages lag far behind
     the weights and the model in eval mode predicts one class; a forward pass over up to
     ``bn_recalibrate`` training images (cumulative average) fixes that for about a third of an
-    epoch's compute. A frozen backbone keeps its own statistics.
+    epoch's compute. A frozen backbone keeps its own statistics. Only with ``bn_statistics='pass'``
+    (the default, ``'epoch'``, averages the statistics during training: :class:`EpochStatistics`).
     """
     model = parts.model
-    skip = set(model.backbone.modules()) if getattr(model, "backbone_frozen", False) else set()
-    bns = [m for m in model.modules()
-           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m not in skip]
-    if not cfg.bn_recalibrate or not bns:
+    bns = trainable_batch_norms(model)
+    if cfg.bn_statistics != "pass" or not cfg.bn_recalibrate or not bns:
         return
     rows = parts.images.index["train"]
     rng = np.random.default_rng([cfg.seed, epoch, 1])
