@@ -12,12 +12,15 @@ One command, one JSON object on stdout; every figure is measured in the same run
   pure model step (forward, backward, optimizer step on tensors already in memory) for as many
   images, timed in this process right before and right after the two commands;
   ``ratio`` = pure seconds / pipeline seconds (1: no overhead at all);
-- ``phases``: where an epoch's time goes, from one in-process run's events: training batches,
-  batch-norm recalibration, validation, end of epoch (metrics, checkpoint writes).
+- ``in_process``: one run in this process with a pure round right after each epoch: the median
+  of the paired ratios pure round / epoch cycle (robust against bursts of load from other
+  processes, which the outside figure is not), and where an epoch's time goes: training
+  batches, batch-norm statistics and validation, end of epoch (metrics, checkpoint snapshots).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -33,7 +36,7 @@ import torch
 from napari_cellclass.core.sample import make_sample_project
 from napari_cellclass.learn.config import TrainConfig
 from napari_cellclass.learn.engine import Trainer
-from napari_cellclass.learn.events import BatchProgress, CheckpointSaved, EpochEnd
+from napari_cellclass.learn.events import BatchProgress, EpochEnd
 from napari_cellclass.learn.models import build_model
 
 
@@ -78,34 +81,75 @@ def train_command(project: Path, out: Path, epochs: int, args: argparse.Namespac
             "epoch_seconds": [h["seconds"] for h in res["history"]]}
 
 
+class PureRound:
+    """The pure model step on a copy of a trainer's model (its own AdamW), for as many images as an epoch."""
+
+    def __init__(self, trainer: Trainer, batch_size: int) -> None:
+        self.model = copy.deepcopy(trainer.model).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
+        n = len(trainer.ids["train"])
+        self.sizes = [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+        self.x = torch.randn(batch_size, trainer.in_chans, trainer.input_size, trainer.input_size)
+        self.y = torch.arange(batch_size) % len(trainer.data.classes)
+        self.crit = torch.nn.CrossEntropyLoss()
+
+    def run(self) -> float:
+        t = time.perf_counter()
+        for n in self.sizes:
+            loss = self.crit(self.model(self.x[:n]), self.y[:n])
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+        return time.perf_counter() - t
+
+
 def phases(project: Path, out: Path, args: argparse.Namespace, epochs: int) -> dict[str, Any]:
-    """Seconds per epoch phase of an in-process run (epochs after the first), from its events' times."""
+    """An in-process run with a pure round paired with each epoch: median seconds per epoch phase
+    (epochs after the first) and the median of the paired ratios pure / whole epoch cycle.
+
+    The epoch cycle runs from one epoch's first batch to the next one's (training, batch-norm
+    statistics, validation, metrics, checkpoint snapshots and writes); the pure round runs at
+    each epoch's end and its time is taken out of the cycle. ``end_of_epoch``: from one epoch's
+    end to the next epoch's first batch.
+    """
     cfg = TrainConfig(backbone=args.backbone, input_size=args.input_size, batch_size=args.batch_size, epochs=epochs,
                       device="cpu", seed=0, early_stopping=0)
-    sums: dict[str, list[float]] = {"train": [], "bn_and_validation": [], "validation": [], "end_of_epoch": []}
+    start: dict[int, float] = {}
+    train_end: dict[int, float] = {}
+    end: dict[int, float] = {}
+    pure: dict[int, float] = {}
+    trainer = Trainer(project, cfg, out)
+    rounds: PureRound | None = None
+    paused = 0.0  # seconds spent in pure rounds, taken out of the run's clock
     last = time.perf_counter()
-    mark: dict[str, float] = {}
-    epoch = 0
-    for ev in Trainer(project, cfg, out).events():
-        now = time.perf_counter()
-        if isinstance(ev, BatchProgress) and ev.phase == "train" and ev.batch == 1:
-            epoch = ev.epoch
-            mark = {"start": last}
-        elif isinstance(ev, BatchProgress) and ev.phase == "train" and ev.batch == ev.num_batches:
-            mark["train_end"] = now
-        elif isinstance(ev, BatchProgress) and ev.phase == "val" and ev.batch == 1:
-            mark["val_start"] = last
+    for ev in trainer.events():
+        now = time.perf_counter() - paused
+        if isinstance(ev, BatchProgress) and ev.phase == "train":
+            if ev.batch == 1:
+                start[ev.epoch] = last
+            if ev.batch == ev.num_batches:
+                train_end[ev.epoch] = now
         elif isinstance(ev, EpochEnd):
-            mark["epoch_end"] = now
-        elif isinstance(ev, CheckpointSaved) and ev.kind == "last":
-            mark["end"] = now
-            if epoch > 1:
-                sums["train"].append(mark["train_end"] - mark["start"])
-                sums["bn_and_validation"].append(mark["epoch_end"] - mark["train_end"])
-                sums["validation"].append(mark["epoch_end"] - mark["val_start"])
-                sums["end_of_epoch"].append(now - mark["epoch_end"])
+            end[ev.epoch] = now
+            if rounds is None:
+                rounds = PureRound(trainer, args.batch_size)
+                rounds.run()  # warm-up
+            t = time.perf_counter()
+            pure[ev.epoch] = rounds.run()
+            paused += time.perf_counter() - t
+            now = time.perf_counter() - paused
         last = now
-    return {k: round(float(np.median(v)), 3) for k, v in sums.items() if v}
+    later = [e for e in sorted(end) if e > 1 and e + 1 in start]
+    cycle = {e: start[e + 1] - start[e] for e in later}
+    out_ = {"train": [train_end[e] - start[e] for e in later],
+            "bn_and_validation": [end[e] - train_end[e] for e in later],
+            "end_of_epoch": [start[e + 1] - end[e] for e in later],
+            "epoch_cycle": list(cycle.values()), "pure_round": [pure[e] for e in later]}
+    res: dict[str, Any] = {k: round(float(np.median(v)), 3) for k, v in out_.items() if v}
+    ratios = [pure[e] / cycle[e] for e in later]
+    res["paired_ratios"] = [round(r, 3) for r in ratios]
+    res["ratio"] = round(float(np.median(ratios)), 3) if ratios else None
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,12 +191,14 @@ def main(argv: list[str] | None = None) -> int:
             "epoch_seconds_long": long["epoch_seconds"],
         }
         if not args.no_phases:
-            result["phases"] = phases(project.root, work / "phases", args, 4)
+            result["in_process"] = phases(project.root, work / "phases", args, args.epochs_long)
     result["load_average_after"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     print(json.dumps(result))
-    print(f"per-epoch ratio {result['per_epoch']['ratio']} (pure {result['per_epoch']['pure_seconds']} s / pipeline "
-          f"{result['per_epoch']['pipeline_seconds']} s); first batch {result['startup'].get('seconds')} s after the "
-          "command", file=sys.stderr)
+    paired = result.get("in_process", {}).get("ratio")
+    pe = result["per_epoch"]
+    print(f"per-epoch ratio: paired in process {paired}; from outside {pe['ratio']} (pure {pe['pure_seconds']} s / "
+          f"pipeline {pe['pipeline_seconds']} s); first batch {result['startup'].get('seconds')} s after the command",
+          file=sys.stderr)
     return 0
 
 
