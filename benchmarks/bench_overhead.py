@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import json
 import os
 import subprocess
@@ -39,13 +40,19 @@ from napari_cellclass.learn.engine import Trainer
 from napari_cellclass.learn.events import BatchProgress, EpochEnd
 from napari_cellclass.learn.models import build_model
 
+try:  # the optimizer as the trainer builds it (fused where it can be)
+    from napari_cellclass.learn.builders import fused_kwargs
+except ImportError:  # a version before fused optimizers: torch's default, as its trainer
+    def fused_kwargs(params: list) -> dict[str, bool]:
+        return {}
+
 
 def pure_seconds(args: argparse.Namespace, in_chans: int, n_classes: int, images: int) -> float:
     """Seconds of the pure model step for ``images`` training images (whole batches, as the pipeline)."""
     torch.manual_seed(0)
     model, _ = build_model(args.backbone, n_classes, in_chans=in_chans, pretrained=None)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **fused_kwargs(list(model.parameters())))
     x = torch.randn(args.batch_size, in_chans, args.input_size, args.input_size)
     y = torch.arange(args.batch_size) % n_classes
     crit = torch.nn.CrossEntropyLoss()
@@ -86,7 +93,9 @@ class PureRound:
 
     def __init__(self, trainer: Trainer, batch_size: int) -> None:
         self.model = copy.deepcopy(trainer.model).train()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
+        opt = trainer.optimizer  # the same optimizer and settings (fused where the trainer's is)
+        accepted = inspect.signature(type(opt)).parameters
+        self.opt = type(opt)(self.model.parameters(), **{k: v for k, v in opt.defaults.items() if k in accepted})
         n = len(trainer.ids["train"])
         self.sizes = [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
         self.x = torch.randn(batch_size, trainer.in_chans, trainer.input_size, trainer.input_size)

@@ -227,3 +227,13 @@ def test_an_existing_model_is_never_overwritten_without_resume(tiny_sample, fast
     a.mkdir(parents=True)
     b = default_out_dir(tiny_sample, "resnet18")
     assert b != a and not b.exists()  # two runs started in the same second get two folders
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_optimizers_are_fused_on_the_cpu(tiny_sample, fast_config, tmp_path, optimizer):
+    tr = Trainer(tiny_sample, fast_config(optimizer=optimizer), tmp_path / "m")
+    list(tr.setup())
+    assert tr.optimizer.defaults.get("fused") is True  # one kernel per step, not a loop over the tensors
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    tr.train_one_epoch(1)
+    assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters(), strict=True))
