@@ -40,6 +40,11 @@ from napari_cellclass.learn.engine import Trainer
 from napari_cellclass.learn.events import BatchProgress, EpochEnd
 from napari_cellclass.learn.models import build_model
 
+try:  # denormals flushed on the CPU as this version's trainer does
+    from napari_cellclass.learn.device import flush_denormals  # noqa: F401
+    FLUSH = True
+except ImportError:
+    FLUSH = False
 try:  # the optimizer as the trainer builds it (fused where it can be)
     from napari_cellclass.learn.builders import fused_kwargs
 except ImportError:  # a version before fused optimizers: torch's default, as its trainer
@@ -50,6 +55,7 @@ except ImportError:  # a version before fused optimizers: torch's default, as it
 def pure_seconds(args: argparse.Namespace, in_chans: int, n_classes: int, images: int) -> float:
     """Seconds of the pure model step for ``images`` training images (whole batches, as the pipeline)."""
     torch.manual_seed(0)
+    torch.set_flush_denormal(FLUSH)  # as the trainer of this version runs
     model, _ = build_model(args.backbone, n_classes, in_chans=in_chans, pretrained=None)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **fused_kwargs(list(model.parameters())))

@@ -237,3 +237,20 @@ def test_optimizers_are_fused_on_the_cpu(tiny_sample, fast_config, tmp_path, opt
     before = [p.detach().clone() for p in tr.model.parameters()]
     tr.train_one_epoch(1)
     assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters(), strict=True))
+
+
+def test_denormals_are_flushed_on_the_cpu_during_training_epochs_only(tiny_sample, fast_config, tmp_path):
+    def flushed():
+        return float(torch.tensor([1e-39]) * 1.0) == 0.0
+
+    assert not flushed()
+    during = []
+    for ev in run_training(tiny_sample, fast_config(epochs=1), tmp_path / "m"):
+        if isinstance(ev, BatchProgress) and ev.phase == "train":
+            during.append(flushed())
+    assert during and all(during)
+    assert not flushed()  # torch's default again after the run
+    tr = Trainer(tiny_sample, fast_config(epochs=1), tmp_path / "m2")
+    list(tr.setup())
+    tr.train_one_epoch(1)
+    assert not flushed()
