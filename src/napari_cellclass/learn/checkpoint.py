@@ -16,6 +16,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -95,54 +96,76 @@ def snapshot_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 class BackgroundSaves:
-    """Checkpoint writes in one background thread, in order, while training goes on.
+    """Checkpoint writes in one background thread while training goes on, paced to a share of the time.
 
-    The training thread snapshots what to write and hands the write to :meth:`submit` with the
-    event that announces it; :meth:`done` yields the events of the writes finished so far (the files
-    are on disk then) and :meth:`wait` those of all. An error of a write (a full disk) is raised
-    in the training thread by :meth:`done` or :meth:`wait`. Each write is atomic, so a crash
-    leaves the previous complete files.
+    The training thread snapshots what to write at each epoch's end and hands it to :meth:`offer`
+    by kind (``'best'``, ``'last'``): a newer offer replaces an older one of its kind not started
+    yet. Writes start when none is running and the last one ended at least its own duration /
+    ``share`` ago (so writing takes about ``share`` of the time: with epochs longer than that,
+    every epoch is written); :meth:`flush` starts the newest at once and waits (end of a run,
+    cancel). :meth:`done` yields the events of the finished writes (the files are on disk then).
+    A write's error (a full disk) is raised in the training thread by :meth:`done` or
+    :meth:`flush`, and nothing more is written. Each write is atomic, so a crash leaves the
+    previous complete files, at most one pace interval older.
     """
 
-    def __init__(self) -> None:
+    KINDS = ("best", "last")  # written in this order
+
+    def __init__(self, share: float = 0.1) -> None:
+        self.share = share
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="cellclass-save")
         self._jobs: deque[tuple[Future, Any]] = deque()
+        self._offers: dict[str, tuple[Callable[[], Any], Any]] = {}
         self._failed = False
+        self._next = 0.0  # time.monotonic() from which the next write may start
 
-    def submit(self, write: Callable[[], Any], event: Any) -> None:
-        """Queue ``write()``; ``event`` comes out of :meth:`done` / :meth:`wait` once it finished.
+    def offer(self, kind: str, write: Callable[[], Any], event: Any) -> None:
+        """Hand over the write of ``kind`` (a snapshot); ``event`` announces it once on disk. Writes start
+        in :meth:`done` (when due) or :meth:`flush`."""
+        self._offers[kind] = (write, event)
 
-        After a write failed the queued ones are skipped (nothing more is written).
-        """
-        def job() -> Any:
-            if self._failed:
-                return None
-            try:
-                return write()
-            except BaseException:
-                self._failed = True
-                raise
+    def _start(self, force: bool) -> None:
+        if not self._offers or self._failed or (not force and (self._jobs or time.monotonic() < self._next)):
+            return
+        for kind in self.KINDS:
+            if kind in self._offers:
+                write, event = self._offers.pop(kind)
+                self._jobs.append((self._pool.submit(self._run, write), event))
 
-        self._jobs.append((self._pool.submit(job), event))
+    def _run(self, write: Callable[[], Any]) -> Any:
+        if self._failed:
+            return None
+        t = time.monotonic()
+        try:
+            return write()
+        except BaseException:
+            self._failed = True
+            raise
+        finally:
+            now = time.monotonic()
+            self._next = max(self._next, now + (now - t) * (1 / self.share - 1))
 
     def done(self) -> Iterator[Any]:
-        """The events of the finished writes, in order (raises a write's error)."""
+        """The events of the finished writes, in order (raises a write's error); starts a due write."""
         while self._jobs and self._jobs[0][0].done():
             fut, event = self._jobs.popleft()
             fut.result()
             yield event
+        self._start(force=False)
 
-    def wait(self) -> Iterator[Any]:
-        """Wait for every queued write; their events in order (raises the first error)."""
+    def flush(self) -> Iterator[Any]:
+        """Start the newest offers now and wait for every write; their events in order."""
+        self._start(force=True)
         while self._jobs:
             fut, event = self._jobs.popleft()
             fut.result()
             yield event
 
     def close(self) -> None:
-        """Let the queued writes finish (their errors are dropped: the caller is already ending)."""
+        """Let the started writes finish (their errors are dropped: the caller is already ending)."""
         self._pool.shutdown(wait=True)
         self._jobs.clear()
+        self._offers.clear()
 
 
 def save_weights(folder: Path, model: nn.Module) -> Path:

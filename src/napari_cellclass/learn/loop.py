@@ -57,7 +57,7 @@ def run_events(tr: Trainer) -> Iterator[Event]:
                 yield from saves.done()
             if out.cancelled or out.stopped or out.diverged is not None:
                 break
-        yield from saves.wait()  # the model folder is complete before calibration reads it and config.json is final
+        yield from saves.flush()  # the model folder is complete before calibration reads it and config.json is final
     finally:
         saves.close()
     yield from _finish(tr, out, time.perf_counter() - t0)
@@ -66,9 +66,9 @@ def run_events(tr: Trainer) -> Iterator[Event]:
 def _epoch(tr: Trainer, epoch: int, out: _Outcome, saves: ckpt.BackgroundSaves) -> Iterator[Event]:
     """Train, recalibrate and validate one epoch, then record, save and judge it (``out`` says how it ended).
 
-    The best model and the resume state are written in the background while the next epoch
-    trains (``saves``); the previous epoch's writes are finished first, so at most one epoch's
-    writes are pending and a crash leaves the state of the epoch before at the latest.
+    The best model and the resume state are copied here and written in the background while
+    training goes on (``saves``, paced to about a tenth of the time; always at the end of the
+    run, also when it is cancelled or stopped).
     """
     te = time.perf_counter()
     try:
@@ -96,11 +96,11 @@ def _epoch(tr: Trainer, epoch: int, out: _Outcome, saves: ckpt.BackgroundSaves) 
                    len(tr.ids["train"]) / max(seconds, 1e-9))
     if out.diverged is not None:  # never saved: neither as the best model nor as the resume state
         return
-    yield from saves.wait()
     if best:
         tr.best_probabilities = tr.probabilities.get("val")
-        saves.submit(tr.best_writer(), CheckpointSaved(str(tr.out_dir), epoch, "best", rec.monitor, value))
-    saves.submit(tr.state_writer(epoch), CheckpointSaved(str(tr.out_dir / ckpt.STATE_DIR), epoch, "last"))
+        saves.offer("best", tr.best_writer(), CheckpointSaved(str(tr.out_dir), epoch, "best", rec.monitor, value))
+    saves.offer("last", tr.state_writer(epoch), CheckpointSaved(str(tr.out_dir / ckpt.STATE_DIR), epoch, "last"))
+    yield from saves.done()  # starts them when due
     if tr.cfg.early_stopping and rec.bad_epochs >= tr.cfg.early_stopping:
         out.stopped = True
         yield Log(f"early stopping: no better {rec.monitor} for {rec.bad_epochs} epochs")
