@@ -111,7 +111,7 @@ class BackgroundSaves:
 
     KINDS = ("best", "last")  # written in this order
 
-    def __init__(self, share: float = 0.1) -> None:
+    def __init__(self, share: float = 0.03) -> None:
         self.share = share
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="cellclass-save")
         self._jobs: deque[tuple[Future, Any]] = deque()
@@ -123,6 +123,10 @@ class BackgroundSaves:
         """Hand over the write of ``kind`` (a snapshot); ``event`` announces it once on disk. Writes start
         in :meth:`done` (when due) or :meth:`flush`."""
         self._offers[kind] = (write, event)
+
+    def due(self) -> bool:
+        """Whether a write offered now would start at once."""
+        return not self._jobs and not self._failed and time.monotonic() >= self._next
 
     def _start(self, force: bool) -> None:
         if not self._offers or self._failed or (not force and (self._jobs or time.monotonic() < self._next)):

@@ -66,9 +66,11 @@ def run_events(tr: Trainer) -> Iterator[Event]:
 def _epoch(tr: Trainer, epoch: int, out: _Outcome, saves: ckpt.BackgroundSaves) -> Iterator[Event]:
     """Train, recalibrate and validate one epoch, then record, save and judge it (``out`` says how it ended).
 
-    The best model and the resume state are copied here and written in the background while
-    training goes on (``saves``, paced to about a tenth of the time; always at the end of the
-    run, also when it is cancelled or stopped).
+    A better model is copied here, the resume state when a write is due (and after the last
+    epoch); both are written in the background while training goes on (``saves``, paced to a
+    few percent of the time: every epoch when epochs take longer than about 30 writes; always
+    at the end of the run, also when it is cancelled or stopped). A crash (kill, power loss)
+    leaves the previous complete files, at most one pace interval old.
     """
     te = time.perf_counter()
     try:
@@ -96,12 +98,14 @@ def _epoch(tr: Trainer, epoch: int, out: _Outcome, saves: ckpt.BackgroundSaves) 
                    len(tr.ids["train"]) / max(seconds, 1e-9))
     if out.diverged is not None:  # never saved: neither as the best model nor as the resume state
         return
-    if best:
+    stopping = bool(tr.cfg.early_stopping and rec.bad_epochs >= tr.cfg.early_stopping)
+    if best:  # always copied: the best weights exist only now
         tr.best_probabilities = tr.probabilities.get("val")
         saves.offer("best", tr.best_writer(), CheckpointSaved(str(tr.out_dir), epoch, "best", rec.monitor, value))
-    saves.offer("last", tr.state_writer(epoch), CheckpointSaved(str(tr.out_dir / ckpt.STATE_DIR), epoch, "last"))
+    if saves.due() or stopping or epoch == tr.cfg.epochs:  # the resume state: copied when it will be written
+        saves.offer("last", tr.state_writer(epoch), CheckpointSaved(str(tr.out_dir / ckpt.STATE_DIR), epoch, "last"))
     yield from saves.done()  # starts them when due
-    if tr.cfg.early_stopping and rec.bad_epochs >= tr.cfg.early_stopping:
+    if stopping:
         out.stopped = True
         yield Log(f"early stopping: no better {rec.monitor} for {rec.bad_epochs} epochs")
 
