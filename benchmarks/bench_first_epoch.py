@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -73,7 +74,8 @@ def run(project_root: Path, out: Path, args: argparse.Namespace, threads: int) -
            "decode_img_s": round(len(tr.store) / decode, 1), "setup_seconds": round(setup, 3),
            "epoch_seconds": [round(s, 3) for s in epochs],
            "first_epoch_img_s": round(n / (decode + epochs[0]), 1), "later_epochs_img_s": round(n / later, 1),
-           "first_epoch_ratio": round(later / (decode + epochs[0]), 3)}
+           "first_epoch_ratio": round(later / (decode + epochs[0]), 3),
+           "first_epoch_ratio_with_setup": round(later / (setup + epochs[0]), 3)}
     tr._save_best()
     return {"result": res, "trainer": tr}
 
@@ -123,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         result["training"] = runs
         result["prediction"] = prediction(tr, args)
     result["load_average_after"] = os.getloadavg()[0]
+    result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["cache"] = tr.store.location
     print(json.dumps(result))
     print("first epoch ratio " + ", ".join(f"{r['first_epoch_ratio']} ({r['threads']} threads)" for r in runs)
           + f"; prediction from files / cache {result['prediction']['ratio_files_to_cache']}", file=sys.stderr)
