@@ -48,7 +48,7 @@ def test_a_run_reports_its_start_up_at_the_first_batch(tiny_sample, fast_config,
     assert sum(isinstance(e, Log) and e.message.startswith("first training batch") for e in events) == 1
     fin = events[-1]
     assert isinstance(fin, Finished)
-    phases = ["project and split", "images", "timm import", "model", "optimizer", "first step"]
+    phases = ["project and split", "timm import", "images", "model", "optimizer", "first step"]
     assert [k for k in fin.startup if k in phases] == phases
     assert fin.startup["seconds"] > 0 and all(v >= 0 for v in fin.startup.values())
 

@@ -158,14 +158,14 @@ class Trainer:
         in_groups = f" in {groups['train']}/{groups['val']}/{groups['test']} groups" if groups else ""
         yield Log(f"{len(sp.train)} training, {len(sp.val)} validation, {len(sp.test)} test images{in_groups} "
                   f"({sp.source} split); classes: {', '.join(data.classes)}")
+        import timm  # noqa: F401 - the backbone library (the normalisation and the model need it), timed apart
+
+        self.startup.lap("timm import")
         images = yield from build_images(self.project, data, cfg, hw, resume, self.cancel,
                                          lambda: self._cancelled(0, 1))
         if images is None:  # cancelled: no model folder, Finished(cancelled=True)
             return
         self.startup.lap("images")
-        import timm  # noqa: F401 - the backbone library's import, timed apart from building the model
-
-        self.startup.lap("timm import")
         network = build_network(cfg, len(data.classes), images.in_chans, hw)
         self.startup.lap("model")
         if network.note:
