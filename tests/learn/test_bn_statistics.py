@@ -53,7 +53,8 @@ def test_running_statistics_keep_pytorchs_average(tiny_sample, fast_config, tmp_
 
 @pytest.mark.parametrize("mode", ["epoch", "pass"])
 def test_only_the_pass_mode_runs_the_extra_forward_pass(tiny_sample, fast_config, tmp_path, mode):
-    tr = _setup(tiny_sample, fast_config(bn_statistics=mode), tmp_path / "m")
+    tr = _setup(tiny_sample, fast_config(bn_statistics=mode, batch_size=4), tmp_path / "m")
+    assert tr.steps_per_epoch >= 4
     tr.train_one_epoch(1)
     calls = []
     hook = tr.model.register_forward_hook(lambda *a: calls.append(1))
@@ -76,3 +77,18 @@ def test_a_cancelled_epoch_restores_the_momentum(tiny_sample, fast_config, tmp_p
                 tr.cancel.cancel()
     assert [m.momentum for m in bns] == momenta
     assert all(np.isfinite(m.running_mean.numpy()).all() for m in bns)
+
+
+def test_an_epoch_of_fewer_than_4_batches_gets_the_pass(tiny_sample, fast_config, tmp_path):
+    # averaging one or two batches (e.g. 8 + 3 images) left the last layers' statistics so noisy
+    # that the validation loss of a 24-image project blew up to 810
+    tr = _setup(tiny_sample, fast_config(batch_size=8), tmp_path / "m")
+    assert tr.steps_per_epoch < 4
+    bn = trainable_batch_norms(tr.model)[0]
+    tr.train_one_epoch(1)
+    assert int(bn.num_batches_tracked) == tr.steps_per_epoch  # no averaging: PyTorch's running statistics
+    calls = []
+    hook = tr.model.register_forward_hook(lambda *a: calls.append(1))
+    tr.recalibrate_batch_norm(1)
+    hook.remove()
+    assert calls and int(bn.num_batches_tracked) == len(calls)

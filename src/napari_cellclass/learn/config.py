@@ -132,7 +132,8 @@ class TrainConfig:
     threshold: float = setting(0.5, "multi-label decision threshold", exclusive_minimum=0, exclusive_maximum=1,
                                step=0.05)
     bn_statistics: str = setting("epoch", "batch-norm statistics used for validation and prediction: epoch = "
-                                 "averaged over the second half of each epoch's training batches (no extra pass); "
+                                 "averaged over the second half of each epoch's training batches (no extra pass; "
+                                 "epochs under 4 batches get the pass); "
                                  "pass = a forward pass over up to bn_recalibrate training images after each epoch "
                                  "(precise BN, about a third of an epoch's compute); running = PyTorch's running "
                                  "average", enum=("epoch", "pass", "running"))

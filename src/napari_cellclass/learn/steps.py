@@ -245,6 +245,17 @@ def trainable_batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchN
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m not in skip]
 
 
+#: epochs with fewer training images than this many batches re-estimate the statistics with a pass instead
+EPOCH_STATISTICS_MIN_BATCHES = 4
+
+
+def epoch_statistics_apply(cfg: TrainConfig, n_train: int) -> bool:
+    """Whether ``bn_statistics='epoch'`` averages during training: the epoch has at least
+    :data:`EPOCH_STATISTICS_MIN_BATCHES` batches' worth of images (smaller epochs would average a
+    batch or two, too few images for the statistics of the last layers; they get the pass)."""
+    return cfg.bn_statistics == "epoch" and n_train >= EPOCH_STATISTICS_MIN_BATCHES * cfg.batch_size
+
+
 class EpochStatistics:
     """``bn_statistics='epoch'``: batch-norm statistics averaged over the second half of an epoch's batches.
 
@@ -259,17 +270,23 @@ class EpochStatistics:
     def __init__(self, parts: RunParts, cfg: TrainConfig, batches: list[np.ndarray]) -> None:
         self.parts = parts
         self.start = len(batches) // 2
-        use = cfg.bn_statistics == "epoch" and any(len(b) >= 2 for b in batches[self.start:])
+        self.sizes = [len(b) for b in batches]
+        self.small = max(2, cfg.batch_size // 2)  # a smaller (last) batch is left out of the average
+        use = (epoch_statistics_apply(cfg, len(parts.images.index["train"]))
+               and any(n >= self.small for n in self.sizes[self.start:]))
         self.bns = trainable_batch_norms(parts.model) if use else []
         self.saved: list[float | None] | None = None
 
     def before(self, batch: int) -> None:
         """Called before training batch ``batch`` (0-based)."""
-        if batch == self.start and self.bns and self.saved is None:
+        if not self.bns or batch < self.start:
+            return
+        if self.saved is None:
             self.saved = [m.momentum for m in self.bns]
             for m in self.bns:
                 m.reset_running_stats()
-                m.momentum = None  # cumulative average from here on
+        for m in self.bns:  # cumulative average (None); 0: this batch leaves the statistics as they are
+            m.momentum = None if self.sizes[batch] >= self.small else 0.0
 
     def finish(self, complete: bool) -> None:
         """Restore the layers' momentum; after a ``complete`` epoch combine the ranks' statistics."""
@@ -288,12 +305,13 @@ def recalibrate_batch_norm(parts: RunParts, cfg: TrainConfig, epoch: int) -> Non
     With few optimizer steps per epoch (small projects) the running averages lag far behind
     the weights and the model in eval mode predicts one class; a forward pass over up to
     ``bn_recalibrate`` training images (cumulative average) fixes that for about a third of an
-    epoch's compute. A frozen backbone keeps its own statistics. Only with ``bn_statistics='pass'``
-    (the default, ``'epoch'``, averages the statistics during training: :class:`EpochStatistics`).
+    epoch's compute. A frozen backbone keeps its own statistics. With ``bn_statistics='pass'``, and
+    with ``'epoch'`` (the default) when the epoch is too small to average (:func:`epoch_statistics_apply`).
     """
     model = parts.model
     bns = trainable_batch_norms(model)
-    if cfg.bn_statistics != "pass" or not cfg.bn_recalibrate or not bns:
+    if cfg.bn_statistics == "running" or epoch_statistics_apply(cfg, len(parts.images.index["train"])) \
+            or not cfg.bn_recalibrate or not bns:
         return
     rows = parts.images.index["train"]
     rng = np.random.default_rng([cfg.seed, epoch, 1])
