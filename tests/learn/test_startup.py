@@ -67,3 +67,16 @@ def test_the_train_command_reports_start_up_from_the_command(tiny_sample, tmp_pa
         # counted from the process's start: the interpreter and the imports are in it, and it fits in the wall time
         assert startup["process start and imports"] > 0
         assert startup["seconds"] < wall
+
+
+def test_the_train_command_imports_nothing_it_does_not_need(tiny_sample, tmp_path):
+    unneeded = ("sklearn", "matplotlib", "captum", "cleanlab", "onnx", "onnxruntime", "onnxscript", "bioimageio",
+                "pydantic", "napari", "qtpy", "magicgui", "pandas", "skimage")
+    code = ("import sys; from napari_cellclass.cli import main; "
+            f"main(['train', {str(tiny_sample.root)!r}, '--backbone', 'mobilenetv3_small_050', '--input-size', '32', "
+            f"'--epochs', '1', '--device', 'cpu', '--out', {str(tmp_path / 'm')!r}, '--json']); "
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({unneeded!r})), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == "[]"
