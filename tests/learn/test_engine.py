@@ -39,7 +39,9 @@ def test_event_order_and_model_folder(tiny_sample, fast_config, tmp_path):
     first_end = kinds.index("EpochEnd")
     phases = [e.phase for e in evs[start:first_end] if isinstance(e, BatchProgress)]
     assert phases == sorted(phases, key=lambda p: p != "train") and "val" in phases
-    assert isinstance(evs[first_end + 1], CheckpointSaved) and evs[first_end + 1].kind == "best"
+    # written in the background while the next epoch trains: announced once on disk, best before last
+    saved = [e for e in evs[first_end + 1:] if isinstance(e, CheckpointSaved)]
+    assert [(e.epoch, e.kind) for e in saved[:2]] == [(1, "best"), (1, "last")]
     end = epoch_ends[0]
     assert list(end.train)[:3] == ["loss", "n", "accuracy"] and "confusion_matrix" in end.val
     assert end.is_best and end.monitor == "balanced_accuracy"  # the default: honest on imbalanced classes
@@ -225,3 +227,30 @@ def test_an_existing_model_is_never_overwritten_without_resume(tiny_sample, fast
     a.mkdir(parents=True)
     b = default_out_dir(tiny_sample, "resnet18")
     assert b != a and not b.exists()  # two runs started in the same second get two folders
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_optimizers_are_fused_on_the_cpu(tiny_sample, fast_config, tmp_path, optimizer):
+    tr = Trainer(tiny_sample, fast_config(optimizer=optimizer), tmp_path / "m")
+    list(tr.setup())
+    assert tr.optimizer.defaults.get("fused") is True  # one kernel per step, not a loop over the tensors
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    tr.train_one_epoch(1)
+    assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters(), strict=True))
+
+
+def test_denormals_are_flushed_on_the_cpu_during_training_epochs_only(tiny_sample, fast_config, tmp_path):
+    def flushed():
+        return float(torch.tensor([1e-39]) * 1.0) == 0.0
+
+    assert not flushed()
+    during = []
+    for ev in run_training(tiny_sample, fast_config(epochs=1), tmp_path / "m"):
+        if isinstance(ev, BatchProgress) and ev.phase == "train":
+            during.append(flushed())
+    assert during and all(during)
+    assert not flushed()  # torch's default again after the run
+    tr = Trainer(tiny_sample, fast_config(epochs=1), tmp_path / "m2")
+    list(tr.setup())
+    tr.train_one_epoch(1)
+    assert not flushed()

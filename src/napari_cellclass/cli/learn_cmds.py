@@ -191,6 +191,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     assert fin is not None
     result = {"ok": True, "model": fin.model_dir, "best_epoch": fin.best_epoch, "epochs_run": fin.epochs_run,
               "stopped_early": fin.stopped_early, "cancelled": fin.cancelled, "seconds": round(fin.seconds, 2),
+              "startup": fin.startup,
               "best_metrics": fin.best_metrics, "history": fin.history, "warnings": report.warnings,
               "config": cfg.to_dict()}
     if main_rank:
@@ -265,7 +266,8 @@ def _train_human(r: dict[str, Any]) -> str:
     return (f"model written to {r['model']}\n"
             f"best epoch {r['best_epoch']}: validation accuracy {m.get('accuracy', 0):.3f}, "
             f"balanced accuracy {m.get('balanced_accuracy', m.get('f1_macro', 0)):.3f}, "
-            f"macro F1 {m.get('f1_macro', 0):.3f} ({m.get('n', 0)} images); {r['seconds']:.0f} s")
+            f"macro F1 {m.get('f1_macro', 0):.3f} ({m.get('n', 0)} images); {r['seconds']:.0f} s"
+            + (f" (first batch {r['startup']['seconds']:.1f} s after the start)" if r.get("startup") else ""))
 
 
 def _err(line: str) -> None:

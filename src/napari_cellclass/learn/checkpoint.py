@@ -17,6 +17,10 @@ import hashlib
 import json
 import os
 import platform
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -74,12 +78,99 @@ def now_iso() -> str:
 
 
 
-def save_model_folder(folder: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> str:
-    """Write ``model.safetensors`` and ``config.json`` as one step (see :func:`save_pair`); returns the weights id."""
+def save_model_folder(folder: str | os.PathLike, model: nn.Module | dict[str, torch.Tensor],
+                      meta: dict[str, Any]) -> str:
+    """Write ``model.safetensors`` and ``config.json`` as one step (see :func:`save_pair`); returns the weights id.
+
+    ``model`` may be a state dict (e.g. a snapshot taken by :func:`snapshot_tensors`).
+    """
     data = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, **meta,
             "package_versions": package_versions(), "saved": now_iso()}
-    return save_pair(Path(folder), WEIGHTS_NAME, PENDING_WEIGHTS_NAME, model.state_dict(),
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    return save_pair(Path(folder), WEIGHTS_NAME, PENDING_WEIGHTS_NAME, state,
                       {"format": MODEL_FORMAT}, CONFIG_NAME, data, indent=1)
+
+
+def snapshot_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copies of ``tensors`` (on their device) that later optimizer steps cannot change."""
+    return {k: v.detach().clone() for k, v in tensors.items()}
+
+
+class BackgroundSaves:
+    """Checkpoint writes in one background thread while training goes on, paced to a share of the time.
+
+    The training thread snapshots what to write at each epoch's end and hands it to :meth:`offer`
+    by kind (``'best'``, ``'last'``): a newer offer replaces an older one of its kind not started
+    yet. Writes start when none is running and the last one ended at least its own duration /
+    ``share`` ago (so writing takes about ``share`` of the time: with epochs longer than that,
+    every epoch is written); :meth:`flush` starts the newest at once and waits (end of a run,
+    cancel). :meth:`done` yields the events of the finished writes (the files are on disk then).
+    A write's error (a full disk) is raised in the training thread by :meth:`done` or
+    :meth:`flush`, and nothing more is written. Each write is atomic, so a crash leaves the
+    previous complete files, at most one pace interval older.
+    """
+
+    KINDS = ("best", "last")  # written in this order
+
+    def __init__(self, share: float = 0.03) -> None:
+        self.share = share
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="cellclass-save")
+        self._jobs: deque[tuple[Future, Any]] = deque()
+        self._offers: dict[str, tuple[Callable[[], Any], Any]] = {}
+        self._failed = False
+        self._next = 0.0  # time.monotonic() from which the next write may start
+
+    def offer(self, kind: str, write: Callable[[], Any], event: Any) -> None:
+        """Hand over the write of ``kind`` (a snapshot); ``event`` announces it once on disk. Writes start
+        in :meth:`done` (when due) or :meth:`flush`."""
+        self._offers[kind] = (write, event)
+
+    def due(self) -> bool:
+        """Whether a write offered now would start at once."""
+        return not self._jobs and not self._failed and time.monotonic() >= self._next
+
+    def _start(self, force: bool) -> None:
+        if not self._offers or self._failed or (not force and (self._jobs or time.monotonic() < self._next)):
+            return
+        for kind in self.KINDS:
+            if kind in self._offers:
+                write, event = self._offers.pop(kind)
+                self._jobs.append((self._pool.submit(self._run, write), event))
+
+    def _run(self, write: Callable[[], Any]) -> Any:
+        if self._failed:
+            return None
+        t = time.monotonic()
+        try:
+            return write()
+        except BaseException:
+            self._failed = True
+            raise
+        finally:
+            now = time.monotonic()
+            self._next = max(self._next, now + (now - t) * (1 / self.share - 1))
+
+    def done(self) -> Iterator[Any]:
+        """The events of the finished writes, in order (raises a write's error); starts a due write."""
+        while self._jobs and self._jobs[0][0].done():
+            fut, event = self._jobs.popleft()
+            fut.result()
+            yield event
+        self._start(force=False)
+
+    def flush(self) -> Iterator[Any]:
+        """Start the newest offers now and wait for every write; their events in order."""
+        self._start(force=True)
+        while self._jobs:
+            fut, event = self._jobs.popleft()
+            fut.result()
+            yield event
+
+    def close(self) -> None:
+        """Let the started writes finish (their errors are dropped: the caller is already ending)."""
+        self._pool.shutdown(wait=True)
+        self._jobs.clear()
+        self._offers.clear()
 
 
 def save_weights(folder: Path, model: nn.Module) -> Path:
@@ -298,13 +389,24 @@ def _split_optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.
     return tensors, {"param_groups": sd["param_groups"], "plain_state": plain}
 
 
-def save_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        state: dict[str, Any]) -> Path:
-    """Write ``checkpoint/last.safetensors`` (model + optimizer tensors) and ``last.json`` as one step."""
-    d = Path(folder) / STATE_DIR
+def training_state_tensors(model: nn.Module, optimizer: torch.optim.Optimizer
+                           ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors (model + optimizer, not copied) and the JSON part of the optimizer's state."""
     opt_tensors, opt_json = _split_optimizer_state(optimizer)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update(opt_tensors)
+    return tensors, opt_json
+
+
+def save_training_state(folder: Path, model: nn.Module | None, optimizer: torch.optim.Optimizer | None,
+                        state: dict[str, Any], snapshot: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
+                        ) -> Path:
+    """Write ``checkpoint/last.safetensors`` (model + optimizer tensors) and ``last.json`` as one step.
+
+    ``snapshot``: the :func:`training_state_tensors` to write instead of the model's and optimizer's.
+    """
+    d = Path(folder) / STATE_DIR
+    tensors, opt_json = snapshot if snapshot is not None else training_state_tensors(model, optimizer)
     data = {"format": MODEL_FORMAT + "/state", "format_version": MODEL_FORMAT_VERSION,
             "optimizer": opt_json, **state, "saved": now_iso()}
     save_pair(d, STATE_WEIGHTS, STATE_PENDING, tensors, {"format": MODEL_FORMAT + "/state"}, STATE_JSON, data,

@@ -131,8 +131,15 @@ class TrainConfig:
                            "balanced accuracy, multi-label f1_macro)", enum=MONITORS)
     threshold: float = setting(0.5, "multi-label decision threshold", exclusive_minimum=0, exclusive_maximum=1,
                                step=0.05)
-    bn_recalibrate: int = setting(2048, "re-estimate batch-norm statistics on up to N training images after "
-                                  "each epoch (precise BN); 0 = off", minimum=0, maximum=10_000_000)
+    bn_statistics: str = setting("epoch", "batch-norm statistics used for validation and prediction: epoch = "
+                                 "averaged over the second half of each epoch's training batches (no extra pass; "
+                                 "epochs under 4 batches get the pass); "
+                                 "pass = a forward pass over up to bn_recalibrate training images after each epoch "
+                                 "(precise BN, about a third of an epoch's compute); running = PyTorch's running "
+                                 "average", enum=("epoch", "pass", "running"))
+    bn_recalibrate: int = setting(2048, "with bn_statistics=pass: re-estimate batch-norm statistics on up to N "
+                                  "training images after each epoch (precise BN); 0 = off", minimum=0,
+                                  maximum=10_000_000)
     # hardware
     device: str = setting("auto", "auto: CUDA, then Apple MPS, then CPU", enum=("auto", "cpu", "cuda", "mps"),
                           basic=17, cli=True)

@@ -8,8 +8,19 @@ from torch import nn
 
 from ..core.errors import TrainingError
 
-__all__ = ["autocast", "is_oom", "largest_fitting_batch", "resolve_device", "resolve_precision",
+__all__ = ["autocast", "flush_denormals", "is_oom", "largest_fitting_batch", "resolve_device", "resolve_precision",
            "use_channels_last"]
+
+
+def flush_denormals(device: torch.device, on: bool = True) -> bool:
+    """Treat denormal floats as zero on the CPU (``on=False``: torch's default again); on during each
+    training epoch.
+
+    Freshly initialised networks produce denormal gradients and optimizer moments, which x86 CPUs
+    compute 10-100x slower: a resnet18 step at 64 px took 3.5 s instead of 0.11 s. Values below
+    1.2e-38 do not matter to training. It is a setting of the whole process; True when it applies.
+    """
+    return device.type == "cpu" and bool(torch.set_flush_denormal(on))
 
 
 def resolve_device(name: str = "auto") -> torch.device:

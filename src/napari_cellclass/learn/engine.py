@@ -11,6 +11,7 @@ keeps its :class:`~.record.RunRecord` and writes the model folder (:mod:`.checkp
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from collections import OrderedDict
@@ -54,6 +55,7 @@ from .lr_find import LrFindResult, find_lr
 from .metrics import compute_metrics
 from .record import RunRecord
 from .rundata import MODELS_DIR, RunData, default_out_dir, make_split, open_project, run_data
+from .startup import StartupClock
 
 __all__ = ["MODELS_DIR", "RunData", "TrainResult", "Trainer", "autocast", "default_out_dir", "make_split",
            "open_project", "resolve_device", "resolve_precision", "run_data", "run_training", "train"]
@@ -105,6 +107,7 @@ class Trainer:
         self.probabilities: dict[str, np.ndarray] = {}  # of the last validation, by subset
         self.best_probabilities: np.ndarray | None = None  # the best epoch's on the validation images
         self.calibration: dict[str, Any] | None = None  # fitted after the last epoch
+        self.startup = StartupClock()  # laps up to the first training batch (see loop.run_events)
 
     @property
     def built(self) -> RunParts:
@@ -149,16 +152,22 @@ class Trainer:
         data = build_run_data(self.project, cfg, resume, self.out_dir)
         for note in data.notes:
             yield WarningEvent(note)
+        self.startup.lap("project and split")
         sp = data.split
         groups = data.group_meta(sp.as_dict()).get("groups")
         in_groups = f" in {groups['train']}/{groups['val']}/{groups['test']} groups" if groups else ""
         yield Log(f"{len(sp.train)} training, {len(sp.val)} validation, {len(sp.test)} test images{in_groups} "
                   f"({sp.source} split); classes: {', '.join(data.classes)}")
+        import timm  # noqa: F401 - the backbone library (the normalisation and the model need it), timed apart
+
+        self.startup.lap("timm import")
         images = yield from build_images(self.project, data, cfg, hw, resume, self.cancel,
                                          lambda: self._cancelled(0, 1))
         if images is None:  # cancelled: no model folder, Finished(cancelled=True)
             return
+        self.startup.lap("images")
         network = build_network(cfg, len(data.classes), images.in_chans, hw)
+        self.startup.lap("model")
         if network.note:
             yield Log(network.note)
         optimization = build_optimization(cfg, data, images, network.model, hw)
@@ -176,6 +185,7 @@ class Trainer:
                                                                                        network.model, hw))
             optimization = self.parts.optimization
         self.net = network.model
+        self.startup.lap("optimizer")
         self.record = RunRecord(optimization.monitor, optimization.mode)
         if resume:
             self._restore(resume)
@@ -294,20 +304,39 @@ class Trainer:
             "best_metrics": rec.best_metrics,
         }
 
+    def best_writer(self) -> Callable[[], Path]:
+        """The write of the model folder as it is now (weights and metadata copied; rank 0 only)."""
+        if not self.dist.is_main:  # rank 0 writes the model folder
+            return lambda: self.out_dir
+        out, tensors, meta = self.out_dir, ckpt.snapshot_tensors(self.model.state_dict()), copy.deepcopy(self._meta())
+
+        def write() -> Path:
+            ckpt.save_model_folder(out, tensors, meta)
+            return out
+
+        return write
+
+    def state_writer(self, epoch: int) -> Callable[[], Path]:
+        """The write of the resume state after ``epoch`` as it is now (copied; rank 0 only)."""
+        folder = self.out_dir / ckpt.STATE_DIR
+        if not self.dist.is_main:
+            return lambda: folder
+        images = self.built.images
+        state = copy.deepcopy({
+            "epoch": epoch, "schedule": self.schedule.state_dict(), **self.record.state(), "split": images.ids,
+            "normalisation": images.norm.to_json(), "in_chans": images.in_chans,
+            "channel_names": images.channel_names, "classes": list(self.data.classes),
+            "train_config": self.cfg.to_dict()})
+        tensors, opt_json = ckpt.training_state_tensors(self.model, self.optimizer)
+        snapshot = (ckpt.snapshot_tensors(tensors), copy.deepcopy(opt_json))
+        out = self.out_dir
+        return lambda: ckpt.save_training_state(out, None, None, state, snapshot)
+
     def _save_best(self) -> Path:
-        if self.dist.is_main:  # rank 0 writes the model folder
-            ckpt.save_model_folder(self.out_dir, self.model, self._meta())
-        return self.out_dir
+        return self.best_writer()()
 
     def _save_state(self, epoch: int) -> Path:
-        if not self.dist.is_main:
-            return self.out_dir / ckpt.STATE_DIR
-        images = self.built.images
-        state = {"epoch": epoch, "schedule": self.schedule.state_dict(), **self.record.state(), "split": images.ids,
-                 "normalisation": images.norm.to_json(), "in_chans": images.in_chans,
-                 "channel_names": images.channel_names, "classes": list(self.data.classes),
-                 "train_config": self.cfg.to_dict()}
-        return ckpt.save_training_state(self.out_dir, self.model, self.optimizer, state)
+        return self.state_writer(epoch)()
 
     # -------------------------------------------------------------- the whole run
     def events(self) -> Iterator[Event]:

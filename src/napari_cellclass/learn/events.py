@@ -121,3 +121,4 @@ class Finished(Event):
     epochs_run: int
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    startup: dict[str, float] = field(default_factory=dict)  # seconds to the first batch, by phase

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.errors import TrainingError
 from . import calibration, steps
 from . import checkpoint as ckpt
-from .events import CheckpointSaved, EpochEnd, Event, Finished, Log, Started, WarningEvent
+from .events import BatchProgress, CheckpointSaved, EpochEnd, Event, Finished, Log, Started, WarningEvent
 
 if TYPE_CHECKING:
     from .engine import Trainer
@@ -34,7 +34,7 @@ def run_events(tr: Trainer) -> Iterator[Event]:
     if tr.parts is None:
         yield from tr.setup()
         if tr.parts is None:  # cancelled during setup
-            yield Finished(None, None, {}, True, False, 0, time.perf_counter() - t0, [])
+            yield Finished(None, None, {}, True, False, 0, time.perf_counter() - t0, [], tr.startup.to_dict())
             return
     parts, rec = tr.built, tr.record
     ids = parts.images.ids
@@ -43,16 +43,35 @@ def run_events(tr: Trainer) -> Iterator[Event]:
                   parts.images.in_chans, tr.cfg.epochs, rec.start_epoch, tr.steps_per_epoch,
                   parts.data.split.source)
     out = _Outcome(rec.start_epoch - 1)
-    for epoch in range(rec.start_epoch, tr.cfg.epochs + 1):
-        out.epoch = epoch
-        yield from _epoch(tr, epoch, out)
-        if out.cancelled or out.stopped or out.diverged is not None:
-            break
+    first = True
+    saves = ckpt.BackgroundSaves()
+    try:
+        for epoch in range(rec.start_epoch, tr.cfg.epochs + 1):
+            out.epoch = epoch
+            for event in _epoch(tr, epoch, out, saves):
+                yield event
+                if first and isinstance(event, BatchProgress) and event.phase == "train":
+                    first = False
+                    tr.startup.lap("first step")
+                    yield Log(tr.startup.line())
+                yield from saves.done()
+            if out.cancelled or out.stopped or out.diverged is not None:
+                break
+        yield from saves.flush()  # the model folder is complete before calibration reads it and config.json is final
+    finally:
+        saves.close()
     yield from _finish(tr, out, time.perf_counter() - t0)
 
 
-def _epoch(tr: Trainer, epoch: int, out: _Outcome) -> Iterator[Event]:
-    """Train, recalibrate and validate one epoch, then record, save and judge it (``out`` says how it ended)."""
+def _epoch(tr: Trainer, epoch: int, out: _Outcome, saves: ckpt.BackgroundSaves) -> Iterator[Event]:
+    """Train, recalibrate and validate one epoch, then record, save and judge it (``out`` says how it ended).
+
+    A better model is copied here, the resume state when a write is due (and after the last
+    epoch); both are written in the background while training goes on (``saves``, paced to a
+    few percent of the time: every epoch when epochs take longer than about 30 writes; always
+    at the end of the run, also when it is cancelled or stopped). A crash (kill, power loss)
+    leaves the previous complete files, at most one pace interval old.
+    """
     te = time.perf_counter()
     try:
         train_m = yield from tr.train_epoch_events(epoch)
@@ -79,11 +98,14 @@ def _epoch(tr: Trainer, epoch: int, out: _Outcome) -> Iterator[Event]:
                    len(tr.ids["train"]) / max(seconds, 1e-9))
     if out.diverged is not None:  # never saved: neither as the best model nor as the resume state
         return
-    if best:
+    stopping = bool(tr.cfg.early_stopping and rec.bad_epochs >= tr.cfg.early_stopping)
+    if best:  # always copied: the best weights exist only now
         tr.best_probabilities = tr.probabilities.get("val")
-        yield CheckpointSaved(str(tr._save_best()), epoch, "best", rec.monitor, value)
-    yield CheckpointSaved(str(tr._save_state(epoch)), epoch, "last")
-    if tr.cfg.early_stopping and rec.bad_epochs >= tr.cfg.early_stopping:
+        saves.offer("best", tr.best_writer(), CheckpointSaved(str(tr.out_dir), epoch, "best", rec.monitor, value))
+    if saves.due() or stopping or epoch == tr.cfg.epochs:  # the resume state: copied when it will be written
+        saves.offer("last", tr.state_writer(epoch), CheckpointSaved(str(tr.out_dir / ckpt.STATE_DIR), epoch, "last"))
+    yield from saves.done()  # starts them when due
+    if stopping:
         out.stopped = True
         yield Log(f"early stopping: no better {rec.monitor} for {rec.bad_epochs} epochs")
 
@@ -110,7 +132,7 @@ def _finish(tr: Trainer, out: _Outcome, seconds: float) -> Iterator[Event]:
                                                    **({"diverged_epoch": out.epoch} if out.diverged else {})})
         model_dir = str(tr.out_dir)
     yield Finished(model_dir, rec.best_epoch, dict(rec.best_metrics), out.cancelled, out.stopped,
-                   max(0, out.epoch - rec.start_epoch + 1), seconds, list(rec.history))
+                   max(0, out.epoch - rec.start_epoch + 1), seconds, list(rec.history), tr.startup.to_dict())
 
 
 def _calibrate(tr: Trainer) -> Iterator[Event]:

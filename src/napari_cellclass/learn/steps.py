@@ -14,7 +14,7 @@ from . import distributed as ddp
 from . import models
 from .builders import RunParts
 from .config import TrainConfig
-from .device import autocast, is_oom, largest_fitting_batch
+from .device import autocast, flush_denormals, is_oom, largest_fitting_batch
 from .events import BatchProgress, Event
 from .metrics import compute_metrics
 
@@ -96,30 +96,59 @@ def train_one_epoch(parts: RunParts, net: nn.Module, cfg: TrainConfig, epoch: in
     :class:`Diverged` on a non-finite loss, and :class:`DeviceMemoryError` (naming a batch size
     that fits) when the GPU runs out of memory.
     """
-    hw, images, data = parts.hardware, parts.images, parts.data
     parts.model.train()  # a frozen backbone keeps its batch-norm statistics (CellClassifier.train)
+    stats = EpochStatistics(parts, cfg, batches)
+    flush_denormals(parts.hardware.device)  # for the epoch: a fresh model's denormals slow the CPU 30x
+    try:
+        metrics = yield from _train_batches(parts, net, cfg, epoch, batches, gen, cancelled, stats)
+    except BaseException:
+        stats.finish(complete=False)
+        raise
+    finally:
+        flush_denormals(parts.hardware.device, on=False)
+    stats.finish(complete=True)
+    return metrics
+
+
+def _train_batches(parts: RunParts, net: nn.Module, cfg: TrainConfig, epoch: int, batches: list[np.ndarray],
+                   gen: torch.Generator, cancelled: Callable[[int, int], bool], stats: EpochStatistics
+                   ) -> Generator[Event, None, OrderedDict]:
+    """The batches of :func:`train_one_epoch`."""
+    hw, images, data = parts.hardware, parts.images, parts.data
     rows = images.index["train"]
     tgt = images.targets_dev["train"]
     total = torch.zeros((), device=hw.device)
     seen = 0
     probs, targets = [], []
+    # on a GPU the loss is checked where a copy to the host happens anyway (every 10 batches and at
+    # the end), not after each step: that would wait for the device every batch; a NaN step is never
+    # saved, since the whole epoch then counts as diverged
+    check_each = hw.device.type != "cuda"
     for b, x in enumerate(parts.batcher.iterate([rows[bi] for bi in batches], cfg.num_workers)):
         if cancelled(b, len(batches)):
             raise Cancelled
+        stats.before(b)
         y = tgt.index_select(0, torch.as_tensor(batches[b], device=hw.device))
+        out_of_memory = False
         try:
-            loss, logits = train_step(parts, net, cfg, x, y, gen)
+            loss, logits = train_step(parts, net, cfg, x, y, gen, check_finite=check_each)
         except RuntimeError as exc:
-            if hw.device.type == "cuda" and is_oom(exc):
-                raise oom_error(parts, cfg) from None
-            raise
+            if not (hw.device.type == "cuda" and is_oom(exc)):
+                raise
+            out_of_memory = True
+        if out_of_memory:  # probed here: the failed step's tensors, held by the traceback, are freed by now
+            del x, y
+            raise oom_error(parts, cfg)
         n = len(batches[b])
         total += loss.detach() * n
         seen += n
         probs.append(probabilities(logits.detach(), data.multi_label))
         targets.append(y)
         show = b == len(batches) - 1 or b % 10 == 0
-        yield BatchProgress("train", epoch, b + 1, len(batches), float(total / seen) if show else None)
+        mean = float(total / seen) if show else None
+        if mean is not None and not np.isfinite(mean):
+            raise Diverged(f"training loss {mean}", cfg.lr)
+        yield BatchProgress("train", epoch, b + 1, len(batches), mean)
     if cancelled(0, 1):
         raise Cancelled
     total = ddp.sum_scalar(hw.dist, total)
@@ -131,10 +160,12 @@ def train_one_epoch(parts: RunParts, net: nn.Module, cfg: TrainConfig, epoch: in
 
 
 def train_step(parts: RunParts, net: nn.Module, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor,
-               gen: torch.Generator, schedule: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+               gen: torch.Generator, schedule: bool = True, check_finite: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on a batch (augmented on its device); returns the loss and the logits.
 
-    ``schedule=False`` leaves the learning rates as they are (the range test sets them itself).
+    ``schedule=False`` leaves the learning rates as they are (the range test sets them itself);
+    ``check_finite=False`` leaves the check of the loss (a wait for the device) to the caller.
     """
     hw, opt = parts.hardware, parts.optimization
     x = parts.augment(x, gen)
@@ -143,7 +174,7 @@ def train_step(parts: RunParts, net: nn.Module, cfg: TrainConfig, x: torch.Tenso
     with batch_norm_eval_for_one(parts.model, x.shape[0]), autocast(hw.device, hw.precision):
         logits = net(x)
     loss = opt.criterion(logits.float(), y)
-    if not torch.isfinite(loss):
+    if check_finite and not torch.isfinite(loss):
         raise Diverged(f"training loss {float(loss.detach())}", cfg.lr)
     opt.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -207,19 +238,80 @@ def _forward(parts: RunParts, x: torch.Tensor) -> torch.Tensor:
         return parts.model(x)
 
 
+def trainable_batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The batch-norm layers whose statistics training changes (a frozen backbone keeps its own)."""
+    skip = set(model.backbone.modules()) if getattr(model, "backbone_frozen", False) else set()
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m not in skip]
+
+
+#: epochs with fewer training images than this many batches re-estimate the statistics with a pass instead
+EPOCH_STATISTICS_MIN_BATCHES = 4
+
+
+def epoch_statistics_apply(cfg: TrainConfig, n_train: int) -> bool:
+    """Whether ``bn_statistics='epoch'`` averages during training: the epoch has at least
+    :data:`EPOCH_STATISTICS_MIN_BATCHES` batches' worth of images (smaller epochs would average a
+    batch or two, too few images for the statistics of the last layers; they get the pass)."""
+    return cfg.bn_statistics == "epoch" and n_train >= EPOCH_STATISTICS_MIN_BATCHES * cfg.batch_size
+
+
+class EpochStatistics:
+    """``bn_statistics='epoch'``: batch-norm statistics averaged over the second half of an epoch's batches.
+
+    With few optimizer steps per epoch (small projects) PyTorch's running averages lag far
+    behind the weights, and the model in eval mode predicts one class. Here the statistics are
+    reset before the epoch's middle batch and then averaged evenly (``momentum=None``) over the
+    batches that follow, which were computed with the weights of the epoch's last steps: nearly
+    what a precise-BN pass gives, without its extra forward pass. Under torchrun the ranks'
+    statistics are averaged. Nothing happens when the second half has no batch of 2 or more images.
+    """
+
+    def __init__(self, parts: RunParts, cfg: TrainConfig, batches: list[np.ndarray]) -> None:
+        self.parts = parts
+        self.start = len(batches) // 2
+        self.sizes = [len(b) for b in batches]
+        self.small = max(2, cfg.batch_size // 2)  # a smaller (last) batch is left out of the average
+        use = (epoch_statistics_apply(cfg, len(parts.images.index["train"]))
+               and any(n >= self.small for n in self.sizes[self.start:]))
+        self.bns = trainable_batch_norms(parts.model) if use else []
+        self.saved: list[float | None] | None = None
+
+    def before(self, batch: int) -> None:
+        """Called before training batch ``batch`` (0-based)."""
+        if not self.bns or batch < self.start:
+            return
+        if self.saved is None:
+            self.saved = [m.momentum for m in self.bns]
+            for m in self.bns:
+                m.reset_running_stats()
+        for m in self.bns:  # cumulative average (None); 0: this batch leaves the statistics as they are
+            m.momentum = None if self.sizes[batch] >= self.small else 0.0
+
+    def finish(self, complete: bool) -> None:
+        """Restore the layers' momentum; after a ``complete`` epoch combine the ranks' statistics."""
+        if self.saved is None:
+            return
+        for m, mom in zip(self.bns, self.saved, strict=True):
+            m.momentum = mom
+        self.saved = None
+        if complete:  # every rank gets here (an error or a cancel may stop some ranks only)
+            ddp.average_batch_norm(self.parts.hardware.dist, self.bns)
+
+
 def recalibrate_batch_norm(parts: RunParts, cfg: TrainConfig, epoch: int) -> None:
     """Re-estimate the running statistics of trainable batch-norm layers ("precise BN").
 
     With few optimizer steps per epoch (small projects) the running averages lag far behind
     the weights and the model in eval mode predicts one class; a forward pass over up to
     ``bn_recalibrate`` training images (cumulative average) fixes that for about a third of an
-    epoch's compute. A frozen backbone keeps its own statistics.
+    epoch's compute. A frozen backbone keeps its own statistics. With ``bn_statistics='pass'``, and
+    with ``'epoch'`` (the default) when the epoch is too small to average (:func:`epoch_statistics_apply`).
     """
     model = parts.model
-    skip = set(model.backbone.modules()) if getattr(model, "backbone_frozen", False) else set()
-    bns = [m for m in model.modules()
-           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m not in skip]
-    if not cfg.bn_recalibrate or not bns:
+    bns = trainable_batch_norms(model)
+    if cfg.bn_statistics == "running" or epoch_statistics_apply(cfg, len(parts.images.index["train"])) \
+            or not cfg.bn_recalibrate or not bns:
         return
     rows = parts.images.index["train"]
     rng = np.random.default_rng([cfg.seed, epoch, 1])

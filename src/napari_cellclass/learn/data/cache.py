@@ -20,6 +20,16 @@ _MEMORY_REASON = ("not enough memory to decode and resize this image; downscale 
                   "e.g. close other programs)")
 
 
+def decode_threads() -> int:
+    """Decoding threads: one per core this process may use, at most 16 (the readers, the percentiles and the
+    resizing release the GIL; more threads than cores only compete)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(16, cores))
+
+
 class ImageStore:
     """Decoded images at one input size, one ``(C, S, S)`` float16 row each.
 
@@ -45,6 +55,8 @@ class ImageStore:
         when the images exceed ``memory_mb``.
     memory_mb
         RAM budget for the decoded block; above it the block lives in a memory-mapped file.
+    threads
+        Decoding threads (default :func:`decode_threads`: one per usable core, at most 16).
     """
 
     def __init__(self, items: Sequence[Any], size: int, scaling: str = "auto", in_chans: int | None = None,
@@ -57,7 +69,7 @@ class ImageStore:
         self.in_chans = in_chans
         self.cache_dir = cache_dir
         self.memory_mb = memory_mb
-        self.threads = threads or min(4, os.cpu_count() or 1)
+        self.threads = threads or decode_threads()
         self.ok = np.zeros(len(self.sources), dtype=bool)
         self.problems: dict[str, str] = {}
         self.rows = np.arange(len(self.sources), dtype=np.int64)
