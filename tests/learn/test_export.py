@@ -26,8 +26,21 @@ from napari_cellclass.learn.export import (
 pytest.importorskip("bioimageio.core")
 pytest.importorskip("onnxruntime")
 
-#: Probabilities of a package against predict's: predict feeds the model float16 image rows.
-TOLERANCE = 1e-2
+#: Probabilities of a package against predict's: predict feeds the model float16 image rows (measured: up to
+#: 0.0103 on these tiny models; against the same pipeline in float32 the package agrees within 2e-4).
+TOLERANCE = 2e-2
+
+
+def _float32_reference(model, project, ids):
+    """Probabilities of the model on the project's images scaled at their own size in float32 (no float16 rows)."""
+    from napari_cellclass.core.images import read_image
+    from napari_cellclass.learn.data.pixels import scale_intensity
+    from napari_cellclass.learn.export import calibrated
+
+    norm = model.normalisation
+    mean, std = (np.asarray(v, np.float32)[:, None, None] for v in (norm.mean, norm.std))
+    rows = [(scale_intensity(read_image(project.path(i)).pixels, norm.scaling) - mean) / std for i in ids]
+    return np.concatenate([calibrated(model, pytorch_logits(model, r[None])) for r in rows])
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +122,14 @@ def test_predict_with_the_package_gives_the_original_models_classes(package, tra
     assert out["classes"] == list(trained.classes)  # the names with their spaces, from our own export
     by_id = {p["image_id"]: p for p in out["predictions"]}
     assert set(by_id) == set(own.ids)
-    for image_id, top, probs in zip(own.ids, own.top_class, own.probabilities, strict=True):
-        got = [by_id[image_id]["probabilities"][c] for c in trained.classes]
-        np.testing.assert_allclose(got, probs, atol=TOLERANCE)
-        if np.ptp(probs) > 2 * TOLERANCE:  # not a tie within the float16 rounding
-            assert by_id[image_id]["predicted"] == [top]
+    exact = _float32_reference(trained, tiny_sample, own.ids)
+    got_all = np.array([[by_id[i]["probabilities"][c] for c in trained.classes] for i in own.ids])
+    np.testing.assert_allclose(got_all, exact, atol=1e-3)  # the package computes what the model computes
+    np.testing.assert_allclose(got_all, own.probabilities, atol=TOLERANCE)  # predict's float16 rows
+    sure = np.ptp(exact, axis=1) > 2e-3  # not a tie within rounding: the package gives the model's class
+    assert sure.sum() >= 3 * len(sure) // 4
+    for image_id, row, ok in zip(own.ids, exact, sure, strict=True):
+        assert not ok or by_id[image_id]["predicted"] == [trained.classes[int(np.argmax(row))]]
 
 
 def _strip_our_config(package, folder):
@@ -134,10 +150,13 @@ def test_a_foreign_classifier_runs_through_the_zoo_pipeline(package, trained, ti
     assert res.classes == tuple(rdf["outputs"][0]["axes"][1]["channel_names"])  # the channel names
     own = predict(trained, tiny_sample, all_images=True, write=False)
     assert res.ids == own.ids
+    np.testing.assert_allclose(res.probabilities, _float32_reference(trained, tiny_sample, res.ids), atol=1e-3)
     np.testing.assert_allclose(res.probabilities, own.probabilities, atol=TOLERANCE)
-    clear = np.ptp(own.probabilities, axis=1) > 2 * TOLERANCE
-    pairs = zip(res.top_class, own.top_class, clear, strict=True)
-    assert all(a == b.replace(" ", "_") for a, b, sure in pairs if sure) and clear.sum() >= len(clear) // 2
+    exact = _float32_reference(trained, tiny_sample, res.ids)
+    clear = np.ptp(exact, axis=1) > 2e-3
+    names = [trained.classes[int(np.argmax(row))].replace(" ", "_") for row in exact]
+    pairs = zip(res.top_class, names, clear, strict=True)
+    assert all(a == b for a, b, sure in pairs if sure) and clear.sum() >= 3 * len(clear) // 4
 
 
 def _segmentation_package(tmp_path):
@@ -230,9 +249,13 @@ def test_a_multi_label_model_exports_with_sigmoid_and_runs_back_with_its_thresho
     assert back.classes == model.classes and back.multi_label
     np.testing.assert_allclose(back.threshold, model.thresholds)  # the per-class thresholds travel
     np.testing.assert_allclose(back.probabilities, own.probabilities, atol=TOLERANCE)
-    clear = (np.abs(own.probabilities - model.thresholds) > TOLERANCE).all(axis=1)
-    pairs = zip(back.predicted(), own.predicted(), clear, strict=True)
-    assert all(a == b for a, b, sure in pairs if sure) and clear.sum() >= len(clear) // 2
+    exact = _float32_reference(model, p, own.ids)
+    np.testing.assert_allclose(back.probabilities, exact, atol=1e-3)
+    clear = (np.abs(exact - model.thresholds) > 2e-3).all(axis=1)  # no class within rounding of its threshold
+    expected = [tuple(c for c, v, t in zip(model.classes, row, model.thresholds, strict=True) if v >= t)
+                for row in exact]
+    pairs = zip(back.predicted(), expected, clear, strict=True)
+    assert all(a == b for a, b, sure in pairs if sure) and clear.sum() >= 3 * len(clear) // 4
 
 
 def test_a_bad_licence_is_one_line_before_any_work(trained, capsys):
