@@ -2,7 +2,7 @@
 
 Run ``benchmarks/gpu_check.sh`` (or ``PYTHONPATH=src python benchmarks/gpu_check.py``) from a copy
 of the repository on a CUDA machine. It needs torch, torchvision, timm, tifffile, safetensors,
-scikit-learn and pytest; it installs nothing, reaches no network and imports no napari or Qt.
+scikit-learn (pytest when present); it installs nothing, reaches no network and imports no napari or Qt.
 It prints one JSON line (device name, test results, benchmark figures, torchrun result, targets)
 and exits 1 when a target fails or a part breaks, 2 without CUDA. ``--dry-run`` runs the same
 parts on the CPU with tiny settings and judges nothing (a check of the check itself).
@@ -68,7 +68,17 @@ def _last_json(text: str) -> dict[str, Any] | None:
 
 # ---------------------------------------------------------------------------- parts
 def cuda_tests(work: Path, timeout: float) -> dict[str, Any]:
-    """``pytest -m cuda tests/learn/test_cuda.py`` without plugins or cache; counts from its JUnit XML."""
+    """``pytest -m cuda tests/learn/test_cuda.py`` without plugins or cache; counts from its JUnit XML.
+
+    Without pytest on the machine the same test functions run through :func:`_run_without_pytest`.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("pytest") is None:
+        t0 = time.perf_counter()
+        res = _run_without_pytest(work)
+        res["seconds"] = round(time.perf_counter() - t0, 1)
+        return res
     xml = work / "cuda-tests.xml"
     cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "tests/learn/test_cuda.py", "-p", "no:cacheprovider",
            "-q", "-rs", "-o", "filterwarnings=", f"--junitxml={xml}", f"--basetemp={work / 'pytest'}"]
@@ -87,6 +97,62 @@ def cuda_tests(work: Path, timeout: float) -> dict[str, Any]:
                 res["passed"].append(name)
     if rc not in (0, 5) or not xml.exists():
         res["output"] = _tail(out + err)
+    return res
+
+
+def _run_without_pytest(work: Path) -> dict[str, Any]:
+    """The CUDA tests' functions called directly, with a stand-in for the few pytest features they use
+    (marks, ``raises``) and their fixtures (``tiny_sample``, ``fast_config``, ``tmp_path``) made here."""
+    import contextlib
+    import traceback
+    import types
+
+    class _Marks:
+        def __getattr__(self, _name: str) -> Any:
+            return lambda *a, **k: (a[0] if len(a) == 1 and callable(a[0]) and not k else None)
+
+    @contextlib.contextmanager
+    def raises(kind: type[BaseException]) -> Any:
+        box = types.SimpleNamespace(value=None)
+        try:
+            yield box
+        except kind as exc:
+            box.value = exc
+        else:
+            raise AssertionError(f"{kind.__name__} was not raised")
+
+    stub = types.ModuleType("pytest")
+    stub.mark = _Marks()
+    stub.raises = raises
+    stub.fixture = lambda *a, **k: a[0] if a and callable(a[0]) else (lambda f: f)
+    sys.modules.setdefault("pytest", stub)
+    sys.path.insert(0, str(Path.cwd()))
+    import importlib
+
+    import torch
+    from tests.learn.conftest import FAST
+
+    from napari_cellclass.core.sample import make_sample_project
+    from napari_cellclass.learn.config import TrainConfig
+
+    mod = importlib.import_module("tests.learn.test_cuda")
+    res: dict[str, Any] = {"returncode": 0, "runner": "built-in (no pytest here)", "passed": [], "failed": {},
+                           "skipped": {}}
+    if not torch.cuda.is_available():
+        res["skipped"] = {n: "needs a CUDA GPU" for n in dir(mod) if n.startswith("test_")}
+        return res
+    tiny = make_sample_project(work / "tiny" / "sample", n=40, seed=5, size=64)
+    for name in sorted(n for n in dir(mod) if n.startswith("test_")):
+        fn = getattr(mod, name)
+        tmp = Path(tempfile.mkdtemp(prefix=name[:20], dir=work))
+        given = {"tiny_sample": tiny, "tmp_path": tmp,
+                 "fast_config": lambda **changes: TrainConfig(**{**FAST, **changes})}
+        try:
+            fn(**{k: v for k, v in given.items() if k in fn.__code__.co_varnames[:fn.__code__.co_argcount]})
+            res["passed"].append(name)
+        except Exception as exc:  # noqa: BLE001 - reported in the summary
+            res["failed"][name] = _tail(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}", 600)
+            res["returncode"] = 1
     return res
 
 
