@@ -262,3 +262,20 @@ def test_a_bad_licence_is_one_line_before_any_work(trained, capsys):
     assert main(["export", str(trained.path), "--format", "bioimageio", "--license", "not a licence"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not an SPDX licence id" in err[0] and len(err[0]) < 300
+
+
+@pytest.mark.slow
+def test_a_second_export_replaces_its_own_torchscript_file_but_never_a_users(trained, tmp_path):
+    out = tmp_path / "net.torchscript.pt"
+    export_model(trained, "torchscript", out)
+    first = out.stat().st_mtime_ns
+    export_model(trained, "torchscript", out)  # our own archive (its marker inside): replaced
+    assert out.stat().st_mtime_ns >= first and torchscript_logits(out, np.zeros((1, 2, 32, 32), np.float32)).shape
+    theirs = tmp_path / "theirs.pt"
+    torch.save({"w": torch.zeros(1)}, theirs)
+    before = theirs.read_bytes()
+    from napari_cellclass.core.errors import ProjectError
+
+    with pytest.raises(ProjectError, match="existing image, label or weights file"):
+        export_model(trained, "torchscript", theirs)
+    assert theirs.read_bytes() == before

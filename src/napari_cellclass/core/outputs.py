@@ -60,10 +60,20 @@ def _what_it_is(real: Path) -> str | None:
     return None
 
 
+#: The extra file that marks a TorchScript archive exported by this program.
+TORCHSCRIPT_MARK = "extra/napari-cellclass.json"
+
+
 def written_here(path: Path) -> bool:
-    """True for a PNG or TIFF image whose ``Software`` tag says this program wrote it."""
+    """True for a PNG or TIFF image whose ``Software`` tag says this program wrote it, or a TorchScript
+    archive it exported (a zip holding its marker; nothing in it is loaded)."""
     suffix = path.suffix.lower()
     try:
+        if suffix == ".pt":
+            import zipfile
+
+            with zipfile.ZipFile(path) as z:
+                return any(n.endswith("/" + TORCHSCRIPT_MARK) or n == TORCHSCRIPT_MARK for n in z.namelist())
         if suffix == ".png":
             from PIL import Image
 

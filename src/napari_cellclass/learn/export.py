@@ -25,7 +25,7 @@ import torch
 from ..core.atomic import atomic_write_bytes
 from ..core.errors import ConfigError, ModelError
 from ..core.images import read_image
-from ..core.outputs import SOFTWARE, check_output_file
+from ..core.outputs import SOFTWARE, TORCHSCRIPT_MARK, check_output_file
 from ..core.project import Project
 from .checkpoint import TrainedModel, load_model
 from .data.pixels import resize_image, resolve_scaling, scale_intensity
@@ -39,8 +39,8 @@ FORMATS = {"bioimageio": ".bioimageio.zip", "onnx": ".onnx", "torchscript": ".to
 ONNX_OPSET = 18
 #: Largest difference allowed between an export's probabilities and PyTorch's on the reference images.
 PARITY_TOLERANCE = 1e-4
-#: The TorchScript archive's extra file that marks it as written by this program.
-MARKER = "napari-cellclass.json"
+#: The TorchScript archive's extra file that marks it as written by this program (see core.outputs).
+MARKER = TORCHSCRIPT_MARK.split("/", 1)[1]
 INPUT_NAME = "input"
 OUTPUT_NAMES = {False: "logits", True: "probabilities"}
 
