@@ -30,7 +30,7 @@ from .export import (
 if TYPE_CHECKING:
     from .checkpoint import TrainedModel
 
-__all__ = ["package_input", "package_probabilities", "write_package"]
+__all__ = ["package_input", "write_package"]
 
 #: scale_range's epsilon (the spec's default): ``(x - lo) / (hi - lo + EPS)``.
 EPS = 1e-6
@@ -80,13 +80,9 @@ def _spec() -> Any:
 
 def scaling_of(trained: TrainedModel, refs: ReferenceImages) -> tuple[str, float]:
     """The resolved intensity scaling and, for ``'dtype'``, the divisor of the pixel values."""
-    mode = resolve_scaling(trained.normalisation.scaling, np.dtype(refs.dtype))
     dtype = np.dtype(refs.dtype)
-    if mode == "dtype" and np.issubdtype(dtype, np.integer):
-        return mode, float(np.iinfo(dtype).max)
-    if mode == "dtype" and dtype == np.dtype(bool):
-        return mode, 1.0
-    return mode, 1.0
+    mode = resolve_scaling(trained.normalisation.scaling, dtype)
+    return mode, float(np.iinfo(dtype).max) if mode == "dtype" and np.issubdtype(dtype, np.integer) else 1.0
 
 
 def package_input(raw: np.ndarray, mode: str, divisor: float, mean: Sequence[float], std: Sequence[float]
@@ -99,12 +95,6 @@ def package_input(raw: np.ndarray, mode: str, divisor: float, mean: Sequence[flo
     m = np.asarray(mean, np.float64)[None, :, None, None] * divisor
     s = np.asarray(std, np.float64)[None, :, None, None] * divisor
     return ((x - m) / s).astype(np.float32)
-
-
-def package_probabilities(logits: np.ndarray, temperature: float, multi_label: bool) -> np.ndarray:
-    """The package's post-processing: logits / temperature, then softmax (sigmoid for multi-label)."""
-    z = torch.from_numpy(np.asarray(logits, np.float32)) / float(temperature)
-    return (torch.sigmoid(z) if multi_label else torch.softmax(z, dim=1)).numpy()
 
 
 def _preprocessing(v: Any, mode: str, divisor: float, mean: Sequence[float], std: Sequence[float]) -> list[Any]:
@@ -378,7 +368,7 @@ def write_package(trained: TrainedModel, refs: ReferenceImages, target: Path, fo
 
     def probabilities_of(raw: np.ndarray) -> np.ndarray:  # what the package must answer for raw (N, C, H, W)
         x = package_input(raw, mode, divisor, mean, std)
-        return package_probabilities(pytorch_logits(trained, x), trained.temperature, trained.multi_label)
+        return pytorch_logits(trained, x, probabilities=True)
 
     # The test tensors: one real image, at its own size, as the package receives it, and the answer.
     test_input = refs.raw[0][None].astype(np.float32)

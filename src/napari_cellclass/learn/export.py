@@ -9,12 +9,13 @@ Parity is checked on probabilities, the numbers a user reads.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ class ExportResult:
     path: Path
     format: str
     model: Path
-    parity: dict[str, float] = field(default_factory=dict)  # weights format -> largest |logit difference|
+    parity: dict[str, float] = field(default_factory=dict)  # weights format -> largest |probability difference|
     images: list[str] = field(default_factory=list)  # the reference images' ids
     notes: list[str] = field(default_factory=list)
 
@@ -251,18 +252,11 @@ def onnx_bytes(trained: TrainedModel, refs: ReferenceImages, probabilities: bool
     return proto.SerializeToString()
 
 
-class _quiet:
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
     """Silence what the ONNX exporter prints on stdout (the CLI's stdout is JSON)."""
-
-    def __enter__(self) -> None:
-        import contextlib
-
-        self._stack = contextlib.ExitStack()
-        sink = self._stack.enter_context(open(os.devnull, "w"))  # noqa: SIM115
-        self._stack.enter_context(contextlib.redirect_stdout(sink))
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
 
 
 def onnx_logits(data: bytes | str | os.PathLike, x: np.ndarray) -> np.ndarray:

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ..core.errors import ChannelMismatchError, ImageReadError, ModelError
 from ..core.images import read_image
+from .data.pixels import resize_image
 from .events import CancelToken
 
 __all__ = ["ZooModel", "is_zoo_package", "load_zoo_model", "zoo_probabilities"]
@@ -204,12 +203,8 @@ def _prepared(path: Any, zoo: ZooModel) -> np.ndarray | str:
     if pix.shape[0] != zoo.in_chans:
         raise ChannelMismatchError(f"{path}: has {pix.shape[0]} channel(s) but the model {zoo.path.name} takes "
                                    f"{zoo.in_chans}; convert the image or use another model")
-    x = torch.from_numpy(np.ascontiguousarray(np.nan_to_num(pix.astype(np.float32))))[None]
-    size = zoo.target_size(int(x.shape[-2]), int(x.shape[-1]))
-    if tuple(x.shape[-2:]) != size:
-        shrink = x.shape[-2] > size[0] or x.shape[-1] > size[1]
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
-    return x[0].numpy()
+    x = np.nan_to_num(pix.astype(np.float32))
+    return resize_image(x, zoo.target_size(int(x.shape[-2]), int(x.shape[-1])))
 
 
 def _decoded(paths: Sequence[Any], zoo: ZooModel, batch: int, threads: int) -> Iterator[list[np.ndarray | str]]:

@@ -40,16 +40,18 @@ def scale_intensity(pixels: np.ndarray, mode: str) -> np.ndarray:
     return (x - lo[:, None, None]) / span[:, None, None]
 
 
-def resize_image(x: np.ndarray, size: int) -> np.ndarray:
-    """Resize ``(C, Y, X)`` float32 to ``(C, size, size)`` (bilinear, antialiased when shrinking).
+def resize_image(x: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize ``(C, Y, X)`` float32 to ``(C, size, size)`` (or ``(C, *size)`` for a ``(height, width)``),
+    bilinear, antialiased when shrinking.
 
     The whole field of view is kept (non-square images are stretched, never cropped).
     """
-    if x.shape[1] == size and x.shape[2] == size:
+    hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if (x.shape[1], x.shape[2]) == hw:
         return x
     t = torch.from_numpy(np.ascontiguousarray(x))[None]
-    shrink = x.shape[1] > size or x.shape[2] > size
-    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+    shrink = x.shape[1] > hw[0] or x.shape[2] > hw[1]
+    out = F.interpolate(t, size=hw, mode="bilinear", align_corners=False, antialias=shrink)
     return out[0].numpy()
 
 
