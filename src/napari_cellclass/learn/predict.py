@@ -558,16 +558,10 @@ class _Run:
             self.log.append(records)
         if self.project is None or not self.write or self.write_failed or not records:
             return
-        notes: list[str] = []
-        try:
-            write_predictions(self.project.root, records, problems=notes)
-        except CellclassError as exc:
-            note = f"{exc} (the predictions were not stored in the project"
-            self.warnings.append(note + (f"; they are in {self.csv})" if self.csv is not None else ")"))
-            self.write_failed = True
-        else:
+        if _store(self.project.root, records, self.csv, self.warnings):
             self.stored = True
-        self.warnings.extend(notes)
+        else:
+            self.write_failed = True
 
 
 def _predict_zoo(zoo: ZooModel, images: Any, ids: Sequence[str] | None, all_images: bool, batch_size: int,
@@ -582,7 +576,6 @@ def _predict_zoo(zoo: ZooModel, images: Any, ids: Sequence[str] | None, all_imag
                                               cancel=cancel)
     result = PredictionResult(done, zoo.classes, probs, zoo.multi_label, zoo.thresholds, zoo.path.name, now_iso(),
                               problems, min_confidence=min_confidence)
-    result.warnings.extend(zoo.notes)
     return _keep(result, project, write, csv, progress, len(items))
 
 
@@ -591,16 +584,24 @@ def _keep(result: PredictionResult, project: Project | None, write: bool, csv: P
     """Write the results to ``csv`` (first) and the project's predictions file."""
     if csv is not None:  # first: a project that cannot be written never costs the results
         result.to_csv(csv)
-    if project is not None and write and len(result):
-        notes: list[str] = []
-        try:
-            write_predictions(project.root, result.records(), problems=notes)
-        except CellclassError as exc:
-            note = f"{exc} (the predictions were not stored in the project"
-            result.warnings.append(note + (f"; they are in {csv})" if csv is not None else ")"))
-        else:
-            result.stored_in = str(predictions_path(project.root))
-        result.warnings.extend(notes)
+    if project is not None and write and len(result) and _store(project.root, result.records(), csv,
+                                                               result.warnings):
+        result.stored_in = str(predictions_path(project.root))
     if progress is not None:
         progress(2 * total, 2 * total)
     return result
+
+
+def _store(root: Path, records: list[Prediction], csv: Path | None, warnings: list[str]) -> bool:
+    """Store ``records`` in the project's predictions file; True when stored. A file that cannot be written
+    costs no results: its reason joins ``warnings`` (with where the results are), as do skipped old rows."""
+    notes: list[str] = []
+    try:
+        write_predictions(root, records, problems=notes)
+        stored = True
+    except CellclassError as exc:
+        note = f"{exc} (the predictions were not stored in the project"
+        warnings.append(note + (f"; they are in {csv})" if csv is not None else ")"))
+        stored = False
+    warnings.extend(notes)
+    return stored

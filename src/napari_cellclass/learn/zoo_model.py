@@ -43,7 +43,6 @@ class ZooModel:
     weights_format: str
     descr: Any = field(repr=False)
     dims: tuple[str, ...] = ("batch", "channel", "y", "x")
-    notes: list[str] = field(default_factory=list)
     own: dict[str, Any] | None = None  # an export of this program: its class names and thresholds
     _pipeline: Any = field(default=None, repr=False)
 
