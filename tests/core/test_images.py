@@ -103,3 +103,77 @@ def test_bad_files_have_one_line_reasons(tmp_path):
             read_image(tmp_path / name)
         msg = str(info.value)
         assert name in msg and "\n" not in msg
+
+
+def _layouts(tmp_path):
+    """Pairs of TIFFs saved alike: (reference, other) per layout."""
+    rng = np.random.default_rng(5)
+    kinds = {
+        "plain": (lambda k: rng.integers(0, 4000, (30, 40)).astype(np.uint16), {}),
+        "pages": (lambda k: rng.integers(0, 255, (3, 16, 20)).astype(np.uint8),
+                  {"metadata": None, "photometric": "minisblack"}),
+        "ome": (lambda k: rng.integers(0, 4000, (2, 24, 32)).astype(np.uint16),
+                {"ome": True, "metadata": {"axes": "CYX"}}),
+        "rgb": (lambda k: rng.integers(0, 255, (20, 24, 3)).astype(np.uint8), {"photometric": "rgb"}),
+        "float_nan": (lambda k: np.where(rng.random((12, 10)) > 0.9, np.nan, rng.random((12, 10))).astype(np.float32),
+                      {}),
+        "zlib": (lambda k: rng.integers(0, 60000, (2, 33, 17)).astype(np.uint16),
+                 {"compression": "zlib", "metadata": {"axes": "CYX"}}),
+    }
+    out = {}
+    for name, (make, kw) in kinds.items():
+        pair = []
+        for k in range(2):
+            path = tmp_path / f"{name}{k}.tif"
+            tifffile.imwrite(path, make(k), **kw)
+            pair.append(path)
+        out[name] = pair
+    return out
+
+
+def test_tiffs_saved_alike_decode_as_read_image_gives_them(tmp_path):
+    from napari_cellclass.core.images import TiffLayout
+
+    for name, (ref, other) in _layouts(tmp_path).items():
+        layout = TiffLayout.learn(ref)
+        assert layout is not None, name
+        got = layout.read(other)
+        want = read_image(other).pixels
+        assert got.dtype == want.dtype and np.array_equal(got, want), name
+    assert not np.isnan(TiffLayout.learn(tmp_path / "float_nan0.tif").read(tmp_path / "float_nan1.tif")).any()
+
+
+def test_other_layouts_and_bad_files_go_through_read_image(tmp_path, monkeypatch):
+    from napari_cellclass.core import images
+
+    pairs = _layouts(tmp_path)
+    layout = images.TiffLayout.learn(pairs["ome"][0])
+    calls = []
+    real = images.read_image
+    monkeypatch.setattr(images, "read_image", lambda p: calls.append(p) or real(p))
+    layout.read(pairs["ome"][1])
+    assert calls == []  # decoded by libtiff
+    for other in (pairs["plain"][1], pairs["rgb"][1], pairs["zlib"][1]):  # other shapes or types
+        np.testing.assert_array_equal(layout.read(other), real(other).pixels)
+    assert len(calls) == 3
+    raw = pairs["ome"][1].read_bytes()
+    (tmp_path / "trunc.tif").write_bytes(raw[: len(raw) // 3])
+    (tmp_path / "empty.tif").write_bytes(b"")
+    for name, pattern in (("trunc.tif", "corrupt"), ("empty.tif", "empty"), ("missing.tif", "cannot open")):
+        with pytest.raises(ImageReadError, match=pattern) as info:
+            layout.read(tmp_path / name)
+        assert name in str(info.value)
+
+
+def test_no_layout_without_imagecodecs_or_for_other_files(tmp_path, monkeypatch):
+    import sys
+
+    from napari_cellclass.core.images import TiffLayout
+
+    pairs = _layouts(tmp_path)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    assert TiffLayout.learn(tmp_path / "a.png") is None
+    tifffile.imwrite(tmp_path / "zc.tif", np.zeros((3, 2, 8, 8), np.uint8), metadata={"axes": "ZCYX"})
+    assert TiffLayout.learn(tmp_path / "zc.tif") is None  # read_image refuses it
+    monkeypatch.setitem(sys.modules, "imagecodecs", None)
+    assert TiffLayout.learn(pairs["plain"][0]) is None

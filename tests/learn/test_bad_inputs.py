@@ -71,14 +71,14 @@ def test_memory_error_while_preparing_an_image_is_one_line_naming_it(model_dir, 
     from napari_cellclass.learn.data import cache
 
     victim, other = (tiny_sample.path(i) for i in tiny_sample.image_ids[:2])
-    real_read = cache.read_image
+    real_read = cache.ImageStore._read
 
-    def read(path):
-        if Path(path) == victim:
+    def read(self, src):
+        if src.path is not None and Path(src.path) == victim:
             raise MemoryError
-        return real_read(path)
+        return real_read(self, src)
 
-    monkeypatch.setattr(cache, "read_image", read)
+    monkeypatch.setattr(cache.ImageStore, "_read", read)
     res = predict(model_dir, [victim, other])
     assert res.ids == [str(other)] and str(victim) in res.skipped
     reason = res.skipped[str(victim)]

@@ -84,6 +84,31 @@ def test_percentile_scaling_is_robust_to_offset_and_bit_depth():
     np.testing.assert_allclose(a, b, atol=0.02)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 2, 7, 200, 16384])
+def test_channel_percentiles_are_numpys(dtype, n):
+    from napari_cellclass.learn.data.pixels import PERCENTILES, channel_percentiles
+
+    rng = np.random.default_rng(n)
+    flat = rng.gamma(2.0, 40.0, (3, n)).astype(dtype)
+    np.testing.assert_allclose(channel_percentiles(flat, PERCENTILES),
+                               np.percentile(flat.astype(np.float64), PERCENTILES, axis=1), rtol=1e-6)
+
+
+def test_scaling_maps_the_percentiles_to_0_and_1():
+    rng = np.random.default_rng(1)
+    img = np.stack([rng.gamma(2, 300, (64, 48)), rng.gamma(3, 20, (64, 48)) + 100]).astype(np.uint16)
+    lo, hi = np.percentile(img.astype(np.float64), (0.5, 99.8), axis=(1, 2))
+    want = (img - lo[:, None, None]) / (hi - lo)[:, None, None]
+    got = scale_intensity(img, "percentile")
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    flt = img.astype(np.float32)
+    flt[0, 0, 0] = np.nan  # floats: NaN counts as 0, as before
+    assert np.isfinite(scale_intensity(flt, "percentile")).all()
+    np.testing.assert_allclose(scale_intensity(img, "dtype"), img / 65535.0, rtol=1e-6)
+
+
 def test_dataset_normalisation_statistics(tmp_path):
     store = load_store(_pngs(tmp_path / "n"), 16)
     norm = choose_normalisation(store, np.arange(6), "auto")
@@ -282,3 +307,43 @@ def test_training_cancelled_while_decoding_finishes_cleanly(tiny_sample, fast_co
     fin = events[-1]
     assert isinstance(fin, Finished) and fin.cancelled and fin.model_dir is None and fin.epochs_run == 0
     assert not out.exists()
+
+
+def test_store_decodes_tiffs_saved_alike_in_c_with_the_same_rows(tmp_path, monkeypatch):
+    import tifffile
+
+    from napari_cellclass.core import images
+    from napari_cellclass.learn.data import cache
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for k in range(8):
+        paths.append(tmp_path / f"t{k}.tif")
+        tifffile.imwrite(paths[-1], rng.integers(0, 4000, (2, 40, 36)).astype(np.uint16), ome=True,
+                         metadata={"axes": "CYX"})
+    tifffile.imwrite(tmp_path / "other.tif", rng.integers(0, 4000, (2, 30, 30)).astype(np.uint16),
+                     metadata={"axes": "CYX"})
+    paths.append(tmp_path / "other.tif")
+    calls = []
+    real = images.read_image
+    counting = lambda p: calls.append(p) or real(p)  # noqa: E731
+    monkeypatch.setattr(images, "read_image", counting)
+    monkeypatch.setattr(cache, "read_image", counting)
+    fast = load_store(paths, 24)
+    assert fast.ok.all() and len(calls) <= 3  # the reference (learnt and probed) and the other layout
+    monkeypatch.setattr(images.TiffLayout, "learn", classmethod(lambda cls, p: None))
+    slow = load_store(paths, 24)
+    assert len(calls) >= 1 + len(paths)
+    np.testing.assert_array_equal(fast.array, slow.array)
+
+
+@pytest.mark.parametrize("shape", [(2, 128, 128), (1, 300, 170), (3, 40, 64)])
+def test_prepared_rows_are_the_scaled_image_resized(shape):
+    from napari_cellclass.learn.data.pixels import prepare_pixels, resize_image
+
+    img = np.random.default_rng(len(shape)).gamma(2.0, 500.0, shape).astype(np.uint16)
+    for mode in ("percentile", "dtype"):
+        want = resize_image(scale_intensity(img, mode).astype(np.float64), 96)
+        got = prepare_pixels(img, 96, mode)
+        assert got.dtype == np.float16 and got.shape == (shape[0], 96, 96)
+        np.testing.assert_allclose(got.astype(np.float64), want, rtol=2e-3, atol=1e-4)
