@@ -279,3 +279,44 @@ def test_another_ranks_write_probe_does_not_make_the_folder_taken(tmp_path):
     (out / "notes.txt").write_text("x")
     with pytest.raises(TrainingError, match="not a model folder"):
         open_out_dir(out, TrainConfig(), resume=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_non_finite_tensors_are_found_in_every_float_type(dtype):
+    from napari_cellclass.learn.weights_io import non_finite_tensors
+
+    clean = torch.linspace(-3e4, 3e4, 1000).to(dtype)
+    bad = {k: clean.clone() for k in ("nan", "inf", "-inf")}
+    bad["nan"][500] = float("nan")
+    bad["inf"][0] = float("inf")
+    bad["-inf"][-1] = float("-inf")
+    tensors = {"ok": clean, "empty": torch.zeros(0, dtype=dtype), "ints": torch.arange(5), **bad}
+    assert non_finite_tensors(tensors) == ["nan", "inf", "-inf"]
+
+
+def test_a_snapshot_is_written_without_a_second_copy(tmp_path, monkeypatch):
+    """The background writer does no torch work on a snapshot (it is private already): no clone."""
+    from safetensors.torch import load_file
+
+    from napari_cellclass.learn.weights_io import snapshot_tensors, tensor_writer
+
+    live = {"w": torch.randn(64, 64), "b": torch.randn(64)}
+    before = {k: v.clone() for k, v in live.items()}
+    snap = snapshot_tensors(live)
+    live["w"].add_(1)  # later optimizer steps do not reach the snapshot
+    clones = []
+    real_clone = torch.Tensor.clone
+    monkeypatch.setattr(torch.Tensor, "clone", lambda self, *a, **k: clones.append(1) or real_clone(self, *a, **k))
+    writer = tensor_writer(snap, {})
+    with open(tmp_path / "s.safetensors", "wb") as fh:
+        writer(fh)
+    assert clones == []
+    back = load_file(tmp_path / "s.safetensors")
+    assert all(torch.equal(back[k], before[k]) for k in before)
+    plain = {"w": torch.randn(4)}
+    writer = tensor_writer(plain, {})  # a plain dict is copied when the writer is made
+    assert clones == [1]
+    plain["w"].zero_()
+    with open(tmp_path / "p.safetensors", "wb") as fh:
+        writer(fh)
+    assert load_file(tmp_path / "p.safetensors")["w"].abs().sum() > 0

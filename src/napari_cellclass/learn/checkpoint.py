@@ -50,6 +50,7 @@ from .weights_io import (  # noqa: F401 - non_finite_tensors and to_json_text re
     refuse_non_finite,
     save_error,
     save_pair,
+    snapshot_tensors,
     tensor_writer,
     to_json_text,
 )
@@ -77,7 +78,6 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-
 def save_model_folder(folder: str | os.PathLike, model: nn.Module | dict[str, torch.Tensor],
                       meta: dict[str, Any]) -> str:
     """Write ``model.safetensors`` and ``config.json`` as one step (see :func:`save_pair`); returns the weights id.
@@ -89,11 +89,6 @@ def save_model_folder(folder: str | os.PathLike, model: nn.Module | dict[str, to
     state = model.state_dict() if isinstance(model, nn.Module) else model
     return save_pair(Path(folder), WEIGHTS_NAME, PENDING_WEIGHTS_NAME, state,
                       {"format": MODEL_FORMAT}, CONFIG_NAME, data, indent=1)
-
-
-def snapshot_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Copies of ``tensors`` (on their device) that later optimizer steps cannot change."""
-    return {k: v.detach().clone() for k, v in tensors.items()}
 
 
 class BackgroundSaves:

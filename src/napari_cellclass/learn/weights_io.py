@@ -19,20 +19,39 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import torch
 
 from ..core.atomic import atomic_write_text, atomic_write_with
 from ..core.errors import CellclassError, ModelFolderError
 from ..core.model_folder import WEIGHTS_ID, read_safetensors_metadata
 
-__all__ = ["fsync_dir", "non_finite_tensors", "read_safetensors", "refuse_non_finite", "save_error", "save_pair",
-           "tensor_writer", "to_json_text"]
+__all__ = ["TensorSnapshot", "fsync_dir", "non_finite_tensors", "read_safetensors", "refuse_non_finite", "save_error",
+           "save_pair", "snapshot_tensors", "tensor_writer", "to_json_text"]
+
+
+class TensorSnapshot(dict):
+    """Private copies of tensors (:func:`snapshot_tensors`): written as they are, not copied again."""
+
+
+def snapshot_tensors(tensors: dict[str, torch.Tensor]) -> TensorSnapshot:
+    """Copies of ``tensors`` (on their device) that later optimizer steps cannot change."""
+    return TensorSnapshot({k: v.detach().clone() for k, v in tensors.items()})
 
 
 def non_finite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
     """Names of floating-point tensors holding NaN or infinity."""
-    return [k for k, v in tensors.items()
-            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    return [k for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point() and not _finite(v)]
+
+
+def _finite(v: torch.Tensor) -> bool:
+    """All values finite. CPU tensors are checked by numpy's min and max (NaN propagates, infinity shows):
+    a torch operation in the background thread that writes checkpoints starts a second OpenMP team,
+    which slowed every later training epoch by 15-20 % on 2 cores."""
+    if v.device.type == "cpu" and v.dtype in (torch.float16, torch.float32, torch.float64):
+        a = v.detach().numpy()
+        return a.size == 0 or bool(np.isfinite(a.min()) and np.isfinite(a.max()))
+    return bool(torch.isfinite(v).all())
 
 
 def refuse_non_finite(where: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -100,7 +119,9 @@ def tensor_writer(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Cal
     """A function writing a CPU copy of ``tensors`` (taken now) as safetensors to an open binary file."""
     from safetensors.torch import save
 
-    clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    # a snapshot is already private: no second copy (and no torch work in a background thread, see _finite)
+    clean = {k: v.detach().to("cpu").contiguous() if isinstance(tensors, TensorSnapshot)
+             else v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
 
     def write(fh: IO) -> None:
         fh.write(save(clean, metadata=meta))
