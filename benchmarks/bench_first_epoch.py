@@ -3,13 +3,16 @@
 One command, one JSON object on stdout; every figure is measured in the same run::
 
     python benchmarks/bench_first_epoch.py                 # 1,000 sample images, mobilenetv3_small_100, 96 px
-    python benchmarks/bench_first_epoch.py --threads 1,2   # decoding threads compared (ImageStore.threads)
+    python benchmarks/bench_first_epoch.py --threads 1,2   # decoding workers compared (ImageStore.threads:
+                                                           # 1 = a thread, more = forked processes on Linux)
 
 For each decoding thread count: a fresh project cache, the trainer's setup with the decode
 timed apart (imports are start-up, reported by ``bench_overhead.py``; timm is imported before),
 ``--epochs`` epochs; ``first_epoch_ratio`` = speed of the first epoch including the decoding /
 speed of the later epochs. Then ``predict()`` from the files (decoding included, no cache)
-against ``infer()`` on the decoded rows, for the same images.
+against ``infer()`` on the decoded rows, for the same images, with the CPU time per image of
+inference and of decoding and the ratio they allow at most (``ratio_bound_by_cpu_time``: decoding
+and inference share the cores; more cores than the model uses raise it).
 """
 from __future__ import annotations
 
@@ -70,7 +73,9 @@ def run(project_root: Path, out: Path, args: argparse.Namespace, threads: int) -
         epochs.append(time.perf_counter() - t)
     n = len(tr.ids["train"])
     later = float(np.mean(epochs[1:]))
-    res = {"threads": threads, "train_images": n, "images": len(tr.store), "decode_seconds": round(decode, 3),
+    decoder = "processes" if threads != 1 and cache_mod.can_fork_decoders() else "threads"
+    res = {"threads": threads, "decoder": decoder, "train_images": n,
+           "images": len(tr.store), "decode_seconds": round(decode, 3),
            "decode_img_s": round(len(tr.store) / decode, 1), "setup_seconds": round(setup, 3),
            "epoch_seconds": [round(s, 3) for s in epochs],
            "first_epoch_img_s": round(n / (decode + epochs[0]), 1), "later_epochs_img_s": round(n / later, 1),
@@ -87,15 +92,27 @@ def prediction(tr: Trainer, args: argparse.Namespace) -> dict[str, Any]:
     trained = load_model(tr.out_dir)
     index = np.arange(len(tr.store))
     infer(trained, tr.store, index[:args.predict_batch_size], device=torch.device("cpu"))  # warm-up
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     infer(trained, tr.store, index, device=torch.device("cpu"), batch_size=args.predict_batch_size)
-    cache_s = time.perf_counter() - t
+    cache_s, infer_cpu = time.perf_counter() - t, time.process_time() - c
     t = time.perf_counter()
     res = predict(trained, tr.project, all_images=True, write=False, batch_size=args.predict_batch_size,
                   device="cpu")
     files_s = time.perf_counter() - t
-    return {"images": len(res), "from_cache_img_s": round(len(index) / cache_s, 1),
-            "from_files_img_s": round(len(res) / files_s, 1), "ratio_files_to_cache": round(cache_s / files_s, 3)}
+    # CPU time of decoding one image (one thread in this process, so process_time sees all of it)
+    store = cache_mod.ImageStore([tr.project.path(i) for i in tr.store.keys], trained.input_size,
+                                 trained.normalisation.scaling, threads=1, processes=False)
+    c = time.process_time()
+    for _ in store.build():
+        pass
+    decode_cpu = time.process_time() - c
+    n = len(index)
+    return {"images": len(res), "from_cache_img_s": round(n / cache_s, 1),
+            "from_files_img_s": round(len(res) / files_s, 1), "ratio_files_to_cache": round(cache_s / files_s, 3),
+            "cpu_us_per_image": {"inference": round(infer_cpu / n * 1e6), "decoding": round(decode_cpu / n * 1e6)},
+            # the most the ratio can be when decoding and inference keep every core busy: the CPU time of
+            # inference over that of inference and decoding
+            "ratio_bound_by_cpu_time": round(infer_cpu / (infer_cpu + decode_cpu), 3)}
 
 
 def main(argv: list[str] | None = None) -> int:

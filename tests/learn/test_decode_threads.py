@@ -33,10 +33,16 @@ def _paths(sample, tmp_path, n=40):
     return paths
 
 
-def test_the_default_is_one_thread_per_usable_core_up_to_16():
+def test_the_default_is_one_worker_per_usable_core_up_to_16_shared_under_torchrun(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert decode_threads() == max(1, min(16, cores))
     assert ImageStore([], 16).threads == decode_threads()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert decode_threads() == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert decode_threads() == 1
 
 
 @linux_only
@@ -123,3 +129,16 @@ def test_a_cancel_stops_the_processes(shared_sample, tmp_path, forking):
         if done >= 5:
             token.cancel()
     assert store.cancelled and forking == [2] and 5 <= store.ok.sum() < len(store)
+
+
+@linux_only
+def test_no_process_to_be_had_means_threads(shared_sample, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "can_fork_decoders", lambda: True)
+
+    def fails(store):
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(cache, "_fork_pool", fails)
+    store = ImageStore(_paths(shared_sample, tmp_path), 24, threads=2)
+    list(store.build())
+    assert store.processes is False and store.ok.sum() == len(store) - 1

@@ -27,12 +27,17 @@ _MEMORY_REASON = ("not enough memory to decode and resize this image; downscale 
 
 
 def decode_threads() -> int:
-    """Decoding workers: one per core this process may use, at most 16 (more than cores only compete)."""
+    """Decoding workers: one per core this process may use, at most 16 (more than cores only compete); under
+    torchrun the cores are shared by the processes of the machine (``LOCAL_WORLD_SIZE``)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    return max(1, min(16, cores))
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    except ValueError:
+        local = 1
+    return max(1, min(16, cores // local))
 
 
 def can_fork_decoders() -> bool:
@@ -186,7 +191,14 @@ class ImageStore:
                   and can_fork_decoders())
         per_task = max(1, min(32, len(todo) // (8 * self.threads)))
         tasks = [list(todo[k:k + per_task]) for k in range(0, len(todo), per_task)]
-        pool: Executor = _fork_pool(self) if forked else ThreadPoolExecutor(self.threads)
+        pool: Executor | None = None
+        if forked:
+            try:
+                pool = _fork_pool(self)
+            except (OSError, BrokenProcessPool):  # no process to be had (memory, process limits): threads
+                self.processes = False
+        pool = pool or ThreadPoolExecutor(self.threads)
+        forked = isinstance(pool, ProcessPoolExecutor)
         pending: deque[tuple[list[int], Future]] = deque()
         window = 4 * self.threads
         try:
