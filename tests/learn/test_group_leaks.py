@@ -120,3 +120,24 @@ def test_near_duplicates_on_the_sample_data(tiny_sample):
     index["val"] = np.append(index["val"], len(ids))
     n, note = duplicate_leaks(store, split, index)
     assert n == 1 and f"'copy' (val) ~ '{ids[3]}' (train" in note
+
+
+def test_near_duplicate_search_keeps_its_memory_small_on_large_splits():
+    import tracemalloc
+
+    from napari_cellclass.core.duplicates import near_duplicates
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(80_000, 256)).astype(np.float32)
+    train /= np.linalg.norm(train, axis=1, keepdims=True)
+    held = rng.normal(size=(1_000, 256)).astype(np.float32)
+    held /= np.linalg.norm(held, axis=1, keepdims=True)
+    held[[3, 500]] = train[[70_000, 12]] + 0.001  # two near-copies
+    tracemalloc.start()
+    pairs = near_duplicates(held, train)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert sorted(zip(pairs.a.tolist(), pairs.b.tolist())) == [(3, 70_000), (500, 12)]
+    assert peak < 200 * 2**20  # all at once: 1,000 x 80,000 floats = 305 MiB and a mask of 76 MiB
+    small = near_duplicates(held, train, chunk=7)
+    assert small.a.tolist() == pairs.a.tolist() and small.b.tolist() == pairs.b.tolist()
