@@ -137,7 +137,7 @@ def test_near_duplicate_search_keeps_its_memory_small_on_large_splits():
     pairs = near_duplicates(held, train)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert sorted(zip(pairs.a.tolist(), pairs.b.tolist())) == [(3, 70_000), (500, 12)]
+    assert sorted(zip(pairs.a.tolist(), pairs.b.tolist(), strict=True)) == [(3, 70_000), (500, 12)]
     assert peak < 200 * 2**20  # all at once: 1,000 x 80,000 floats = 305 MiB and a mask of 76 MiB
     small = near_duplicates(held, train, chunk=7)
     assert small.a.tolist() == pairs.a.tolist() and small.b.tolist() == pairs.b.tolist()
