@@ -59,7 +59,6 @@ class PeakAnon:
 
 def one_size(project: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     """In this (fresh) process: setup and epochs of one trainer; figures of :mod:`bench_scale`."""
-    import numpy as np
     import timm  # noqa: F401 - imported before the baseline: start-up, not the images
 
     from napari_cellclass.learn.config import TrainConfig
