@@ -359,7 +359,7 @@ def predict(model: TrainedModel | str | os.PathLike, images: Any, *, ids: Sequen
         Images decoded and predicted at a time (per process); default: what fits 512 MB of
         decoded rows, at most 4096.
     threads
-        Decoding threads (default: as :class:`ImageStore`).
+        Decoding workers: processes where they can be forked, else threads (default: as :class:`ImageStore`).
 
     Raises
     ------

@@ -56,7 +56,7 @@ class StoreStream:
 
     Iterating yields one :class:`Chunk` per chunk in order: its ``positions`` index ``items``
     and its store's rows follow them. While the caller uses one chunk the next decodes in a
-    background thread (with the store's own decoding threads), so at most two chunks are in
+    background thread (with the store's own decoding workers), so at most two chunks are in
     memory; a store is closed when the caller moves on (or stops). ``decoded`` counts the images
     decoded so far (for progress).
 
