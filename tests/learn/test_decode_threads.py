@@ -142,3 +142,32 @@ def test_no_process_to_be_had_means_threads(shared_sample, tmp_path, monkeypatch
     store = ImageStore(_paths(shared_sample, tmp_path), 24, threads=2)
     list(store.build())
     assert store.processes is False and store.ok.sum() == len(store) - 1
+
+
+@linux_only
+def test_ctrl_c_while_the_pool_stops_kills_the_workers(shared_sample, tmp_path, forking, monkeypatch):
+    """A second Ctrl+C inside the executor's shutdown left the workers waiting for tasks and the
+    command waiting for them at exit."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    pools = []
+    wrapped = cache._fork_pool
+    monkeypatch.setattr(cache, "_fork_pool", lambda store: pools.append(wrapped(store)) or pools[-1])
+    real_shutdown = ProcessPoolExecutor.shutdown
+    interrupted = []
+
+    def shutdown(self, *a, **k):
+        if not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return real_shutdown(self, *a, **k)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "shutdown", shutdown)
+    store = ImageStore(_paths(shared_sample, tmp_path), 24, threads=2)
+    with pytest.raises(KeyboardInterrupt):
+        list(store.build())
+    workers = list(pools[0]._processes.values())
+    for proc in workers:
+        proc.join(timeout=10)
+    assert workers and not any(proc.is_alive() for proc in workers)
+    real_shutdown(pools[0], wait=True)

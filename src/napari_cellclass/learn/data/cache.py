@@ -1,6 +1,7 @@
 """Every image of a run decoded once: scaled, resized float16 rows in RAM or in the shared disk cache."""
 from __future__ import annotations
 
+import contextlib
 import mmap
 import multiprocessing as mp
 import os
@@ -220,8 +221,17 @@ class ImageStore:
                     yield from self._decode_all(rest, cancel)
                     return
                 yield from zip(items, reasons, strict=True)
+        except BaseException:
+            if forked:  # Ctrl+C may land inside the executor's own bookkeeping (it then waited forever at exit)
+                _kill_workers(pool)
+            raise
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            try:
+                pool.shutdown(wait=True, cancel_futures=True)
+            except BaseException:  # a second Ctrl+C while the workers are told to stop
+                if forked:
+                    _kill_workers(pool)
+                raise
 
     def _probe_channels(self) -> int | None:
         """Find the channel count (first readable image) unless given; None (each image's reason in
@@ -357,6 +367,13 @@ def _fork_pool(store: ImageStore) -> ProcessPoolExecutor:
                                 category=DeprecationWarning)
         pool.submit(int).result()  # forks every worker now, from this thread
     return pool
+
+
+def _kill_workers(pool: Executor) -> None:
+    """Stop a process pool's workers at once (they hold nothing to save: the rows go to a block the parent owns)."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):  # ProcessPoolExecutor's own table
+        with contextlib.suppress(Exception):
+            proc.kill()
 
 
 def _shared_block(shape: tuple[int, ...]) -> np.ndarray:
