@@ -75,7 +75,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     training.native.parent().raise_()
     training.native.resize(560, training.native.sizeHint().height())
-    training.show_advanced.value = False
+    training.form.show_advanced.value = False
     for _ in range(10):
         app.processEvents()
     training.native.grab().save(str(args.out / "training.png"))
