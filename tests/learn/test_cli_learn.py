@@ -158,3 +158,20 @@ def test_an_interrupted_run_says_whether_a_model_was_saved():
     assert "no model was saved" in report.interrupted()  # the resume state is not a model
     report.show(CheckpointSaved("/m", 1, "best", "accuracy", 0.5))
     assert report.interrupted() == "interrupted; the best model so far is kept in /m"
+
+
+def test_ctrl_c_while_the_options_load_is_one_line(monkeypatch, capsys, tmp_path):
+    """The training options import torch while the command line is parsed (a second or more)."""
+    import argparse
+
+    def interrupted(self, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", interrupted)
+    try:
+        code = main(["train", str(tmp_path)])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl+C escaped as a traceback")
+    assert code == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "napari-cellclass: error: interrupted"

@@ -94,7 +94,11 @@ def emit(args: argparse.Namespace, result: dict[str, Any], human: Callable[[dict
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl+C while the training options import torch
+        _fail(argparse.Namespace(), "interrupted")
+        return 130
     try:
         result = args.handler(args)
         return 2 if isinstance(result, dict) and result.get("ok") is False else 0
