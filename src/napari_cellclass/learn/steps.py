@@ -156,8 +156,8 @@ def _train_batches(parts: RunParts, net: nn.Module, cfg: TrainConfig, epoch: int
     total = ddp.sum_scalar(hw.dist, total)
     seen = int(ddp.sum_scalar(hw.dist, torch.tensor(float(seen), device=hw.device)).item())
     order = torch.as_tensor(np.concatenate(batches) if batches else np.zeros(0, np.int64), device=hw.device)
-    p = ddp.gather_rows(hw.dist, probs[:seen].float())
-    t = ddp.gather_rows(hw.dist, tgt.index_select(0, order[:seen]))
+    p = ddp.gather_rows(hw.dist, probs.float())  # every batch ran: a cancel or an error raised above
+    t = ddp.gather_rows(hw.dist, tgt.index_select(0, order))
     return compute_metrics(t.cpu().numpy(), p.cpu().numpy(), multi_label=data.multi_label, class_names=data.classes,
                            loss=float(total / max(seen, 1)), threshold=cfg.threshold)
 

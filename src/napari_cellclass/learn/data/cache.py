@@ -188,17 +188,9 @@ class ImageStore:
         error or a cancel the queued tasks are dropped and only the running ones are waited for.
         A process pool that breaks (a worker killed, e.g. out of memory) hands the rest to threads.
         """
-        forked = (self.processes is not False and self.threads > 1 and len(todo) >= 4 * self.threads
-                  and can_fork_decoders())
         per_task = max(1, min(32, len(todo) // (8 * self.threads)))
         tasks = [list(todo[k:k + per_task]) for k in range(0, len(todo), per_task)]
-        pool: Executor | None = None
-        if forked:
-            try:
-                pool = _fork_pool(self)
-            except (OSError, BrokenProcessPool):  # no process to be had (memory, process limits): threads
-                self.processes = False
-        pool = pool or ThreadPoolExecutor(self.threads)
+        pool = self._workers(len(todo))
         forked = isinstance(pool, ProcessPoolExecutor)
         pending: deque[tuple[list[int], Future]] = deque()
         window = 4 * self.threads
@@ -232,6 +224,15 @@ class ImageStore:
                 if forked:
                     _kill_workers(pool)
                 raise
+
+    def _workers(self, n: int) -> Executor:
+        """Forked processes for ``n`` images where they can be had (see :class:`ImageStore`), else threads."""
+        if self.processes is not False and self.threads > 1 and n >= 4 * self.threads and can_fork_decoders():
+            try:
+                return _fork_pool(self)
+            except (OSError, BrokenProcessPool):  # no process to be had (memory, process limits)
+                self.processes = False
+        return ThreadPoolExecutor(self.threads)
 
     def _probe_channels(self) -> int | None:
         """Find the channel count (first readable image) unless given; None (each image's reason in
